@@ -1,0 +1,197 @@
+"""`cogumi`: run, gate, status, report and plan, each taking --profile.
+
+Exit codes: 0 done; 1 a gate failed; 2 refused (bad input, tampered artifact, out of order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from cogumi import artifacts, ledger
+from cogumi.artifacts import ManifestError
+from cogumi.gates import GateFileError, repo_root, resolve_gates, validate_overrides
+from cogumi.ledger import LedgerError, State
+from cogumi.profile import Profile, ProfileError, load_profile
+from cogumi.registry import PHASES, UnknownPhase, get_phase
+from cogumi.runner import GateFailed, PhaseRefused, gate_phase, run_pipeline_to
+from cogumi.signoff import reports_dir
+
+console = Console()
+
+
+def _runs_dir(args, profile: Profile) -> Path:
+    base = Path(args.runs) if args.runs else repo_root() / "runs"
+    return base / profile.name
+
+
+def _load(args) -> Profile:
+    profile = load_profile(args.profile)
+    validate_overrides(profile)
+    return profile
+
+
+def cmd_run(args) -> int:
+    profile = _load(args)
+    runs = _runs_dir(args, profile)
+    for phase_id in args.phases:
+        run_pipeline_to(profile, phase_id, runs, console, with_inputs=not args.no_inputs,
+                        force=args.force)
+    return 0
+
+
+def cmd_gate(args) -> int:
+    profile = _load(args)
+    gate_phase(profile, get_phase(args.phase).id, _runs_dir(args, profile), console)
+    return 0
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def cmd_status(args) -> int:
+    profile = _load(args)
+    runs = _runs_dir(args, profile)
+    table = Table(title=f"cogumi pipeline — profile {profile.name} ({runs})")
+    for col in ("phase", "title", "state", "gates", "size", "wall time", "cost"):
+        table.add_column(col)
+    for phase in PHASES:
+        if not phase.implemented:
+            table.add_row(phase.id, phase.title, "[dim]not implemented", "", "", "", "")
+            continue
+        check = ledger.check_signoff(runs, phase.id, profile.sha256)
+        colour = {State.VALID: "green", State.MISSING: "dim", State.FAILED: "red",
+                  State.STALE: "yellow", State.TAMPERED: "red"}[check.state]
+        gates = size = wall = cost = ""
+        if check.entry:
+            passed = sum(g["passed"] for g in check.entry["gates"])
+            gates = f"{passed}/{len(check.entry['gates'])} passed"
+        folder = runs / phase.id
+        if (folder / artifacts.MANIFEST).exists():
+            size = f"{_size_mb(folder):.1f} MB"
+            try:
+                manifest = artifacts.read_manifest(folder)
+                wall = f"{manifest.get('wall_time_s', 0):.1f} s"
+                cost = f"${manifest.get('estimated_cost_usd', 0):.4f}"
+            except ManifestError:
+                wall = "manifest corrupted"
+        table.add_row(phase.id, phase.title, f"[{colour}]{check.state.value}", gates, size,
+                      wall, cost)
+    console.print(table)
+    return 0
+
+
+def cmd_report(args) -> int:
+    profile = _load(args)
+    folder = reports_dir(_runs_dir(args, profile))
+    phases = [get_phase(args.phase)] if args.phase else [p for p in PHASES if p.implemented]
+    shown = 0
+    for phase in phases:
+        path = folder / f"{phase.session_name}.md"
+        if path.exists():
+            console.print(Markdown(path.read_text()))
+            shown += 1
+    if not shown:
+        console.print(f"no sign-off reports yet in {folder}; run `cogumi run PHASE` first")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    profile = _load(args)
+    m, t = profile.model, profile.training
+    where = m.hub_id or m.path or m.package
+    console.print(f"[bold]profile {profile.name}[/]: {profile.description}")
+    console.print(f"model {where} ({m.parameters / 1e9:.3g} B parameters, {m.dtype}); "
+                  f"{len(profile.data.sources)} data sources; training {t.backend} rank "
+                  f"{t.lora_rank}, {t.epochs:g} epochs, lr {t.learning_rate:g}, "
+                  f"{t.batch_size}x{t.grad_accum} per step, seq {t.max_seq_len}")
+    console.print(f"runs here: {'yes' if profile.runnable_here else 'no (plan only)'}; "
+                  f"hardware {profile.hardware.name} at ${profile.hardware.price_per_hour_usd}/h")
+    table = Table(title=f"plan — {profile.name}")
+    for col in ("phase", "title", "status", "gates", "hardware", "est. h", "est. $", "seed $"):
+        table.add_column(col, overflow="fold")
+    bases = []
+    total_hours = total_cost = seed_total = 0.0
+    for phase in PHASES:
+        status = "implemented" if phase.implemented else "[yellow]not implemented"
+        n_gates = str(len(resolve_gates(phase.id, profile)))
+        step = profile.plan.get(phase.id)
+        hw = hours = cost = ""
+        if step is not None:
+            h = step.estimated_hours
+            c = h * profile.price_of(step.hardware) + step.extra_usd
+            total_hours += h
+            total_cost += c
+            seed_total += _seed_dollars(phase.seed_cost_usd)
+            hw, hours, cost = step.hardware, f"{h:.1f}", f"{c:,.0f}"
+            bases.append(f"{phase.id}: {step.basis}")
+        table.add_row(phase.id, phase.title, status, n_gates, hw, hours, cost,
+                      phase.seed_cost_usd)
+    console.print(table)
+    if profile.plan:
+        console.print(f"estimated total for the planned phases: {total_hours:,.1f} h, "
+                      f"${total_cost:,.0f}; the seed's figures for the same phases: "
+                      f"${seed_total:,.0f} (seed MVP total: $1,717)")
+        console.print("basis of each estimate:")
+        for line in bases:
+            console.print(f"  {line}", soft_wrap=True)
+    return 0
+
+
+def _seed_dollars(text: str) -> float:
+    """'220' -> 220; '12-17' -> 14.5 (midpoint); anything else -> 0."""
+    head = text.split(" ")[0]
+    try:
+        low, _, high = head.partition("-")
+        return (float(low) + float(high or low)) / 2
+    except ValueError:
+        return 0.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cogumi", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default="tiny", help="profile name or TOML path")
+    common.add_argument("--runs", default=None, help="runs folder (default: <repo>/runs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="run phases (and inputs lacking sign-off)")
+    run.add_argument("phases", nargs="+", metavar="PHASE")
+    run.add_argument("--force", action="store_true", help="rerun the phase even if signed off")
+    run.add_argument("--no-inputs", action="store_true",
+                     help="never run inputs; refuse if one lacks a valid sign-off")
+    run.set_defaults(func=cmd_run)
+    gate = sub.add_parser("gate", parents=[common], help="run a phase's gates and sign off")
+    gate.add_argument("phase")
+    gate.set_defaults(func=cmd_gate)
+    sub.add_parser("status", parents=[common], help="the pipeline at a glance").set_defaults(
+        func=cmd_status)
+    report = sub.add_parser("report", parents=[common], help="show sign-off reports")
+    report.add_argument("phase", nargs="?")
+    report.set_defaults(func=cmd_report)
+    sub.add_parser("plan", parents=[common], help="phases, hardware, time and cost").set_defaults(
+        func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GateFailed as exc:
+        console.print(f"[red bold]gate failed:[/] {exc}")
+        return 1
+    except (PhaseRefused, ProfileError, GateFileError, ManifestError, LedgerError,
+            UnknownPhase) as exc:
+        console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

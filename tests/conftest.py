@@ -1,0 +1,24 @@
+"""Shared test helpers. Run the suite with `nox -s tests` (or `pytest tests`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cogumi.profile import load_profile, parse_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_profile():
+    return load_profile("tiny")
+
+
+def profile_with(tmp_path: Path, extra_toml: str, base: str = "tiny"):
+    """A copy of a shipped profile with extra TOML appended, written to a file."""
+    text = (ROOT / "cogumi" / "profiles" / f"{base}.toml").read_text() + "\n" + extra_toml
+    path = tmp_path / f"{base}-variant.toml"
+    path.write_text(text)
+    return parse_profile(text, str(path)), path
