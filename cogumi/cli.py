@@ -6,7 +6,6 @@ Exit codes: 0 done; 1 a gate failed; 2 refused (bad input, tampered artifact, ou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

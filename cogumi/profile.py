@@ -96,6 +96,25 @@ class EvalConfig(_Strict):
     batch_size: int = 16
 
 
+class SelfConsistencyConfig(_Strict):
+    """Phase 1B, as the seed describes it: diagnose, generate, train, re-benchmark."""
+    samples: int = Field(default=5, ge=2)
+    """k answers per prompt for the consistency diagnostic."""
+    temperature: float = Field(default=0.7, gt=0)
+    """Sampling temperature of the diagnostic (the temperature users sample at)."""
+    math_prompts: int = Field(default=500, gt=0)
+    """At most this many curated math records to generate from (seed: 500 MATH)."""
+    code_prompts: str | None = None
+    """A HumanEval-schema file of *training* tasks with tests (seed: 164 CODE); never the
+    evaluation set, which would train on the test."""
+    creative_prompts: int = Field(default=0, ge=0)
+    creative_sample_temperature: float = Field(default=0.7, gt=0)
+    creative_inference_temperature: float = Field(default=0.3, gt=0)
+    epochs: float = Field(default=2, gt=0)
+    learning_rate: float = Field(default=5e-6, gt=0)
+    """Seed 1B: 2 epochs at lr 5e-6 (an 8B model); small models state their own scale."""
+
+
 class HardwareConfig(_Strict):
     name: str
     device: Literal["cpu", "cuda"]
@@ -145,6 +164,7 @@ class Profile(_Strict):
     data: DataConfig
     training: TrainingConfig
     eval: EvalConfig
+    self_consistency: SelfConsistencyConfig | None = None
     hardware: HardwareConfig
     prices_usd_per_hour: dict[str, float] = Field(default_factory=dict)
     plan: dict[str, PlanStep] = Field(default_factory=dict)

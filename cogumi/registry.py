@@ -66,8 +66,13 @@ PHASES: tuple[PhaseSpec, ...] = (
                                 "sft.excluded_examples", "sft.steps"),
         entry="cogumi.phases.sft:run", seed_cost_usd="220", seed_duration="3 weeks"),
     PhaseSpec(
-        "1B", "Self-consistency distillation", ("1A",), ("adapter/",),
-        _EVAL + ("consistency", "math.ties", "code.ties"),
+        "1B", "Self-consistency distillation", ("1A", "0"),
+        ("adapter/", "self_distillation.jsonl", "dropped.jsonl", "diagnostic_before/",
+         "diagnostic_after/", "eval_after/", "loss_curve.png", "comparison.json",
+         "generation_temperatures.json"),
+        _EVAL + _EVAL_BEFORE + ("consistency", "before.consistency", "consistency.gain",
+                                "math.ties", "code.ties", "distill.kept", "distill.dropped"),
+        entry="cogumi.phases.self_consistency:run",
         seed_cost_usd="12-17", seed_duration="1 week"),
     PhaseSpec(
         "1C", "Teacher distillation on clustered failures", ("1B", "0"), ("adapter/",),

@@ -1,0 +1,37 @@
+"""What several phases share: measuring a model on the profile's evaluation tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cogumi.evaluation import GenerationSettings, TransformersBackend, evaluate, load_task
+from cogumi.models import LoadedModel
+from cogumi.runner import PhaseContext
+
+
+def eval_tasks(ctx: PhaseContext) -> list:
+    """The profile's evaluation tasks ([eval] math, mmlu, code)."""
+    cfg = ctx.profile.eval
+    tasks = [load_task(kind, ctx.resolve(path))
+             for kind, path in (("math", cfg.math), ("mmlu", cfg.mmlu), ("code", cfg.code))
+             if path is not None]
+    if not tasks:
+        raise RuntimeError(f"{ctx.profile.source_file}: [eval] names no task files")
+    return tasks
+
+
+def evaluate_model(ctx: PhaseContext, loaded: LoadedModel, out_dir: Path) -> dict:
+    """Greedy evaluation on the profile's tasks; per-item records are written to out_dir."""
+    cfg = ctx.profile.eval
+    tasks = eval_tasks(ctx)
+    if cfg.limit is not None:
+        note = f"reduced evaluation sample: at most {cfg.limit} items per task (eval.limit)"
+        if note not in ctx.notes:
+            ctx.notes.append(note)
+    backend = TransformersBackend(loaded.model, loaded.tokenizer, batch_size=cfg.batch_size,
+                                  add_bos=loaded.add_bos)
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                                  seed=ctx.seed, samples=1)
+    report = evaluate(backend, tasks, settings, limit=cfg.limit)
+    report.write(out_dir)
+    return dict(report.metrics)

@@ -1,0 +1,88 @@
+"""Phase 1A: supervised LoRA fine-tuning of the base model on the curated data.
+
+Measured before and after on the same evaluation tasks and the same held-out curated
+records, so the report shows what this phase changed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from cogumi.artifacts import sha256_file
+from cogumi.models import load_base_model
+from cogumi.phases.common import evaluate_model
+from cogumi.runner import PhaseContext
+from cogumi.training.sft import (
+    checkpoint_key,
+    encode_records,
+    mean_loss,
+    plot_loss_curve,
+    split_heldout,
+    train_lora,
+)
+
+
+def run(ctx: PhaseContext) -> dict:
+    profile, cfg = ctx.profile, ctx.profile.training
+    curated_path = ctx.input_dir("0") / "curated.jsonl"
+    records = [json.loads(line) for line in curated_path.read_text().splitlines() if line]
+    train_records, heldout_records = split_heldout(records, cfg.heldout_fraction)
+    if cfg.max_examples is not None and len(train_records) > cfg.max_examples:
+        random.Random(profile.seed).shuffle(train_records)
+        ctx.notes.append(f"reduced run: {cfg.max_examples} of {len(train_records)} training "
+                         f"records (training.max_examples)")
+        train_records = train_records[:cfg.max_examples]
+
+    ctx.console.print(f"loading {profile.model.source} model {profile.model.path or profile.model.hub_id or profile.model.package}")
+    loaded = load_base_model(profile.model, ctx.root, profile.hardware.device)
+    tok = loaded.tokenizer
+    train = encode_records(train_records, tok, loaded.add_bos, cfg.max_seq_len)
+    heldout = encode_records(heldout_records, tok, loaded.add_bos, cfg.max_seq_len)
+    if not train.examples:
+        raise RuntimeError(f"{curated_path}: no usable training examples "
+                           f"(excluded: {dict(train.excluded)})")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    ctx.console.print("measuring the base model (held-out loss and evaluation tasks)")
+    loss_before = mean_loss(loaded.model, heldout.examples, pad_id)
+    before = evaluate_model(ctx, loaded, ctx.out_dir / "eval_before")
+
+    key = checkpoint_key(sha256_file(curated_path), profile.sha256)
+    checkpoints = ctx.work_dir / f"checkpoints-{key}"
+    ctx.console.print(f"training {cfg.backend} rank {cfg.lora_rank} on {len(train.examples)} "
+                      f"examples for {cfg.epochs:g} epochs (checkpoints: {checkpoints})")
+    model, log_history, resumed = train_lora(loaded.model, tok, train.examples, cfg,
+                                             profile.seed, checkpoints, profile.hardware.device)
+    if resumed:
+        ctx.notes.append(f"resumed from a checkpoint in {checkpoints}")
+    model.save_pretrained(ctx.out_dir / "adapter")
+    plot_loss_curve(log_history, ctx.out_dir / "loss_curve.png",
+                    f"1A {cfg.backend} r{cfg.lora_rank} — {profile.name}")
+
+    loaded.model = model
+    loss_after = mean_loss(model, heldout.examples, pad_id)
+    after = evaluate_model(ctx, loaded, ctx.out_dir / "eval_after")
+    excluded = train.excluded + heldout.excluded
+    (ctx.out_dir / "train_log.json").write_text(json.dumps({
+        "log_history": log_history,
+        "excluded": dict(excluded),
+        "train_records": len(train_records),
+        "heldout_records": len(heldout_records),
+    }, indent=2))
+    if excluded:
+        ctx.notes.append("excluded from training: " + ", ".join(f"{n} {reason}"
+                                                                for reason, n in excluded.items()))
+    steps = max((h.get("step", 0) for h in log_history), default=0)
+    metrics = {
+        "sft.heldout_loss_before": loss_before,
+        "sft.heldout_loss_after": loss_after,
+        "sft.heldout_loss_improvement": loss_before - loss_after,
+        "sft.train_examples": len(train.examples),
+        "sft.heldout_examples": len(heldout.examples),
+        "sft.excluded_examples": sum(excluded.values()),
+        "sft.steps": steps,
+    }
+    metrics.update({f"before.{k}": v for k, v in before.items()})
+    metrics.update(after)
+    return metrics
