@@ -22,9 +22,12 @@ def test_every_phase_has_a_valid_gate_file(phase):
 def test_seed_thresholds_for_1b():
     gates = {g.metric: (g.op, g.threshold) for g in
              load_gate_file(ROOT / "gates/phase1b.toml", get_phase("1B"))}
-    assert gates == {"consistency": (">=", 0.60), "math.accuracy": (">=", 0.65),
+    seed_criteria = {"consistency": (">=", 0.60), "math.accuracy": (">=", 0.65),
                      "code.pass@1": (">=", 0.70), "math.ties": ("<", 0.30),
                      "code.ties": ("<", 0.20)}
+    assert {m: gates[m] for m in seed_criteria} == seed_criteria
+    # and the change must come from the phase itself, not from thresholds
+    assert gates["consistency.gain"] == (">", 0)
 
 
 def _write(tmp_path, body, phase="1B"):
