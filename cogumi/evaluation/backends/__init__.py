@@ -1,0 +1,1 @@
+"""Generation backends: transformers, llama.cpp (GGUF) and OpenAI-compatible HTTP."""

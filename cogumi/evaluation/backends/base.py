@@ -1,0 +1,54 @@
+"""The one small interface every generation backend implements.
+
+Benchmarks talk only to :class:`Backend`, so the same task runs unchanged on transformers,
+llama.cpp or an OpenAI-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from ..settings import (
+    GenerationOutput,
+    GenerationRequest,
+    LoglikelihoodOutput,
+    LoglikelihoodRequest,
+)
+
+
+class BackendError(RuntimeError):
+    """A backend could not do what was asked (bad configuration, unsupported feature)."""
+
+
+class Backend(abc.ABC):
+    """Batched generation with per-request settings, and continuation log-likelihoods."""
+
+    #: short name recorded in reports ("transformers", "llama.cpp", "openai").
+    name: str = "backend"
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutput]:
+        """One output per request, in request order. Each request carries its own
+        temperature, seed, max_new_tokens and stop strings."""
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodOutput]:
+        """log P(continuation | context) per request, in request order."""
+        raise BackendError(f"the {self.name} backend does not provide log-likelihoods")
+
+    @property
+    def supports_loglikelihood(self) -> bool:
+        return type(self).loglikelihood is not Backend.loglikelihood
+
+    @abc.abstractmethod
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        """The exact prompt text a chat becomes (recorded per item in the report)."""
+
+    @abc.abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """What model this is: recorded in reports and part of the run cache key.
+        Must contain ``model_digest``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing
+        """Release connections or native handles (default: nothing to release)."""

@@ -1,0 +1,153 @@
+"""The independent cross-check: our benchmark files as lm-eval tasks, run through
+``lm_eval.simple_evaluate`` on the same checkpoint, and compared with our numbers.
+
+Each task becomes a YAML over the *same local file* (``dataset_path: json``), with the
+same instruction as a Jinja ``doc_to_text`` and lm-eval's own chat-template handling:
+
+* MMLU -> ``multiple_choice`` with choices " A", " B", ... after the assistant prefix
+  ``gen_prefix: "The answer is"``: lm-eval's ``acc`` must equal our ``accuracy_loglik``
+  and its per-option log-likelihoods ours.
+* MATH -> ``generate_until`` (greedy): lm-eval's generations must equal ours, and its
+  ``exact_match`` after a "The answer is" regex is reported beside our math-verify score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .runner import EvalReport
+from .tasks import MATH_INSTRUCTION, MC_ANSWER_PREFIX, MMLU_INSTRUCTION, Task
+
+_OPTIONS_JINJA = ("{% for c in choices %}{{ 'ABCDEFGHIJ'[loop.index0] }}. {{ c }}"
+                  "{% if not loop.last %}\n{% endif %}{% endfor %}")
+
+
+def _q(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)  # JSON strings are valid YAML scalars
+
+
+def task_yaml(task: Task, max_new_tokens: int) -> str:
+    name = f"cogumi_{task.name}"
+    head = [
+        f"task: {name}",
+        "dataset_path: json",
+        "dataset_kwargs:",
+        "  data_files:",
+        f"    test: {_q(str(Path(task.path).resolve()))}",
+        "test_split: test",
+    ]
+    if task.kind == "mmlu":
+        text = MMLU_INSTRUCTION.format(subject="{{ subject | replace('_', ' ') }}",
+                                       question="{{ question }}", options=_OPTIONS_JINJA)
+        body = [
+            "output_type: multiple_choice",
+            f"doc_to_text: {_q(text)}",
+            "doc_to_choice: \"{{ ['A','B','C','D','E','F','G','H','I','J'][:choices|length] }}\"",
+            "doc_to_target: answer",
+            f"gen_prefix: {_q(MC_ANSWER_PREFIX)}",
+            "target_delimiter: \" \"",
+            "metric_list:",
+            "  - metric: acc",
+        ]
+    elif task.kind == "math":
+        text = MATH_INSTRUCTION.format(problem="{{ problem }}")
+        body = [
+            "output_type: generate_until",
+            f"doc_to_text: {_q(text)}",
+            "doc_to_target: \"{{ solution }}\"",
+            "generation_kwargs:",
+            "  until: []",
+            f"  max_gen_toks: {int(max_new_tokens)}",
+            "  do_sample: false",
+            "  temperature: 0.0",
+            "filter_list:",
+            "  - name: answer_is",
+            "    filter:",
+            "      - function: regex",
+            "        regex_pattern: \"The answer is (.*)\"",
+            "      - function: take_first",
+            "metric_list:",
+            "  - metric: exact_match",
+        ]
+    else:
+        raise ValueError(f"no lm-eval form for {task.kind!r} tasks (code is scored by our sandbox)")
+    return "\n".join(head + body) + "\n"
+
+
+def write_lm_eval_tasks(tasks: list[Task], out_dir: str | Path, max_new_tokens: int = 64) -> list[str]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for t in tasks:
+        (out / f"cogumi_{t.name}.yaml").write_text(task_yaml(t, max_new_tokens))
+        names.append(f"cogumi_{t.name}")
+    return names
+
+
+def run_lm_eval(model: Any, tokenizer: Any, tasks: list[Task], work_dir: str | Path, *,
+                max_new_tokens: int = 64, limit: int | None = None, batch_size: int = 16,
+                add_bos: bool = False) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` with our tasks on an in-memory HF model (zero-shot, chat
+    template applied, samples logged). Offline: datasets only read the local files."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    names = write_lm_eval_tasks(tasks, Path(work_dir) / "tasks", max_new_tokens)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+              add_bos_token=add_bos, max_length=getattr(model.config, "max_position_embeddings", 2048))
+    # include_defaults=False: index only our YAMLs, not the thousands lm-eval ships.
+    manager = TaskManager(include_path=str(Path(work_dir) / "tasks"), include_defaults=False)
+    return simple_evaluate(model=lm, tasks=names, task_manager=manager,
+                           num_fewshot=0, apply_chat_template=True, log_samples=True, limit=limit,
+                           bootstrap_iters=0)
+
+
+def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = 1e-3) -> dict[str, Any]:
+    """Item by item, our report against lm-eval's samples. Returns per task: both scores,
+    the number of items compared, and every disagreement (prompt, log-likelihood,
+    generation) found."""
+    out: dict[str, Any] = {}
+    for t in report.tasks:
+        name = f"cogumi_{t['name']}"
+        if name not in lm_results.get("samples", {}):
+            continue
+        ours = [r for r in report.records if r["task"] == t["name"] and r.get("prompt") is not None]
+        samples = sorted(lm_results["samples"][name], key=lambda s: s["doc_id"])
+        diffs: list[str] = []
+        res = lm_results["results"][name]
+        entry: dict[str, Any] = {"items": min(len(ours), len(samples))}
+        for rec, s in zip(ours, samples, strict=False):
+            args = s["arguments"]
+            if t["kind"] == "mmlu":
+                ctx = args[0][0] if isinstance(args[0], (list, tuple)) else args["gen_args_0"]["arg_0"]
+                if ctx != rec["prompt"] + MC_ANSWER_PREFIX:
+                    diffs.append(f"{rec['item_id']}: prompt differs")
+                lm_ll = [float(r[0][0]) if isinstance(r[0], (list, tuple)) else float(r[0])
+                         for r in s["resps"]]
+                for i, (a, b) in enumerate(zip(rec.get("loglik", []), lm_ll, strict=False)):
+                    if not math.isclose(a, b, abs_tol=atol, rel_tol=1e-4):
+                        diffs.append(f"{rec['item_id']}: option {i} log-likelihood {a:.5f} vs {b:.5f}")
+            else:
+                ctx = args[0][0] if isinstance(args[0], (list, tuple)) else args["gen_args_0"]["arg_0"]
+                if ctx != rec["prompt"]:
+                    diffs.append(f"{rec['item_id']}: prompt differs")
+                gen = s["resps"][0][0] if isinstance(s["resps"][0], list) else s["resps"][0]
+                if gen != rec["generations"][0]:
+                    diffs.append(f"{rec['item_id']}: generation differs: {gen[:60]!r} vs "
+                                 f"{rec['generations'][0][:60]!r}")
+        if t["kind"] == "mmlu":
+            entry["ours"] = report.metrics.get(f"{t['name']}.accuracy_loglik")
+            entry["lm_eval"] = res.get("acc,none")
+        else:
+            entry["ours"] = report.metrics.get(f"{t['name']}.accuracy")
+            entry["lm_eval_exact_match"] = res.get("exact_match,answer_is")
+        entry["disagreements"] = diffs
+        out[t["name"]] = entry
+    return out
