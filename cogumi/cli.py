@@ -19,7 +19,7 @@ from cogumi.gates import GateFileError, repo_root, resolve_gates, validate_overr
 from cogumi.ledger import LedgerError, State
 from cogumi.profile import Profile, ProfileError, load_profile
 from cogumi.registry import PHASES, UnknownPhase, get_phase
-from cogumi.runner import GateFailed, PhaseRefused, gate_phase, run_pipeline_to
+from cogumi.runner import GateFailed, PhaseInputError, PhaseRefused, gate_phase, run_pipeline_to
 from cogumi.signoff import reports_dir
 
 console = Console()
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except GateFailed as exc:
         console.print(f"[red bold]gate failed:[/] {exc}")
         return 1
-    except (PhaseRefused, ProfileError, GateFileError, ManifestError, LedgerError,
-            UnknownPhase) as exc:
+    except (PhaseRefused, PhaseInputError, ProfileError, GateFileError, ManifestError,
+            LedgerError, UnknownPhase, FileNotFoundError) as exc:
         console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
         return 2
 

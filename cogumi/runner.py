@@ -39,6 +39,10 @@ class PhaseRefused(RuntimeError):
     """A phase may not start; the message is one line naming the input and what differs."""
 
 
+class PhaseInputError(RuntimeError):
+    """A phase cannot do its work with what it was given (profile, inputs); one line."""
+
+
 class GateFailed(RuntimeError):
     """A phase ran but did not pass its gates; nothing downstream may start."""
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cogumi.evaluation import GenerationSettings, TransformersBackend, evaluate, load_task
 from cogumi.models import LoadedModel
-from cogumi.runner import PhaseContext
+from cogumi.runner import PhaseContext, PhaseInputError
+
+
+@contextmanager
+def generation_backend(ctx: PhaseContext, loaded: LoadedModel) -> Iterator[TransformersBackend]:
+    """The profile's generation backend over a loaded model, with a progress bar."""
+    with ctx.progress() as progress:
+        yield TransformersBackend(loaded.model, loaded.tokenizer,
+                                  batch_size=ctx.profile.eval.batch_size,
+                                  add_bos=loaded.add_bos, progress=progress)
 
 
 def eval_tasks(ctx: PhaseContext) -> list:
@@ -16,7 +27,7 @@ def eval_tasks(ctx: PhaseContext) -> list:
              for kind, path in (("math", cfg.math), ("mmlu", cfg.mmlu), ("code", cfg.code))
              if path is not None]
     if not tasks:
-        raise RuntimeError(f"{ctx.profile.source_file}: [eval] names no task files")
+        raise PhaseInputError(f"{ctx.profile.source_file}: [eval] names no task files")
     return tasks
 
 
@@ -28,10 +39,9 @@ def evaluate_model(ctx: PhaseContext, loaded: LoadedModel, out_dir: Path) -> dic
         note = f"reduced evaluation sample: at most {cfg.limit} items per task (eval.limit)"
         if note not in ctx.notes:
             ctx.notes.append(note)
-    backend = TransformersBackend(loaded.model, loaded.tokenizer, batch_size=cfg.batch_size,
-                                  add_bos=loaded.add_bos)
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
                                   seed=ctx.seed, samples=1)
-    report = evaluate(backend, tasks, settings, limit=cfg.limit)
+    with generation_backend(ctx, loaded) as backend:
+        report = evaluate(backend, tasks, settings, limit=cfg.limit)
     report.write(out_dir)
     return dict(report.metrics)

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 
 from cogumi.data.sources import DOMAINS, Quarantined, load_local_source
-from cogumi.runner import PhaseContext
+from cogumi.runner import PhaseContext, PhaseInputError
 
 
 def _content_key(instruction: str, response: str) -> str:
@@ -44,7 +44,7 @@ def run(ctx: PhaseContext) -> dict:
         task = progress.add_task("loading sources", total=len(data.sources))
         for source in data.sources:
             if source.path is None:
-                raise RuntimeError(f"{ctx.profile.source_file}: source {source.name!r} is a "
+                raise PhaseInputError(f"{ctx.profile.source_file}: source {source.name!r} is a "
                                    f"hub dataset; loading by hub id is not implemented yet")
             for item in load_local_source(source.name, source.schema_, ctx.resolve(source.path),
                                           display_root=ctx.root):

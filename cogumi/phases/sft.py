@@ -10,9 +10,9 @@ import json
 import random
 
 from cogumi.artifacts import sha256_file
-from cogumi.models import load_base_model
 from cogumi.phases.common import evaluate_model
-from cogumi.runner import PhaseContext
+from cogumi.runner import PhaseContext, PhaseInputError
+from cogumi.training.backends import load_for_training
 from cogumi.training.sft import (
     checkpoint_key,
     encode_records,
@@ -35,12 +35,12 @@ def run(ctx: PhaseContext) -> dict:
         train_records = train_records[:cfg.max_examples]
 
     ctx.console.print(f"loading {profile.model.source} model {profile.model.path or profile.model.hub_id or profile.model.package}")
-    loaded = load_base_model(profile.model, ctx.root, profile.hardware.device)
+    loaded = load_for_training(profile.model, cfg, ctx.root, profile.hardware.device)
     tok = loaded.tokenizer
     train = encode_records(train_records, tok, loaded.add_bos, cfg.max_seq_len)
     heldout = encode_records(heldout_records, tok, loaded.add_bos, cfg.max_seq_len)
     if not train.examples:
-        raise RuntimeError(f"{curated_path}: no usable training examples "
+        raise PhaseInputError(f"{curated_path}: no usable training examples "
                            f"(excluded: {dict(train.excluded)})")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 

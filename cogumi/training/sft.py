@@ -1,9 +1,10 @@
 """Supervised fine-tuning with LoRA: chat template applied, prompt tokens masked.
 
 One entry point, `train_lora`, for the backends the profile can name. This module holds the
-CPU path (peft LoRA in full precision, through the transformers Trainer, which gives us
-checkpoints a killed run resumes from). The GPU backends (bitsandbytes QLoRA, unsloth) are
-their own issue; asking for them here fails with a clear message, never a silent fallback.
+training loop (the transformers Trainer, which gives us checkpoints a killed run resumes
+from); how each backend loads the model, attaches LoRA and picks its optimizer lives in
+`cogumi.training.backends`. A backend that cannot run here fails with one line naming
+`training.backend`, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cogumi.profile import TrainingConfig
+from cogumi.training import backends
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
 
@@ -150,18 +152,17 @@ def train_lora(model, tokenizer, train: list[Example], cfg: TrainingConfig, seed
     """Wrap `model` with LoRA adapters and train them; returns (peft_model, log_history,
     resumed).
 
-    Checkpoints go to `checkpoint_dir`; a run killed mid-way resumes from the newest one.
+    `model` comes from `backends.load_for_training` (for peft-lora, `load_base_model` gives the
+    same), since the 4-bit backends quantise while loading. Checkpoints go to
+    `checkpoint_dir`; a run killed mid-way resumes from the newest one.
     """
-    if cfg.backend != "peft-lora":
-        raise RuntimeError(
-            f"training.backend = {cfg.backend!r} needs a CUDA machine and its own backend "
-            f"(bitsandbytes QLoRA / unsloth); this build trains with 'peft-lora' only")
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lora)
-    log_history, resumed = fit(peft_model, tokenizer, train, cfg, seed, checkpoint_dir, device)
+    backends.check_available(cfg.backend, device)
+    peft_model = backends.wrap_lora(model, cfg, seed)
+    # wrap_lora has set up gradient checkpointing the backend's own way (unsloth's offloading
+    # variant, QLoRA's non-reentrant one); fit must not switch it to the plain one.
+    fit_cfg = cfg.model_copy(update={"gradient_checkpointing": False})
+    log_history, resumed = fit(peft_model, tokenizer, train, fit_cfg, seed, checkpoint_dir,
+                               device)
     return peft_model, log_history, resumed
 
 
@@ -174,6 +175,11 @@ def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: 
     adapter further, with the seed's own 1B schedule). Returns (log_history, resumed).
     """
     from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import ProgressCallback
+
+    class _BarOnlyProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
 
     if cfg.gradient_checkpointing:
         peft_model.gradient_checkpointing_enable()
@@ -201,10 +207,15 @@ def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: 
         remove_unused_columns=False,
         # length-grouped batches waste less compute on padding
         train_sampling_strategy="group_by_length",
+        **backends.trainer_arguments(cfg, device),  # the backend's optimizer, bf16 on GPUs
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = Trainer(model=peft_model, args=args, train_dataset=_ListDataset(train),
                       data_collator=_collate(pad_id))
+    # Keep the progress bar, drop the per-step dict it prints: the loss curve PNG and
+    # train_log.json hold every logged step.
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_BarOnlyProgress)
     resume = any(checkpoint_dir.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     return trainer.state.log_history, resume

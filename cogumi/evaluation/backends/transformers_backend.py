@@ -62,7 +62,10 @@ class TransformersBackend(Backend):
         add_bos: bool | None = None,
         model_digest: str | None = None,
         max_length: int | None = None,
+        progress: Any = None,
     ) -> None:
+        """``progress``: a rich ``Progress`` to show a bar per ``generate`` call (long
+        CPU runs otherwise look hung)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model = model
@@ -83,6 +86,7 @@ class TransformersBackend(Backend):
         cfg = getattr(model, "config", None)
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 2048
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.progress = progress
 
     # ----------------------------------------------------------------- helpers
     def _pad_id(self) -> int:
@@ -166,10 +170,16 @@ class TransformersBackend(Backend):
                 runnable.append((i, req, text, ids, min(req.max_new_tokens, room)))
         # Similar lengths together: less padding, fewer wasted positions.
         runnable.sort(key=lambda r: (len(r[3]), r[4]))
+        bar = (self.progress.add_task(f"generating ({len(runnable)} requests)",
+                                      total=len(runnable)) if self.progress else None)
         for start in range(0, len(runnable), self.batch_size):
             chunk = runnable[start : start + self.batch_size]
             for (i, _req, _text, _ids, _mx), out in zip(chunk, self._generate_batch(chunk), strict=True):
                 outputs[i] = out
+            if bar is not None:
+                self.progress.advance(bar, len(chunk))
+        if bar is not None:
+            self.progress.remove_task(bar)
         return [o for o in outputs if o is not None]
 
     def _generate_batch(self, chunk: list) -> list[GenerationOutput]:

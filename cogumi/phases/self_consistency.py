@@ -1,0 +1,185 @@
+"""Phase 1B: self-consistency distillation, as the seed describes it.
+
+1. Diagnose: k sampled answers per evaluation prompt at the profile's temperature; the
+   consistency of the 1A model (the evaluation suite's definition: all k final answers agree).
+2. Generate: greedy (temperature 0) answers to *training* prompts — curated math records,
+   and code tasks with tests — kept only when the verifier accepts them (math-verify against
+   the record's own final answer; the code's tests in the sandbox). Creative prompts are
+   sampled at 0.7 and have no verifier; the seed's "train at 0.3" is recorded as the
+   inference temperature for that category (generation_temperatures.json).
+3. Train: the 1A adapter, trained further on that data (seed: 2 epochs, lr 5e-6).
+4. Re-benchmark: the same diagnostic and the greedy evaluation, and wins/ties/losses per item
+   against the model before this phase (the verifier decides each item).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from cogumi.evaluation import (
+    GenerationRequest,
+    GenerationSettings,
+    Item,
+    Task,
+    evaluate,
+    load_task,
+)
+from cogumi.evaluation.answers import extract_math_answer
+from cogumi.evaluation.compare import compare_verified
+from cogumi.models import load_base_model
+from cogumi.phases.common import eval_tasks, evaluate_model, generation_backend
+from cogumi.runner import PhaseContext, PhaseInputError
+from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
+
+
+def _curated(ctx: PhaseContext) -> list[dict]:
+    path = ctx.input_dir("0") / "curated.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def math_training_task(records: list[dict], limit: int, source: str) -> Task:
+    """Curated math records whose own response states a final answer, as a MATH-style task."""
+    items = []
+    for r in records:
+        if r["domain"] != "math":
+            continue
+        answer = extract_math_answer(r["response"])
+        if answer.rule not in ("boxed", "answer_is"):
+            continue  # no stated final answer: nothing to verify a generation against
+        items.append(Item(id=r["id"], category=r["source"], reference=answer.answer,
+                          fields={"problem": r["instruction"]}, line=0))
+        if len(items) == limit:
+            break
+    digest = hashlib.sha256(json.dumps([(i.id, i.reference) for i in items]).encode()).hexdigest()
+    return Task("math_train", "math", source, items, digest)
+
+
+def run(ctx: PhaseContext) -> dict:
+    profile = ctx.profile
+    sc = profile.self_consistency
+    if sc is None:
+        raise PhaseInputError(f"{profile.source_file}: missing table [self_consistency]; "
+                           f"phase 1B needs it")
+    from peft import PeftModel
+
+    loaded = load_base_model(profile.model, ctx.root, profile.hardware.device)
+    loaded.model = PeftModel.from_pretrained(loaded.model, ctx.input_dir("1A") / "adapter",
+                                             is_trainable=True)
+    tok = loaded.tokenizer
+    tasks = eval_tasks(ctx)
+    diagnostic = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens,
+                                    temperature=sc.temperature, seed=ctx.seed,
+                                    samples=sc.samples)
+
+    # 1. Diagnose.
+    ctx.console.print(f"1B.1 diagnostic: {sc.samples} samples per prompt at T={sc.temperature}")
+    with generation_backend(ctx, loaded) as backend:
+        before = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit)
+    before.write(ctx.out_dir / "diagnostic_before")
+
+    # 2. Generate at temperature 0 on training prompts; keep what the verifier accepts.
+    gen_tasks = [math_training_task(_curated(ctx), sc.math_prompts, "runs/0/curated.jsonl")]
+    if sc.code_prompts:
+        gen_tasks.append(load_task("code", ctx.resolve(sc.code_prompts)))
+    ctx.console.print("1B.1 generating self-consistent data (greedy) on "
+                      + ", ".join(f"{len(t.items)} {t.kind}" for t in gen_tasks))
+    greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
+                                seed=ctx.seed, samples=1)
+    with generation_backend(ctx, loaded) as backend:
+        generated = evaluate(backend, gen_tasks, greedy)
+    messages_of = {(t.name, it.id): t.messages(it) for t in gen_tasks for it in t.items}
+    kept, dropped = [], []
+    for rec in generated.records:
+        prompt = messages_of[(rec["task"], rec["item_id"])][0]["content"]
+        row = {"id": rec["item_id"], "task": rec["task"], "instruction": prompt,
+               "response": rec["generations"][0] if rec["generations"] else ""}
+        if rec["verdicts"] and rec["verdicts"][0]:
+            kept.append({**row, "verified_by": "math-verify" if rec["kind"] == "math"
+                         else "tests in the sandbox", "temperature": 0.0})
+        else:
+            dropped.append({**row, "reason": rec["reasons"][0] if rec["reasons"] else "none"})
+    creative = [r for r in _curated(ctx) if r["domain"] == "creative"][:sc.creative_prompts]
+    if creative:
+        with generation_backend(ctx, loaded) as backend:
+            outs = backend.generate([GenerationRequest(
+            messages=({"role": "user", "content": r["instruction"]},),
+                max_new_tokens=profile.eval.max_new_tokens,
+                temperature=sc.creative_sample_temperature, seed=ctx.seed) for r in creative])
+        for r, out in zip(creative, outs, strict=True):
+            kept.append({"id": r["id"], "task": "creative", "instruction": r["instruction"],
+                         "response": out.text, "verified_by": "none (no verifier for creative)",
+                         "temperature": sc.creative_sample_temperature})
+    with open(ctx.out_dir / "self_distillation.jsonl", "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+    with open(ctx.out_dir / "dropped.jsonl", "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in dropped)
+    (ctx.out_dir / "generation_temperatures.json").write_text(json.dumps({
+        "math": 0.0, "code": 0.0, "creative": sc.creative_inference_temperature,
+        "why": "seed 1B: MATH/CODE deterministic; creative sampled at "
+               f"{sc.creative_sample_temperature}, used at {sc.creative_inference_temperature}",
+    }, indent=2))
+    if not kept:
+        raise PhaseInputError("1B.1 kept no generation: the verifier accepted none "
+                           f"({len(dropped)} dropped, see dropped.jsonl)")
+
+    # 3. Train the 1A adapter further on the verified data.
+    encoded = encode_records(kept, tok, loaded.add_bos, profile.training.max_seq_len)
+    key = checkpoint_key(ctx.profile.sha256, *(r["id"] for r in kept))
+    ctx.console.print(f"1B.2 training on {len(encoded.examples)} examples, {sc.epochs:g} epochs "
+                      f"at lr {sc.learning_rate:g}")
+    log_history, resumed = fit(loaded.model, tok, encoded.examples, profile.training, ctx.seed,
+                               ctx.work_dir / f"checkpoints-{key}", profile.hardware.device,
+                               epochs=sc.epochs, learning_rate=sc.learning_rate)
+    if resumed:
+        ctx.notes.append("resumed from a checkpoint")
+    loaded.model.save_pretrained(ctx.out_dir / "adapter")
+    plot_loss_curve(log_history, ctx.out_dir / "loss_curve.png", f"1B self-distillation — {profile.name}")
+
+    # 4. Re-benchmark: the same diagnostic, the greedy evaluation, and ties against before.
+    ctx.console.print("1B.3 re-benchmark")
+    with generation_backend(ctx, loaded) as backend:
+        after = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit)
+    after.write(ctx.out_dir / "diagnostic_after")
+    greedy_after = evaluate_model(ctx, loaded, ctx.out_dir / "eval_after")
+    comparison = compare_verified(after, before)
+    _write_json(ctx.out_dir / "comparison.json", {
+        "reference": "the 1A model before this phase, same prompts and sampling settings",
+        "metrics": comparison.metrics, "records": comparison.records})
+    ctx.notes.append("ties: per item against the 1A model (before this phase), decided by the "
+                     "verifier over the k samples; no teacher reference is configured")
+    ctx.notes.append(f"consistency: share of prompts whose {sc.samples} answers sampled at "
+                     f"T={sc.temperature} all agree (math: math-verify equivalence; mmlu: same "
+                     f"letter; code: same normalised AST), item-weighted over the tasks")
+    ctx.notes.append(f"1B.1 kept {len(kept)} generations, dropped {len(dropped)} "
+                     f"(reasons in dropped.jsonl); excluded at encoding: {dict(encoded.excluded)}")
+
+    one_a = json.loads((ctx.input_dir("1A") / "metrics.json").read_text())
+    # The evaluation suite's pooled consistency: all k answers agree, over every item of
+    # every task in the diagnostic.
+    consistency_before = before.metrics["consistency"]
+    consistency_after = after.metrics["consistency"]
+    metrics = {
+        "before.consistency": consistency_before,
+        "consistency": consistency_after,
+        "consistency.gain": consistency_after - consistency_before,
+        "distill.kept": len(kept),
+        "distill.dropped": len(dropped),
+        "math.ties": comparison.metrics.get("math.ties", float("nan")),
+        "code.ties": comparison.metrics.get("code.ties", float("nan")),
+    }
+    for name in ("math.accuracy", "mmlu.accuracy", "code.pass@1"):
+        metrics[f"before.{name}"] = one_a.get(name, float("nan"))
+    for key, value in comparison.metrics.items():
+        metrics[f"vs_before.{key}"] = value
+    for key, value in after.metrics.items():
+        if ".consistency" in key or "pairwise_agreement" in key:
+            metrics[f"diagnostic.{key}"] = value
+            metrics[f"before.diagnostic.{key}"] = before.metrics.get(key, float("nan"))
+    metrics.update(greedy_after)
+    return metrics
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))
