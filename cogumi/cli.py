@@ -59,11 +59,12 @@ def cmd_status(args) -> int:
     profile = _load(args)
     runs = _runs_dir(args, profile)
     table = Table(title=f"cogumi pipeline — profile {profile.name} ({runs})")
-    for col in ("phase", "title", "state", "gates", "size", "wall time", "cost"):
-        table.add_column(col)
+    # No titles here (`cogumi plan` has them): one row per phase fits 80 columns.
+    for col in ("phase", "state", "gates", "size", "wall time", "cost"):
+        table.add_column(col, no_wrap=True)
     for phase in PHASES:
         if not phase.implemented:
-            table.add_row(phase.id, phase.title, "[dim]not implemented", "", "", "", "")
+            table.add_row(phase.id, "[dim]not implemented", "", "", "", "")
             continue
         check = ledger.check_signoff(runs, phase.id, profile.sha256)
         colour = {State.VALID: "green", State.MISSING: "dim", State.FAILED: "red",
@@ -71,7 +72,9 @@ def cmd_status(args) -> int:
         gates = size = wall = cost = ""
         if check.entry:
             passed = sum(g["passed"] for g in check.entry["gates"])
-            gates = f"{passed}/{len(check.entry['gates'])} passed"
+            waived = sum(bool(g.get("waived")) for g in check.entry["gates"])
+            gates = f"{passed}/{len(check.entry['gates'])} passed" + (
+                f", {waived} waived" if waived else "")
         folder = runs / phase.id
         if (folder / artifacts.MANIFEST).exists():
             size = f"{_size_mb(folder):.1f} MB"
@@ -81,8 +84,7 @@ def cmd_status(args) -> int:
                 cost = f"${manifest.get('estimated_cost_usd', 0):.4f}"
             except ManifestError:
                 wall = "manifest corrupted"
-        table.add_row(phase.id, phase.title, f"[{colour}]{check.state.value}", gates, size,
-                      wall, cost)
+        table.add_row(phase.id, f"[{colour}]{check.state.value}", gates, size, wall, cost)
     console.print(table)
     return 0
 
@@ -115,7 +117,7 @@ def cmd_plan(args) -> int:
                   f"hardware {profile.hardware.name} at ${profile.hardware.price_per_hour_usd}/h")
     table = Table(title=f"plan — {profile.name}")
     for col in ("phase", "title", "status", "gates", "hardware", "est. h", "est. $", "seed $"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col == "status")
     bases = []
     total_hours = total_cost = seed_total = 0.0
     for phase in PHASES:

@@ -35,6 +35,8 @@ class Gate:
     why: str
     source: str
     """Where the threshold in force came from: the gate file or the profile override."""
+    waived: bool = False
+    """Measured and reported, but not blocking (an explicit profile override)."""
 
     def check(self, value: float | None) -> bool:
         """A missing or non-finite value never passes."""
@@ -113,10 +115,13 @@ def resolve_gates(phase_id: str, profile: Profile, root: Path | None = None) -> 
                 f"{profile.source_file}: gate_overrides[{n}]: key 'metric': "
                 f"{override.metric!r} has no gate in {phase.gate_file} to override")
         base = by_metric[override.metric]
+        threshold = base.threshold if override.waive else override.threshold
         by_metric[override.metric] = Gate(
-            base.metric, base.op, override.threshold,
+            base.metric, base.op, threshold,
             f"{override.why} (seed: {base.describe()}: {base.why})",
-            source=f"profile {profile.name} (override of {base.source})")
+            source=f"profile {profile.name} ({'waiver' if override.waive else 'override'} "
+                   f"of {base.source})",
+            waived=override.waive)
     return [by_metric[g.metric] for g in gates]
 
 

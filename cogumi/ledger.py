@@ -90,7 +90,8 @@ def check_signoff(runs_dir: Path, phase_id: str, profile_sha256: str) -> Signoff
     if entry is None:
         return SignoffCheck(phase_id, State.MISSING, f"phase {phase_id} has no sign-off")
     if not entry.get("passed"):
-        failed = [g["metric"] for g in entry.get("gates", []) if not g.get("passed")]
+        failed = [g["metric"] for g in entry.get("gates", [])
+                  if not g.get("passed") and not g.get("waived")]
         return SignoffCheck(phase_id, State.FAILED,
                             f"phase {phase_id}: last gate run failed ({', '.join(failed)})", entry)
     manifest_path = folder / MANIFEST

@@ -149,9 +149,18 @@ class PlanStep(_Strict):
 class GateOverride(_Strict):
     phase: str
     metric: str
-    threshold: float
+    threshold: float | None = None
+    waive: bool = False
+    """Measure and report the metric but do not block on it (shown as WAIVED, never PASS)."""
     why: str = Field(min_length=10)
     """An override must say why the seed's threshold does not apply to this profile."""
+
+    @model_validator(mode="after")
+    def _one_change(self) -> GateOverride:
+        if (self.threshold is None) == (not self.waive):
+            raise ValueError(f"gate override {self.phase}/{self.metric}: give either a "
+                             f"threshold or waive = true")
+        return self
 
 
 class Profile(_Strict):

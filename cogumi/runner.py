@@ -181,7 +181,7 @@ def gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console
     render_report(entry, manifest, metrics, console,
                   reports_dir(runs_dir) / f"{phase.session_name}.md")
     if not entry["passed"]:
-        failed = [r for r in results if not r.passed]
+        failed = [r for r in results if not (r.passed or r.waived)]
         raise GateFailed(f"phase {phase.id} failed {len(failed)} gate(s): " +
                          "; ".join(f"{r.metric} = {r.value} (needs {r.op} {r.threshold:g})"
                                    for r in failed))

@@ -34,6 +34,7 @@ class GateResult:
     value: float | None
     passed: bool
     message: str = ""
+    waived: bool = False
 
 
 def reports_dir(runs_dir: Path) -> Path:
@@ -69,8 +70,13 @@ def parse_junit(junit: Path) -> list[GateResult]:
         if failure is None:
             failure = case.find("error")
         message = (failure.get("message") or "") if failure is not None else ""
+        # A waived gate is a pytest skip; only a gate the profile waived may be skipped.
+        waived = case.find("skipped") is not None and gate.get("waived", False)
+        if case.find("skipped") is not None and not waived:
+            raise RuntimeError(f"{junit}: gate {gate['metric']} was skipped without a waiver")
         results.append(GateResult(gate["metric"], gate["op"], gate["threshold"], gate["source"],
-                                  gate["why"], gate["value"], failure is None, message))
+                                  gate["why"], gate["value"], failure is None and not waived,
+                                  message, waived))
     return results
 
 
@@ -84,12 +90,16 @@ def signoff_entry(profile: Profile, phase_id: str, runs_dir: Path,
         "profile": profile.name,
         "profile_sha256": profile.sha256,
         "manifest_sha256": manifest_digest(folder),
-        "passed": bool(results) and all(r.passed for r in results),
+        "passed": any(r.passed for r in results) and all(r.passed or r.waived
+                                                         for r in results),
         "gates": [r.__dict__ for r in results],
         "junit": str(junit),
         "wall_time_s": manifest.get("wall_time_s"),
         "estimated_cost_usd": manifest.get("estimated_cost_usd"),
     }
+
+
+_COLOURS = {"PASS": "green", "FAIL": "red", "WAIVED": "yellow"}
 
 
 def _fmt(value) -> str:
@@ -123,14 +133,14 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
     for col in ("metric", "value", "threshold", "source", "result"):
         table.add_column(col)
     for g in entry["gates"]:
-        mark = "PASS" if g["passed"] else "FAIL"
+        mark = "WAIVED" if g.get("waived") else "PASS" if g["passed"] else "FAIL"
         shortfall = ""
-        if not g["passed"] and isinstance(g["value"], int | float):
+        if mark == "FAIL" and isinstance(g["value"], int | float):
             shortfall = f" (off by {abs(g['value'] - g['threshold']):.4g})"
         lines.append(f"| {g['metric']} | {_fmt(g['value'])} | {g['op']} {g['threshold']:g} | "
                      f"{g['source']} | **{mark}**{shortfall} |")
         table.add_row(g["metric"], _fmt(g["value"]), f"{g['op']} {g['threshold']:g}",
-                      g["source"], f"[{'green' if g['passed'] else 'red'}]{mark}{shortfall}")
+                      g["source"], f"[{_COLOURS[mark]}]{mark}{shortfall}")
     lines += ["", "## Why each threshold", ""]
     lines += [f"- `{g['metric']}`: {g['why']}" for g in entry["gates"]]
     before = {k[len("before."):]: v for k, v in metrics.items() if k.startswith("before.")}

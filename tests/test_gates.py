@@ -106,3 +106,18 @@ def test_ge_and_lt_partition_every_value(value):
     assert ge.check(value) != lt.check(value)
     assert ge.check(value) == operator.ge(value, 0.6)
     assert not math.isnan(value)
+
+
+def test_waiver_is_explicit_and_marked(tmp_path):
+    profile, _ = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\nmetric = "code.ties"\n'
+                              'waive = true\nwhy = "no code tasks in this profile yet"\n')
+    gates = {g.metric: g for g in resolve_gates("1B", profile)}
+    assert gates["code.ties"].waived and "waiver" in gates["code.ties"].source
+    assert not gates["math.ties"].waived
+
+
+def test_override_needs_threshold_or_waiver(tmp_path):
+    from cogumi.profile import ProfileError
+    with pytest.raises(ProfileError, match="give either a threshold or waive"):
+        profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\nmetric = "code.ties"\n'
+                     'why = "neither given, which is a mistake"\n')

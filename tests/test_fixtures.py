@@ -1,0 +1,371 @@
+"""The committed fixtures are what the rest of the suite relies on: run `pytest tests/test_fixtures.py`.
+
+Checks the tiny model's shape constraints (quantization-friendly widths, tied embeddings), the
+tokenizer's Llama 3 conventions, every source file against its real schema and PLANTED.json,
+the benchmark schemas, that canonical code solutions pass their tests, and that no benchmark
+item occurs in the sources or the pretraining corpus. Rebuild with
+`python -m fixtures.build_fixtures` (see fixtures/tiny-llama/fixture_card.json).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # fixtures/ is a plain folder of build scripts, not installed
+
+from fixtures import build_fixtures, synthetic  # noqa: E402
+from fixtures.benchmark_items import (  # noqa: E402
+    code_tasks,
+    humaneval_record,
+    math_problems,
+    math_record,
+    mmlu_questions,
+    mmlu_record,
+)
+from fixtures.sources import MIN_NEAR_DUPLICATE_SIMILARITY, SOURCE_FILES, record_text, similarities  # noqa: E402
+
+FIXTURES = REPO_ROOT / "fixtures"
+MODEL_DIR = FIXTURES / "tiny-llama"
+SOURCES_DIR = FIXTURES / "sources"
+BENCHMARKS_DIR = FIXTURES / "benchmarks"
+CORPUS_PREFIX_DOCUMENTS = 4000  # a prefix of the pretraining corpus, regenerated in under a second
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_source(source: str) -> list[dict]:
+    path = SOURCES_DIR / SOURCE_FILES[source]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict[str, list[dict]]:
+    return {source: read_source(source) for source in SOURCE_FILES}
+
+
+@pytest.fixture(scope="module")
+def planted() -> dict:
+    return json.loads((SOURCES_DIR / "PLANTED.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def benchmarks() -> dict[str, list[dict]]:
+    return {name: read_jsonl(BENCHMARKS_DIR / f"{name}.jsonl") for name in ("math", "mmlu", "code")}
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+def test_model_is_a_small_llama_with_quantization_friendly_widths(model):
+    import torch
+
+    config = model.config
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert config.hidden_size == 256 and config.intermediate_size in (512, 768)
+    # llama.cpp K-quants work in super-blocks of 256 along these dimensions.
+    assert config.hidden_size % 256 == 0 and config.intermediate_size % 256 == 0
+    assert (config.num_attention_heads, config.head_dim, config.num_key_value_heads) == (4, 64, 2)
+    assert config.num_hidden_layers <= 4
+    assert config.max_position_embeddings == 1024
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears, "no Linear layers found"
+    # W4A16 quantizes in groups of 128 along each Linear's input dimension.
+    assert all(m.in_features % 128 == 0 for m in linears), [m.in_features for m in linears]
+
+
+def test_embeddings_are_tied(model):
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_model_directory_is_small_and_complete():
+    names = {p.name for p in MODEL_DIR.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "fixture_card.json"} <= names
+    assert sum(p.stat().st_size for p in MODEL_DIR.iterdir()) <= 15 * 1024 * 1024
+
+
+def test_model_runs_and_generation_stops_on_chat_and_text_ends(model, tokenizer):
+    import torch
+
+    inputs = tokenizer("Problem: Tom has 3 apples.", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[-1] == model.config.vocab_size >= len(tokenizer)
+    assert torch.isfinite(logits).all()
+    end_ids = tokenizer.convert_tokens_to_ids(["<|end_of_text|>", "<|eot_id|>"])
+    assert set(end_ids) <= set(model.generation_config.eos_token_id)
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+def test_tokenizer_adds_bos_and_has_llama3_special_tokens(tokenizer):
+    ids = tokenizer("The answer is 19.")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    assert tokenizer.bos_token == "<|begin_of_text|>"
+    assert tokenizer.eos_token == "<|eot_id|>"
+    assert tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    for token in ("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"):
+        assert tokenizer.convert_tokens_to_ids(token) != tokenizer.unk_token_id
+        assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
+    assert 1500 <= len(tokenizer) <= 2048
+
+
+def test_tokenizer_splits_digits_and_round_trips(tokenizer):
+    assert [t for t in tokenizer.tokenize("12345") if t.strip("Ġ")] == list("12345")
+    text = "def add_three(x):\n    return x + 3  # ünïcode ok"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_chat_template_renders_llama3_turns(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2 + 3?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    full = messages + [{"role": "assistant", "content": "5"}]
+    assert tokenizer.apply_chat_template(full, tokenize=False).endswith("assistant<|end_header_id|>\n\n5<|eot_id|>")
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_pretraining_chat_documents_match_the_chat_template(tokenizer):
+    messages = [{"role": "user", "content": "Which is larger?"}, {"role": "assistant", "content": "B"}]
+    assert tokenizer.bos_token + build_fixtures.chat_text(messages) == tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def test_fixture_card_records_build_and_intended_quality():
+    card = json.loads((MODEL_DIR / "fixture_card.json").read_text(encoding="utf-8"))
+    assert card["build_command"] == build_fixtures.BUILD_COMMAND
+    metrics = card["metrics"]
+    # The point of the fixture: real but imperfect skill, inconsistent under sampling.
+    assert 0.15 <= metrics["math_greedy_accuracy"] <= 0.6
+    assert metrics["math_all_samples_agree"] < 0.9
+    assert card["config"]["hidden_size"] == 256
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+SCHEMAS = {
+    "openorca": {"id", "system_prompt", "question", "response"},
+    "alpaca_gpt4": {"instruction", "input", "output"},
+    "wizardlm": {"instruction", "output"},
+    "dolly": {"instruction", "context", "response", "category"},
+    "metamathqa": {"query", "response", "type", "original_question"},
+    "code_alpaca": {"instruction", "input", "output"},
+    "anthropic_hh": {"chosen", "rejected"},
+}
+DOLLY_CATEGORIES = {"open_qa", "general_qa", "classification", "closed_qa", "brainstorming",
+                    "information_extraction", "summarization", "creative_writing"}
+
+
+@pytest.mark.parametrize("source", SOURCE_FILES)
+def test_source_parses_in_its_own_schema(source, sources):
+    records = sources[source]
+    assert 30 <= len(records) <= 150
+    for record in records:
+        assert set(record) == SCHEMAS[source]
+        assert all(isinstance(value, str) for value in record.values())
+    if source == "dolly":
+        assert {r["category"] for r in records} <= DOLLY_CATEGORIES
+    if source == "metamathqa":
+        assert all(re.search(r"The answer is: -?\d+$", r["response"]) for r in records)
+        assert {r["type"] for r in records} <= {"GSM_AnsAug", "GSM_Rephrased", "GSM_FOBAR", "GSM_SV"}
+    if source == "anthropic_hh":
+        for record in records:
+            for transcript in (record["chosen"], record["rejected"]):
+                assert transcript.startswith("\n\nHuman: ") and "\n\nAssistant: " in transcript
+        assert any(r["chosen"].count("\n\nHuman: ") > 1 for r in records), "no multi-turn dialogue"
+
+
+def test_openorca_is_parquet_with_string_columns():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(SOURCES_DIR / "openorca.parquet")
+    assert schema.names == ["id", "system_prompt", "question", "response"]
+    assert all(field.type == pa.string() for field in schema)
+
+
+def _locate(sources, locator) -> tuple[str, dict]:
+    source = next(name for name, filename in SOURCE_FILES.items() if filename == locator["file"])
+    record = sources[source][locator["index"]]
+    if "id" in locator:
+        assert record["id"] == locator["id"]
+    return source, record
+
+
+def test_planted_defects_are_where_planted_json_says(sources, planted):
+    kinds = Counter(p["kind"] for p in planted["plants"])
+    assert kinds["exact_duplicate"] >= 4 and kinds["near_duplicate"] >= 3
+    assert 3 <= kinds["non_english"] <= 5 and 2 <= kinds["empty_response"] <= 3
+    assert {p["scope"] for p in planted["plants"] if p["kind"] == "exact_duplicate"} == {"within_source", "across_sources"}
+    for plant in planted["plants"]:
+        source, record = _locate(sources, plant["record"])
+        text = record_text(source, record)
+        if plant["kind"] in ("exact_duplicate", "near_duplicate"):
+            original_source, original = _locate(sources, plant["original"])
+            original_text = record_text(original_source, original)
+            if plant["kind"] == "exact_duplicate":
+                assert " ".join(text.split()) == " ".join(original_text.split())
+            else:
+                assert text != original_text
+                assert min(similarities(text, original_text).values()) >= MIN_NEAR_DUPLICATE_SIMILARITY
+        elif plant["kind"] == "non_english":
+            assert plant["language"] in {"es", "de", "fr"}
+        elif plant["kind"] == "empty_response":
+            response = record.get("response", record.get("output"))
+            assert response.strip() == ""
+
+
+def test_no_unplanned_exact_duplicates_or_empty_responses(sources, planted):
+    planted_positions = {(p["record"]["file"], p["record"]["index"]) for p in planted["plants"]}
+    seen: dict[str, tuple] = {}
+    for source, records in sources.items():
+        for index, record in enumerate(records):
+            if (SOURCE_FILES[source], index) in planted_positions:
+                continue
+            text = " ".join(record_text(source, record).split())
+            assert text not in seen, f"{source}[{index}] duplicates {seen[text]}"
+            seen[text] = (source, index)
+            response = record.get("response", record.get("output", record.get("chosen")))
+            assert response.strip(), f"{source}[{index}] has an unplanned empty response"
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmarks
+# --------------------------------------------------------------------------------------------
+
+def test_benchmarks_follow_their_schemas(benchmarks):
+    assert 60 <= len(benchmarks["math"]) <= 100
+    for item in benchmarks["math"]:
+        assert set(item) == {"problem", "level", "type", "solution"}
+        assert re.fullmatch(r"Level [1-5]", item["level"])
+        assert re.search(r"\\boxed\{-?\d+\}", item["solution"])
+    assert 60 <= len(benchmarks["mmlu"]) <= 100
+    for item in benchmarks["mmlu"]:
+        assert set(item) == {"question", "subject", "choices", "answer"}
+        assert len(item["choices"]) == 4 and len(set(item["choices"])) == 4
+        assert item["answer"] in range(4)
+    assert 20 <= len(benchmarks["code"]) <= 40
+    for item in benchmarks["code"]:
+        assert set(item) == {"task_id", "prompt", "canonical_solution", "test", "entry_point"}
+        assert "def check(candidate):" in item["test"]
+        assert item["prompt"].startswith(f"def {item['entry_point']}(")
+    assert len({item["task_id"] for item in benchmarks["code"]}) == len(benchmarks["code"])
+
+
+def test_benchmark_files_are_the_eval_split_items_the_build_script_makes(benchmarks):
+    seed = build_fixtures.SEED
+    problems, questions, tasks = math_problems(seed), mmlu_questions(seed), code_tasks(seed)
+    assert benchmarks["math"] == [math_record(p) for p in problems]
+    assert benchmarks["mmlu"] == [mmlu_record(q) for q in questions]
+    assert benchmarks["code"] == [humaneval_record(i, t) for i, t in enumerate(tasks)]
+    keys = [p.key for p in problems] + [q.key for q in questions] + [t.key for t in tasks]
+    assert {synthetic.split_of(key) for key in keys} == {"eval"}
+
+
+def test_canonical_solutions_pass_their_tests(benchmarks):
+    # One subprocess for all tasks (each in a fresh namespace) keeps this fast and isolated
+    # from the test process; a failing task is named in the output.
+    program = (
+        "import json, sys\n"
+        "failed = []\n"
+        "for item in json.load(sys.stdin):\n"
+        "    namespace = {}\n"
+        "    try:\n"
+        "        exec(item['prompt'] + item['canonical_solution'] + item['test'], namespace)\n"
+        "        namespace['check'](namespace[item['entry_point']])\n"
+        "    except Exception as error:\n"
+        "        failed.append(f\"{item['task_id']}: {error!r}\")\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], input=json.dumps(benchmarks["code"]),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tests_reject_a_wrong_solution(benchmarks):
+    item = benchmarks["code"][0]
+    namespace: dict = {}
+    exec(item["prompt"] + "    return None\n" + item["test"], namespace)
+    with pytest.raises(AssertionError):
+        namespace["check"](namespace[item["entry_point"]])
+
+
+# --------------------------------------------------------------------------------------------
+# Train / eval disjointness
+# --------------------------------------------------------------------------------------------
+
+def test_pretraining_corpus_draws_only_from_the_train_split(monkeypatch):
+    requested: Counter = Counter()
+
+    def recording(generator):
+        def wrapper(rng, split, *args, **kwargs):
+            requested[split] += 1
+            return generator(rng, split, *args, **kwargs)
+        return wrapper
+
+    for name in ("arithmetic_problem", "code_task", "multiple_choice"):
+        monkeypatch.setattr(build_fixtures, name, recording(getattr(build_fixtures, name)))
+    build_fixtures.pretraining_documents(count=2000)
+    assert set(requested) == {"train"} and requested["train"] >= 2000
+
+
+def _benchmark_texts(benchmarks) -> list[str]:
+    """The distinctive text of each benchmark item, as it would appear in training text."""
+    texts = [item["problem"] for item in benchmarks["math"]]
+    texts += [f"{item['question']}\n{synthetic.format_choices(item['choices'])}" for item in benchmarks["mmlu"]]
+    return texts
+
+
+def test_benchmarks_do_not_occur_in_sources_or_pretraining_text(benchmarks, sources):
+    training_text = "\n".join(
+        [record_text(source, r) for source, records in sources.items() for r in records]
+        + build_fixtures.pretraining_documents(count=CORPUS_PREFIX_DOCUMENTS)
+    )
+    leaked = [text for text in _benchmark_texts(benchmarks) if text in training_text]
+    assert not leaked, leaked[:3]
+    # Function names carry the parameter (add_seventeen): none may appear as a whole word.
+    names = [item["entry_point"] for item in benchmarks["code"]]
+    leaked_names = [name for name in names if re.search(rf"\b{name}\b", training_text)]
+    assert not leaked_names, leaked_names
