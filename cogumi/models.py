@@ -61,6 +61,12 @@ def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu") -> Loaded
     where, extra = model_location(cfg, root)
     tokenizer = load_tokenizer(cfg, root)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=_dtype(cfg.dtype), **extra)
+    if cfg.source == "gguf-package":
+        # The GGUF loader de-quantises every tensor to `dtype`, so this is a plain model; but
+        # it keeps a GGUF "quantizer" marker that makes the Trainer refuse to fine-tune it.
+        model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, cfg.add_bos, where + (f"/{extra['gguf_file']}"

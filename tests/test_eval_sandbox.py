@@ -43,9 +43,25 @@ def sentinel(tmp_path):
     return path
 
 
-def _children() -> list[int]:
+def _all_children() -> set[int]:
     psutil = pytest.importorskip("psutil")
-    return [p.pid for p in psutil.Process().children(recursive=True)]
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+_preexisting: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _note_preexisting_children():
+    """Children this process had before the test (e.g. a multiprocessing forkserver that an
+    earlier test module started) are not the sandbox's; only new ones count."""
+    _preexisting.clear()
+    _preexisting.update(_all_children())
+    yield
+
+
+def _children() -> list[int]:
+    return sorted(_all_children() - _preexisting)
 
 
 def _strict(sandbox: Sandbox) -> bool:
