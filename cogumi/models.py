@@ -64,9 +64,8 @@ def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu") -> Loaded
     if cfg.source == "gguf-package":
         # The GGUF loader de-quantises every tensor to `dtype`, so this is a plain model; but
         # it keeps a GGUF "quantizer" marker that makes the Trainer refuse to fine-tune it.
-        model.hf_quantizer = None
-        if getattr(model.config, "quantization_config", None) is not None:
-            del model.config.quantization_config
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, cfg.add_bos, where + (f"/{extra['gguf_file']}"
