@@ -199,10 +199,15 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
     chain = (upstream(target.id) if with_inputs else []) + [target]
     for phase in chain:
         check = ledger.check_signoff(runs_dir, phase.id, profile.sha256)
+        if force and phase is target:
+            console.print(f"[yellow]•[/] --force: rebuilding phase {phase.id} ({check.reason})")
+            execute_phase(profile, phase.id, runs_dir, console)
+            gate_phase(profile, phase.id, runs_dir, console)
+            continue
         if check.state is State.TAMPERED:
             raise PhaseRefused(f"refusing phase {target.id}: {check.reason}; "
                                f"rerun phase {phase.id} with --force to rebuild it")
-        if check.ok and not (force and phase is target):
+        if check.ok:
             console.print(f"[green]✓[/] phase {phase.id} signed off "
                           f"(manifest {check.entry['manifest_sha256'][:12]}), skipping")
             continue

@@ -113,3 +113,13 @@ def test_tiny_pipeline_through_1a(runs):
     assert (folder / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     report = (runs / "tiny" / "reports" / "phase1a.md").read_text()
     assert "Before and after" in report and "profile tiny (override" in report
+
+
+def test_force_rebuilds_a_tampered_phase(runs, capsys):
+    assert _cogumi("run", "0", "--runs", str(runs)) == 0
+    curated = runs / "tiny" / "0" / "curated.jsonl"
+    curated.write_bytes(curated.read_bytes() + b"\n")
+    assert _cogumi("run", "0", "--runs", str(runs)) == 2
+    assert _cogumi("run", "0", "--force", "--runs", str(runs)) == 0
+    manifest = json.loads((runs / "tiny" / "0" / "manifest.json").read_text())
+    assert ledger.check_signoff(runs / "tiny", "0", manifest["profile_sha256"]).ok
