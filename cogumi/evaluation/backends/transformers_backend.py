@@ -19,7 +19,7 @@ from ..settings import (
     LoglikelihoodOutput,
     LoglikelihoodRequest,
 )
-from .base import Backend, BackendError
+from .base import Backend, BackendError, with_single_bos
 
 FALLBACK_TEMPLATE_NOTE = "no chat template: 'role: content' lines"
 
@@ -130,12 +130,7 @@ class TransformersBackend(Backend):
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt with the BOS policy applied (exactly one BOS or none)."""
         ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
-        if self.bos_id is not None:
-            if self._auto_bos and (not ids or ids[0] != self.bos_id):
-                ids.insert(0, self.bos_id)
-            while len(ids) >= 2 and ids[0] == self.bos_id and ids[1] == self.bos_id:
-                del ids[0]
-        return ids
+        return with_single_bos(ids, self.bos_id, self._auto_bos)
 
     def identity(self) -> dict[str, Any]:
         if self._digest is None:
