@@ -51,9 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import multiprocessing
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -61,6 +59,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
+
+from cogumi.data.workers import pool_context
 
 __all__ = ["DedupConfig", "DedupResult", "UnionFind", "near_duplicates", "normalise",
            "optimal_bands_rows", "shingle_hashes", "minhash_signatures", "exact_jaccard",
@@ -338,26 +338,6 @@ def _worker_count(requested: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _pool_context():
-    # forkserver (Python 3.14's default on Linux) does not fork whatever threads the caller
-    # has running (torch, tokenizers), which plain fork would.
-    methods = multiprocessing.get_all_start_methods()
-    main = sys.modules.get("__main__")
-    main_file = getattr(main, "__file__", None)
-    if (main_file is not None and getattr(main, "__spec__", None) is None
-            and not os.path.exists(main_file) and "fork" in methods):
-        # `python - <<EOF` and the like: forkserver and spawn would re-run the main module
-        # from a path that does not exist ('<stdin>') and every worker would fail.
-        return multiprocessing.get_context("fork")
-    if "forkserver" not in methods:
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    # Workers fork from a server that has already imported numpy and this module, instead of
-    # each importing them (effective only if the server is not running yet).
-    context.set_forkserver_preload([__name__])
-    return context
-
-
 class _Executor:
     """Maps tasks in order over a process pool, started on first use and kept for the whole
     call; in this process when one worker is asked for or a step has a single task."""
@@ -370,7 +350,7 @@ class _Executor:
         if not parallel or self.workers <= 1 or len(tasks) <= 1:
             return [function(task) for task in tasks]
         if self._pool is None:
-            self._pool = _pool_context().Pool(self.workers)
+            self._pool = pool_context(preload=[__name__]).Pool(self.workers)
         return self._pool.map(function, tasks, chunksize=1)
 
     def __enter__(self):

@@ -22,13 +22,13 @@ English instruction would otherwise mask a response in another language (transla
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from cogumi.data.workers import pool_context
 
 __all__ = ["DEFAULT_MIN_CONFIDENCE", "MIN_PROSE_LETTERS", "EnglishCheck", "check_english",
            "detect_language", "is_english", "prose"]
@@ -63,16 +63,6 @@ def _detect_chunk(texts: list[str]) -> list[tuple[str, float]]:
     return out
 
 
-def _pool_context():
-    methods = multiprocessing.get_all_start_methods()
-    main = sys.modules.get("__main__")
-    main_file = getattr(main, "__file__", None)
-    if (main_file is not None and getattr(main, "__spec__", None) is None
-            and not os.path.exists(main_file) and "fork" in methods):
-        return multiprocessing.get_context("fork")  # main read from stdin: cannot re-import
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
 def detect_language(texts: Sequence[str], workers: int | None = 1,
                     chunk: int = 2000) -> list[tuple[str, float]]:
     """(ISO 639-1 code, confidence in [0, 1]) for each text, in order. Empty or blank texts
@@ -85,7 +75,7 @@ def detect_language(texts: Sequence[str], workers: int | None = 1,
             os.cpu_count() or 1)
     if workers <= 1 or len(chunks) < 4:
         return [result for part in chunks for result in _detect_chunk(part)]
-    with _pool_context().Pool(min(workers, len(chunks))) as pool:
+    with pool_context().Pool(min(workers, len(chunks))) as pool:
         return [result for part in pool.map(_detect_chunk, chunks, chunksize=1)
                 for result in part]
 
