@@ -35,6 +35,9 @@ class ModelConfig(_Strict):
     """Prepend BOS ourselves: Gemma's tokenizer, loaded from GGUF, does not add it."""
     chat_template: str | None = None
     """A Jinja chat template, for tokenizers that ship without one (GGUF Gemma)."""
+    stop: list[str] = []
+    """Stop strings for every generation: a base model (no chat tuning) writes the next
+    "Question:" itself after answering until fine-tuning teaches it to end with EOS."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     parameters: float
     """Parameter count, for planning (size and time estimates) without loading the model."""

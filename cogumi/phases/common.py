@@ -20,6 +20,12 @@ def generation_backend(ctx: PhaseContext, loaded: LoadedModel) -> Iterator[Trans
                                   add_bos=loaded.add_bos, progress=progress)
 
 
+def eval_cache(ctx: PhaseContext) -> Path:
+    """One evaluation cache per profile, shared by its phases: a result is reused only for
+    the same weights, tokenizer, task bytes and generation settings (see evaluate())."""
+    return ctx.runs_dir / ".eval-cache"
+
+
 def eval_tasks(ctx: PhaseContext) -> list:
     """The profile's evaluation tasks ([eval] math, mmlu, code)."""
     cfg = ctx.profile.eval
@@ -40,8 +46,8 @@ def evaluate_model(ctx: PhaseContext, loaded: LoadedModel, out_dir: Path) -> dic
         if note not in ctx.notes:
             ctx.notes.append(note)
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                                  seed=ctx.seed, samples=1)
+                                  seed=ctx.seed, samples=1, stop=tuple(ctx.profile.model.stop))
     with generation_backend(ctx, loaded) as backend:
-        report = evaluate(backend, tasks, settings, limit=cfg.limit)
+        report = evaluate(backend, tasks, settings, limit=cfg.limit, cache_dir=eval_cache(ctx))
     report.write(out_dir)
     return dict(report.metrics)

@@ -29,7 +29,7 @@ from cogumi.evaluation import (
 from cogumi.evaluation.answers import extract_math_answer
 from cogumi.evaluation.compare import compare_verified
 from cogumi.models import load_base_model
-from cogumi.phases.common import eval_tasks, evaluate_model, generation_backend
+from cogumi.phases.common import eval_cache, eval_tasks, evaluate_model, generation_backend
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
 
@@ -71,12 +71,13 @@ def run(ctx: PhaseContext) -> dict:
     tasks = eval_tasks(ctx)
     diagnostic = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens,
                                     temperature=sc.temperature, seed=ctx.seed,
-                                    samples=sc.samples)
+                                    samples=sc.samples, stop=tuple(profile.model.stop))
 
     # 1. Diagnose.
     ctx.console.print(f"1B.1 diagnostic: {sc.samples} samples per prompt at T={sc.temperature}")
     with generation_backend(ctx, loaded) as backend:
-        before = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit)
+        before = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit,
+                          cache_dir=eval_cache(ctx))
     before.write(ctx.out_dir / "diagnostic_before")
 
     # 2. Generate at temperature 0 on training prompts; keep what the verifier accepts.
@@ -86,7 +87,7 @@ def run(ctx: PhaseContext) -> dict:
     ctx.console.print("1B.1 generating self-consistent data (greedy) on "
                       + ", ".join(f"{len(t.items)} {t.kind}" for t in gen_tasks))
     greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
-                                seed=ctx.seed, samples=1)
+                                seed=ctx.seed, samples=1, stop=tuple(profile.model.stop))
     with generation_backend(ctx, loaded) as backend:
         generated = evaluate(backend, gen_tasks, greedy)
     messages_of = {(t.name, it.id): t.messages(it) for t in gen_tasks for it in t.items}
@@ -106,7 +107,8 @@ def run(ctx: PhaseContext) -> dict:
             outs = backend.generate([GenerationRequest(
             messages=({"role": "user", "content": r["instruction"]},),
                 max_new_tokens=profile.eval.max_new_tokens,
-                temperature=sc.creative_sample_temperature, seed=ctx.seed) for r in creative])
+                temperature=sc.creative_sample_temperature, seed=ctx.seed,
+                stop=tuple(profile.model.stop)) for r in creative])
         for r, out in zip(creative, outs, strict=True):
             kept.append({"id": r["id"], "task": "creative", "instruction": r["instruction"],
                          "response": out.text, "verified_by": "none (no verifier for creative)",
