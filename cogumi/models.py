@@ -29,8 +29,16 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def model_location(cfg: ModelConfig, root: Path) -> tuple[str, dict]:
-    """(path or id, extra from_pretrained kwargs) for the configured model."""
+def model_location(cfg: ModelConfig, root: Path,
+                   gguf_file: Path | None = None) -> tuple[str, dict]:
+    """(path or id, extra from_pretrained kwargs) for the configured model.
+
+    ``gguf_file``: for a gguf-package model, that package's GGUF copied elsewhere (a GPU
+    machine reached by file copy has no package installed); its sha256 is the caller's to check.
+    """
+    if cfg.source == "gguf-package" and gguf_file is not None:
+        gguf_file = Path(gguf_file)
+        return str(gguf_file.parent), {"gguf_file": gguf_file.name}
     if cfg.source == "local":
         return str(root / cfg.path), {}
     if cfg.source == "hub":
@@ -103,9 +111,9 @@ def _gguf_tokenizer(gguf_path: Path):
     return spm_bpe_tokenizer_from_gguf(tokens, meta["scores"], meta["token_type"], special)
 
 
-def load_tokenizer(cfg: ModelConfig, root: Path):
+def load_tokenizer(cfg: ModelConfig, root: Path, gguf_file: Path | None = None):
     from transformers import AutoTokenizer
-    where, extra = model_location(cfg, root)
+    where, extra = model_location(cfg, root, gguf_file)
     if "gguf_file" in extra:
         tokenizer = _gguf_tokenizer(Path(where) / extra["gguf_file"])
     else:
@@ -117,10 +125,12 @@ def load_tokenizer(cfg: ModelConfig, root: Path):
     return tokenizer
 
 
-def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu") -> LoadedModel:
+def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu",
+                    gguf_file: Path | None = None) -> LoadedModel:
+    """``gguf_file``: see model_location."""
     from transformers import AutoModelForCausalLM
-    where, extra = model_location(cfg, root)
-    tokenizer = load_tokenizer(cfg, root)
+    where, extra = model_location(cfg, root, gguf_file)
+    tokenizer = load_tokenizer(cfg, root, gguf_file)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=_dtype(cfg.dtype), **extra)
     if cfg.source == "gguf-package":
         # The GGUF loader de-quantises every tensor to `dtype`, so this is a plain model; but
