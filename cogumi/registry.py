@@ -69,9 +69,10 @@ PHASES: tuple[PhaseSpec, ...] = (
         "1B", "Self-consistency distillation", ("1A", "0"),
         ("adapter/", "self_distillation.jsonl", "dropped.jsonl", "diagnostic_before/",
          "diagnostic_after/", "eval_after/", "loss_curve.png", "comparison.json",
-         "generation_temperatures.json"),
+         "generation_temperatures.json", "lm_eval_crosscheck.json"),
         _EVAL + _EVAL_BEFORE + ("consistency", "before.consistency", "consistency.gain",
-                                "math.ties", "code.ties", "distill.kept", "distill.dropped"),
+                                "math.ties", "code.ties", "distill.kept", "distill.dropped",
+                                "lm_eval.agreement"),
         entry="cogumi.phases.self_consistency:run",
         seed_cost_usd="12-17", seed_duration="1 week"),
     PhaseSpec(

@@ -29,7 +29,13 @@ from cogumi.evaluation import (
 from cogumi.evaluation.answers import extract_math_answer
 from cogumi.evaluation.compare import compare_verified
 from cogumi.models import load_base_model
-from cogumi.phases.common import eval_cache, eval_tasks, evaluate_model, generation_backend
+from cogumi.phases.common import (
+    eval_cache,
+    eval_tasks,
+    evaluate_model,
+    generation_backend,
+    lm_eval_cross_check,
+)
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
 
@@ -145,6 +151,8 @@ def run(ctx: PhaseContext) -> dict:
         after = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit)
     after.write(ctx.out_dir / "diagnostic_after")
     greedy_after = evaluate_model(ctx, loaded, ctx.out_dir / "eval_after")
+    cross = lm_eval_cross_check(ctx, loaded, ctx.out_dir / "eval_after",
+                                ctx.out_dir / "lm_eval_crosscheck.json")
     comparison = compare_verified(after, before)
     _write_json(ctx.out_dir / "comparison.json", {
         "reference": "the 1A model before this phase, same prompts and sampling settings",
@@ -180,6 +188,7 @@ def run(ctx: PhaseContext) -> dict:
             metrics[f"diagnostic.{key}"] = value
             metrics[f"before.diagnostic.{key}"] = before.metrics.get(key, float("nan"))
     metrics.update(greedy_after)
+    metrics.update(cross)
     return metrics
 
 
