@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import json
-
-from cogumi.evaluation import EvalReport, GenerationSettings, TransformersBackend, evaluate, load_task
+from cogumi.evaluation import (
+    EvalReport,
+    GenerationSettings,
+    TransformersBackend,
+    evaluate,
+    load_task,
+)
 from cogumi.models import LoadedModel
 from cogumi.runner import PhaseContext, PhaseInputError
 
