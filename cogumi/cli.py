@@ -36,8 +36,18 @@ def _load(args) -> Profile:
     return profile
 
 
+def _import_unsloth_first(profile: Profile) -> None:
+    """unsloth patches transformers at import time and warns (and loses its kernels) when
+    transformers was imported first; phases import transformers long before training."""
+    if profile.training.backend == "unsloth":
+        import importlib.util
+        if importlib.util.find_spec("unsloth") is not None:
+            import unsloth  # noqa: F401
+
+
 def cmd_run(args) -> int:
     profile = _load(args)
+    _import_unsloth_first(profile)
     runs = _runs_dir(args, profile)
     for phase_id in args.phases:
         run_pipeline_to(profile, phase_id, runs, console, with_inputs=not args.no_inputs,
