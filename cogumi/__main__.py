@@ -1,4 +1,5 @@
-"""`python -m cogumi ...` is the `cogumi` command."""
+"""`python -m cogumi ...`: the same CLI as the `cogumi` script, for a checkout that is not
+(or not the one) installed."""
 
 import sys
 

@@ -65,10 +65,46 @@ class SourceConfig(_Strict):
         return self
 
 
+class DedupSettings(_Strict):
+    """Near-duplicate removal (cogumi.data.dedup.DedupConfig). LSH bands and rows are not set
+    here: they follow from threshold, num_perm and the two weights (the report states them)."""
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    """Seed phase 0: MinHash LSH at Jaccard 0.8."""
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    shingle: Literal["word", "char"] = "word"
+    ngram: int | None = Field(default=None, ge=1, le=32)
+    """Shingle length; unset means 3 words or 5 characters."""
+    verify: Literal["exact", "estimated"] = "exact"
+    """exact: a candidate pair is a duplicate only if its exact shingle Jaccard reaches the
+    threshold; estimated: MinHash agreement alone decides."""
+    false_positive_weight: float = Field(default=0.05, gt=0, lt=1)
+    false_negative_weight: float = Field(default=0.95, gt=0, lt=1)
+    seed: int = Field(default=1, ge=0)
+
+
 class DataConfig(_Strict):
     sources: list[SourceConfig]
-    min_response_chars: int = 1
-    max_record_chars: int = 20_000
+    min_response_chars: int = Field(default=1, ge=0)
+    """Shorter responses (after stripping whitespace) are removed as empty."""
+    max_record_chars: int = Field(default=20_000, gt=0)
+    """Longer records (instruction plus response) are removed as over-long."""
+    truncated_min_chars: int = Field(default=600, ge=0)
+    """A prose response at least this long that stops mid-sentence is removed as truncated
+    (an unclosed code fence is truncated at any length); 0 turns the mid-sentence rule off."""
+    refusal_max_chars: int = Field(default=300, ge=0)
+    """A response of at most this many characters that only refuses is removed; 0 turns the
+    rule off."""
+    english_min_confidence: float = Field(default=0.5, ge=0, le=1)
+    """A record is removed as non-English when its instruction or response is identified as
+    another language with at least this confidence (cogumi.data.language)."""
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    workers: int | None = Field(default=None, gt=0)
+    """Processes for language identification and MinHash; unset means every core (small
+    corpora run in one process either way)."""
+    planted: str | None = None
+    """A planted-truth file (fixtures/sources/PLANTED.json) listing duplicates planted in the
+    sources: phase 0 then measures dedup precision and recall against it. Profiles on real
+    data have none and must waive those gates explicitly."""
 
 
 class TrainingConfig(_Strict):

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Both standard-library only: phase 0's metric names come from its rules and domains.
+from cogumi.data.quality import REMOVAL_RULES
+from cogumi.data.sources import DOMAINS
+
 
 @dataclass(frozen=True)
 class PhaseSpec:
@@ -51,11 +55,17 @@ _EVAL_BEFORE = tuple("before." + m for m in _EVAL)
 
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec(
-        "0", "Curated dataset: load, normalise, deduplicate", (),
-        ("curated.jsonl", "removed.jsonl", "quarantine.jsonl", "domain_counts.json"),
+        "0", "Curated dataset: load, normalise, filter, verify English, deduplicate", (),
+        ("curated.jsonl", "removed.jsonl", "quarantine.jsonl", "near_duplicates.jsonl",
+         "domain_counts.json", "domain_mix.png", "curation_stats.json"),
         ("records.in", "records.kept", "records.removed", "records.quarantined",
-         "accounting.unbalanced", "schema.valid_share", "dedup.exact_removed",
-         "dedup.exact_duplicates_left"),
+         "accounting.unbalanced", "accounting.misfiled", "schema.valid_share",
+         "english.share", "english.input_share", "english.uncertain_kept",
+         "english.undetermined_kept", "english.planted_removed_share",
+         "dedup.exact_removed", "dedup.near_removed", "dedup.removed_share",
+         "dedup.exact_duplicates_left", "dedup.planted_precision", "dedup.planted_recall")
+        + tuple(f"removed.{rule}" for rule in REMOVAL_RULES)
+        + tuple(f"domain.{d}" for d in DOMAINS),
         entry="cogumi.phases.curate:run", seed_cost_usd="0 (completed before the plan)",
         seed_duration="done"),
     PhaseSpec(

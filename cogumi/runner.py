@@ -58,6 +58,17 @@ class PhaseContext:
     console: Console
     notes: list[str] = field(default_factory=list)
     """Lines for the report: reduced samples, fallbacks, anything a reader must know."""
+    summary: list[str] = field(default_factory=list)
+    """Markdown lines shown at the top of the report: what the phase did, in numbers."""
+    figures: list[dict] = field(default_factory=list)
+    """Images in the artifact that the report embeds ({"path", "caption"}); see add_figure."""
+
+    def add_figure(self, name: str, caption: str) -> None:
+        """Embed an image this phase wrote into out_dir (e.g. "domain_mix.png") in its
+        report."""
+        if not (self.out_dir / name).is_file():
+            raise FileNotFoundError(f"{self.out_dir / name}: figure not written")
+        self.figures.append({"path": name, "caption": caption})
 
     @property
     def root(self) -> Path:
@@ -156,6 +167,8 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
         "hardware": profile.hardware.name,
         "estimated_cost_usd": round(hours * profile.hardware.price_per_hour_usd, 6),
         "notes": ctx.notes,
+        "summary": ctx.summary,
+        "figures": ctx.figures,
     }
     # The manifest is written last: its presence is what marks the folder complete.
     artifacts.write_json(stage / artifacts.MANIFEST, manifest)

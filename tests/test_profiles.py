@@ -1,5 +1,7 @@
 """Every shipped profile validates; bad profiles fail with one line naming file and key."""
 
+import re
+
 import pytest
 
 from cogumi.gates import validate_overrides
@@ -69,3 +71,28 @@ def test_error_is_one_line():
     with pytest.raises(ProfileError) as info:
         parse_profile(text, "x.toml")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("old,new,key", [
+    ("threshold = 0.8", "threshold = 1.5", "data.dedup.threshold"),
+    ("num_perm = 128", "num_perm = 4", "data.dedup.num_perm"),
+    ('shingle = "word"', 'shingle = "sentence"', "data.dedup.shingle"),
+    ("num_perm = 128", "num_perm = 128\nbands = 16", "data.dedup.bands"),  # derived, not set
+    ("max_record_chars = 8000", "max_record_chars = 0", "data.max_record_chars"),
+])
+def test_phase0_settings_are_validated(old, new, key):
+    text = _tiny_text().replace(old, new)
+    with pytest.raises(ProfileError, match=rf"key '{re.escape(key)}'"):
+        parse_profile(text, "x.toml")
+
+
+def test_planted_truth_gates_are_waived_only_where_there_is_no_truth():
+    from cogumi.gates import resolve_gates
+    for name in ("tiny", "gemma-270m", "llama-3.1-8b"):
+        profile = load_profile(name)
+        gates = {g.metric: g for g in resolve_gates("0", profile)}
+        waived = {m for m in ("dedup.planted_precision", "dedup.planted_recall")
+                  if gates[m].waived}
+        assert (profile.data.planted is None) == (waived == {"dedup.planted_precision",
+                                                             "dedup.planted_recall"}), name
+        assert profile.data.dedup.threshold == 0.8  # the seed's Jaccard threshold
