@@ -82,7 +82,7 @@ PHASES: tuple[PhaseSpec, ...] = (
          "generation_temperatures.json", "lm_eval_crosscheck.json"),
         _EVAL + _EVAL_BEFORE + ("consistency", "before.consistency", "consistency.gain",
                                 "math.ties", "code.ties", "distill.kept", "distill.dropped",
-                                "lm_eval.agreement"),
+                                "lm_eval.agreement", "math.accuracy.gain"),
         entry="cogumi.phases.self_consistency:run",
         seed_cost_usd="12-17", seed_duration="1 week"),
     PhaseSpec(

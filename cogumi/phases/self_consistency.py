@@ -202,6 +202,8 @@ def run(ctx: PhaseContext) -> dict:
     }
     for name in ("math.accuracy", "mmlu.accuracy", "code.pass@1"):
         metrics[f"before.{name}"] = one_a.get(name, float("nan"))
+    metrics["math.accuracy.gain"] = (greedy_after.get("math.accuracy", float("nan"))
+                                     - metrics["before.math.accuracy"])
     for key, value in comparison.metrics.items():
         metrics[f"vs_before.{key}"] = value
     for key, value in after.metrics.items():
