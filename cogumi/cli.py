@@ -19,7 +19,14 @@ from cogumi.gates import GateFileError, repo_root, resolve_gates, validate_overr
 from cogumi.ledger import LedgerError, State
 from cogumi.profile import Profile, ProfileError, load_profile
 from cogumi.registry import PHASES, UnknownPhase, get_phase
-from cogumi.runner import GateFailed, PhaseInputError, PhaseRefused, gate_phase, run_pipeline_to
+from cogumi.runner import (
+    GateFailed,
+    PhaseInputError,
+    PhaseRefused,
+    config_digest,
+    gate_phase,
+    run_pipeline_to,
+)
 from cogumi.signoff import reports_dir
 
 console = Console()
@@ -76,7 +83,7 @@ def cmd_status(args) -> int:
         if not phase.implemented:
             table.add_row(phase.id, "[dim]not implemented", "", "", "", "")
             continue
-        check = ledger.check_signoff(runs, phase.id, profile.sha256)
+        check = ledger.check_signoff(runs, phase.id, config_digest(profile, phase.id))
         colour = {State.VALID: "green", State.MISSING: "dim", State.FAILED: "red",
                   State.STALE: "yellow", State.TAMPERED: "red"}[check.state]
         gates = size = wall = cost = ""

@@ -7,6 +7,7 @@ edge, so that a misspelt key fails before any work starts, with the file and key
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -224,6 +225,19 @@ class Profile(_Strict):
     # Set by load_profile, not by the TOML file.
     source_file: str = ""
     sha256: str = ""
+
+    def config_digest(self, phase_id: str, tables: tuple[str, ...] = ()) -> str:
+        """sha256 of what a phase's result depends on in this profile: its name and seed, the
+        tables the phase reads (all of them when `tables` is empty) and the phase's gate
+        overrides. A sign-off is valid only under the same digest."""
+        data = self.model_dump(mode="json", by_alias=True)
+        every = [k for k in type(self).model_fields
+                 if k not in ("name", "seed", "description", "source_file", "sha256",
+                              "gate_overrides", "plan", "prices_usd_per_hour", "runnable_here")]
+        picked = {k: data[k] for k in (tables or every)}
+        picked.update(name=self.name, seed=self.seed, gate_overrides=[
+            o for o in data["gate_overrides"] if o["phase"].upper() == phase_id.upper()])
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
     @property
     def ref(self) -> str:

@@ -33,6 +33,10 @@ class PhaseSpec:
     """The seed's own cost figure, quoted, for `cogumi plan` to compare against."""
     seed_duration: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    config: tuple[str, ...] = ()
+    """The profile tables this phase reads ('data', 'training', ...). A sign-off stays valid
+    while these (and the phase's gate overrides) are unchanged, so editing phase 2's table
+    does not rerun phase 1A. Empty: every table, the safe default."""
 
     @property
     def implemented(self) -> bool:
@@ -67,14 +71,15 @@ PHASES: tuple[PhaseSpec, ...] = (
         + tuple(f"removed.{rule}" for rule in REMOVAL_RULES)
         + tuple(f"domain.{d}" for d in DOMAINS),
         entry="cogumi.phases.curate:run", seed_cost_usd="0 (completed before the plan)",
-        seed_duration="done"),
+        seed_duration="done", config=("data",)),
     PhaseSpec(
         "1A", "Base model: LoRA / QLoRA supervised fine-tuning", ("0",),
         ("adapter/", "loss_curve.png", "eval_before/", "eval_after/", "train_log.json"),
         _EVAL + _EVAL_BEFORE + ("sft.heldout_loss_before", "sft.heldout_loss_after",
                                 "sft.heldout_loss_improvement", "sft.train_examples",
                                 "sft.excluded_examples", "sft.steps"),
-        entry="cogumi.phases.sft:run", seed_cost_usd="220", seed_duration="3 weeks"),
+        entry="cogumi.phases.sft:run", seed_cost_usd="220", seed_duration="3 weeks",
+        config=("model", "training", "eval", "hardware")),
     PhaseSpec(
         "1B", "Self-consistency distillation", ("1A", "0"),
         ("adapter/", "self_distillation.jsonl", "dropped.jsonl", "diagnostic_before/",
@@ -84,6 +89,7 @@ PHASES: tuple[PhaseSpec, ...] = (
                                 "math.ties", "code.ties", "distill.kept", "distill.dropped",
                                 "lm_eval.agreement", "math.accuracy.gain"),
         entry="cogumi.phases.self_consistency:run",
+        config=("model", "training", "eval", "self_consistency", "hardware"),
         seed_cost_usd="12-17", seed_duration="1 week"),
     PhaseSpec(
         "1C", "Teacher distillation on clustered failures", ("1B", "0"), ("adapter/",),

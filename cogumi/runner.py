@@ -120,11 +120,16 @@ def _phase_function(phase: PhaseSpec) -> Callable[[PhaseContext], dict]:
     return getattr(importlib.import_module(module), func)
 
 
+def config_digest(profile: Profile, phase_id: str) -> str:
+    """The part of the profile a phase's sign-off is bound to (PhaseSpec.config)."""
+    return profile.config_digest(phase_id, get_phase(phase_id).config)
+
+
 def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path) -> dict:
     """Refuse unless every input's sign-off matches the bytes on disk now."""
     recorded = {}
     for input_id in phase.inputs:
-        check = ledger.check_signoff(runs_dir, input_id, profile.sha256)
+        check = ledger.check_signoff(runs_dir, input_id, config_digest(profile, input_id))
         if not check.ok:
             raise PhaseRefused(f"refusing phase {phase.id}: input {check.reason}")
         recorded[input_id] = {"manifest_sha256": check.entry["manifest_sha256"]}
@@ -157,6 +162,7 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
         "phase": phase.id,
         "profile": profile.name,
         "profile_sha256": profile.sha256,
+        "config_sha256": config_digest(profile, phase.id),
         "inputs": inputs,
         "outputs": artifacts.digest_tree(stage),
         "git_commit": artifacts.git_commit(repo_root()),
@@ -211,7 +217,7 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
     target = get_phase(phase_id)
     chain = (upstream(target.id) if with_inputs else []) + [target]
     for phase in chain:
-        check = ledger.check_signoff(runs_dir, phase.id, profile.sha256)
+        check = ledger.check_signoff(runs_dir, phase.id, config_digest(profile, phase.id))
         if force and phase is target:
             console.print(f"[yellow]•[/] --force: rebuilding phase {phase.id} ({check.reason})")
             execute_phase(profile, phase.id, runs_dir, console)
