@@ -16,8 +16,15 @@ Run on a GPU machine (the GGUF is the package's file, or a copy of it):
     python benchmarks/bench_eval_gpu.py [--gguf PATH] [--out PATH]
 
 Writes benchmarks/results/eval_gpu.json (or --out), after each section, so a run cut short
-keeps what it measured. ``--smoke --device cpu`` runs every section at toy sizes on a CPU
-(checks the script, measures nothing worth keeping).
+keeps what it measured. Peak memory is over everything resident on the GPU: Gemma stays
+loaded through the random-model rows, and both random models are resident together.
+
+The device tool carries at most 64 MiB a call, so the 253 MB GGUF went over in five pieces
+(`split -n 5` into the git-ignored .device_carry/p1..p5, one per call to a warm machine, then
+`cat` and this script's sha256 check); the `gguf` and `pydantic` wheels went in .device_carry/whl.
+
+``--smoke --device cpu`` runs every section at toy sizes on a CPU (checks the script,
+measures nothing worth keeping).
 """
 
 from __future__ import annotations
