@@ -170,7 +170,10 @@ def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = 1e
             per_item = [s.get("exact_match") for s in samples]
         entry["lm_eval"] = res.get(entry["lm_eval_metric"])
         entry["lm_eval_stderr"] = sample_stderr([float(x) for x in per_item if x is not None])
-        entry["within_one_stderr"] = (
+        # Plain floats and bools: lm-eval's numbers can be numpy scalars, which json refuses.
+        for key in ("ours", "lm_eval"):
+            entry[key] = None if entry[key] is None else float(entry[key])
+        entry["within_one_stderr"] = bool(
             entry["ours"] is not None and entry["lm_eval"] is not None
             and abs(entry["ours"] - entry["lm_eval"]) <= entry["lm_eval_stderr"] + 1e-12)
         entry["disagreements"] = diffs
