@@ -226,17 +226,16 @@ class Profile(_Strict):
     source_file: str = ""
     sha256: str = ""
 
-    def config_digest(self, phase_id: str, tables: tuple[str, ...] = ()) -> str:
-        """sha256 of what a phase's result depends on in this profile: its name and seed, the
-        tables the phase reads (all of them when `tables` is empty) and the phase's gate
-        overrides. A sign-off is valid only under the same digest."""
+    def config_digest(self, tables: tuple[str, ...] = ()) -> str:
+        """sha256 of what a phase's result depends on in this profile: its name and seed and
+        the tables the phase reads (all of them when `tables` is empty). Gate overrides are
+        not part of it: a changed threshold re-gates the artifact, it does not rebuild it."""
         data = self.model_dump(mode="json", by_alias=True)
         every = [k for k in type(self).model_fields
                  if k not in ("name", "seed", "description", "source_file", "sha256",
                               "gate_overrides", "plan", "prices_usd_per_hour", "runnable_here")]
         picked = {k: data[k] for k in (tables or every)}
-        picked.update(name=self.name, seed=self.seed, gate_overrides=[
-            o for o in data["gate_overrides"] if o["phase"].upper() == phase_id.upper()])
+        picked.update(name=self.name, seed=self.seed)
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
     @property

@@ -9,6 +9,7 @@ runner refuses and says which file differs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import random
@@ -122,7 +123,7 @@ def _phase_function(phase: PhaseSpec) -> Callable[[PhaseContext], dict]:
 
 def config_digest(profile: Profile, phase_id: str) -> str:
     """The part of the profile a phase's sign-off is bound to (PhaseSpec.config)."""
-    return profile.config_digest(phase_id, get_phase(phase_id).config)
+    return profile.config_digest(get_phase(phase_id).config)
 
 
 def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path) -> dict:
@@ -207,6 +208,28 @@ def gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console
     return entry
 
 
+def _gate_key(gates) -> set:
+    return {(g["metric"], g["op"], float(g["threshold"]), bool(g.get("waived")))
+            for g in gates}
+
+
+def _only_gates_changed(profile: Profile, phase: PhaseSpec, runs_dir: Path,
+                        check: ledger.SignoffCheck) -> bool:
+    """True when the artifact is intact and built under the same settings, but the gates in
+    force (gate files, profile overrides) differ from those of its last gate run: then the
+    artifact is re-gated, not rebuilt."""
+    if check.state not in (State.VALID, State.FAILED) or check.entry is None:
+        return False
+    try:
+        manifest = artifacts.read_manifest(runs_dir / phase.id)
+    except artifacts.ManifestError:
+        return False
+    if manifest.get("config_sha256") != config_digest(profile, phase.id):
+        return False
+    now = [dataclasses.asdict(g) for g in resolve_gates(phase.id, profile)]
+    return _gate_key(now) != _gate_key(check.entry.get("gates", []))
+
+
 def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
                     with_inputs: bool = True, force: bool = False) -> None:
     """Bring `phase_id` to a valid sign-off, running whatever upstream lacks one.
@@ -226,6 +249,11 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
         if check.state is State.TAMPERED:
             raise PhaseRefused(f"refusing phase {target.id}: {check.reason}; "
                                f"rerun phase {phase.id} with --force to rebuild it")
+        if _only_gates_changed(profile, phase, runs_dir, check):
+            console.print(f"[yellow]•[/] phase {phase.id}: its gates changed since the last gate "
+                          f"run; re-gating the same artifact")
+            gate_phase(profile, phase.id, runs_dir, console)
+            continue
         if check.ok:
             console.print(f"[green]✓[/] phase {phase.id} signed off "
                           f"(manifest {check.entry['manifest_sha256'][:12]}), skipping")

@@ -123,3 +123,17 @@ def test_force_rebuilds_a_tampered_phase(runs, capsys):
     assert _cogumi("run", "0", "--force", "--runs", str(runs)) == 0
     manifest = json.loads((runs / "tiny" / "0" / "manifest.json").read_text())
     assert ledger.check_signoff(runs / "tiny", "0", manifest["config_sha256"]).ok
+
+
+def test_changed_gate_regates_the_same_artifact_without_rebuilding(tmp_path, runs, capsys):
+    profile, path = profile_with(tmp_path, "")
+    assert _cogumi("run", "0", "--profile", str(path), "--runs", str(runs)) == 0
+    manifest = (runs / profile.name / "0" / "manifest.json").read_bytes()
+    path.write_text(path.read_text() + '\n[[gate_overrides]]\nphase = "0"\n'
+                    'metric = "records.kept"\nthreshold = 1e9\n'
+                    'why = "a stricter threshold than any fixture can meet"\n')
+    capsys.readouterr()
+    assert _cogumi("run", "0", "--profile", str(path), "--runs", str(runs)) == 1
+    out = capsys.readouterr().out
+    assert "re-gating the same" in out and "records.kept = 333 (needs > 1e+09)" in out
+    assert (runs / profile.name / "0" / "manifest.json").read_bytes() == manifest  # not rebuilt
