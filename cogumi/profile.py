@@ -115,6 +115,42 @@ class SelfConsistencyConfig(_Strict):
     """Seed 1B: 2 epochs at lr 5e-6 (an 8B model); small models state their own scale."""
 
 
+class GGUFConfig(_Strict):
+    """Phase 2C: GGUF export with llama.cpp's converter, K-quants with its quantizer."""
+    base_type: Literal["F32", "F16", "BF16"] = "F16"
+    """What the converter writes and the quantizer reads (llama.cpp quantizes from these)."""
+    ship_type: Literal["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"] = "Q5_K_M"
+    """The file shipped as model.gguf (seed 2C: Q5_K_M)."""
+    compare_types: list[Literal["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"]] = Field(
+        default_factory=lambda: ["Q4_K_M", "Q6_K", "Q8_0"])
+    """Also written and verified, for the user's trade-off table (gguf/)."""
+    tokenizer_texts: int = Field(default=60, gt=0)
+    """Evaluation prompts (chat-formatted) tokenized by both sides, plus fixed hard texts."""
+    greedy_prompts: int = Field(default=20, gt=0)
+    greedy_tokens: int = Field(default=16, gt=0)
+    """Greedy agreement: the first N tokens of each prompt's continuation must match."""
+    threads: int = Field(default=2, gt=0)
+    n_ctx: int = Field(default=2048, gt=0)
+
+
+class PackConfig(_Strict):
+    """Phase 2D: zstd packing of the shipped GGUF."""
+    level: int = Field(default=19, ge=1, le=22)
+    long_distance: bool = True
+    """zstd long-distance matching (`--long`)."""
+    window_log: int = Field(default=27, ge=10, le=31)
+    """Match window 2^window_log bytes (27: 128 MiB, zstd --long's default)."""
+
+
+class CalibrationConfig(_Strict):
+    """Phase 2F: temperature scaling of multiple-choice confidence, fitted on a held-out split."""
+    data: str | None = None
+    """An MMLU-schema file with answer keys; default: the profile's [eval] mmlu file."""
+    fit_fraction: float = Field(default=0.5, gt=0, lt=1)
+    """Share of items (by a hash of the item id) used to fit T; ECE is measured on the rest."""
+    bins: int = Field(default=10, ge=2)
+
+
 class HardwareConfig(_Strict):
     name: str
     device: Literal["cpu", "cuda"]
@@ -174,6 +210,9 @@ class Profile(_Strict):
     training: TrainingConfig
     eval: EvalConfig
     self_consistency: SelfConsistencyConfig | None = None
+    gguf: GGUFConfig = Field(default_factory=GGUFConfig)
+    pack: PackConfig = Field(default_factory=PackConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     hardware: HardwareConfig
     prices_usd_per_hour: dict[str, float] = Field(default_factory=dict)
     plan: dict[str, PlanStep] = Field(default_factory=dict)
