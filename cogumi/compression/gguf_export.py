@@ -55,13 +55,19 @@ class GGUFExportError(RuntimeError):
 # ------------------------------------------------------------------------------- convert
 
 
-def convert_to_gguf(model_dir: Path, out: Path, base_type: str, log_path: Path) -> dict:
-    """HF folder -> GGUF of `base_type` (F32/F16/BF16). Returns the pre-tokenizer decision."""
+def convert_to_gguf(model_dir: Path, out: Path, base_type: str, log_path: Path,
+                    vocab_gguf: Path | None = None, add_bos: bool | None = None) -> dict:
+    """HF folder -> GGUF of `base_type` (F32/F16/BF16). Returns the tokenizer decision.
+
+    `vocab_gguf`: copy the tokenizer from that GGUF instead (see _convert_child.py), with
+    `add_bos` as the BOS policy."""
     if base_type not in BASE_TYPES:
         raise GGUFExportError(f"base type {base_type!r} is not one of {', '.join(BASE_TYPES)}")
     out, log_path = Path(out), Path(log_path)
     decision = out.with_suffix(".pretokenizer.json")
     cmd = [sys.executable, str(CHILD), str(model_dir), str(out), base_type.lower(), str(decision)]
+    if vocab_gguf is not None:
+        cmd += [str(vocab_gguf), "true" if add_bos else "false"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log_path.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not out.exists():
@@ -227,6 +233,20 @@ def tokenizer_agreement(gguf_path: Path, hf_tokenizer, texts: list[str]) -> dict
     return {"texts": len(texts), "identical": same,
             "agreement": same / len(texts) if texts else float("nan"),
             "disagreements": examples}
+
+
+def tokenizer_agreement_gguf(gguf_path: Path, reference_gguf: Path, texts: list[str]) -> dict:
+    """Share of texts two GGUF files tokenize identically in llama.cpp (for a tokenizer
+    copied from a source GGUF: the copy must behave as the original)."""
+    from llama_cpp import Llama
+
+    ours = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    ref = Llama(model_path=str(reference_gguf), vocab_only=True, verbose=False)
+    same = sum(ours.tokenize(t.encode("utf-8"), add_bos=False, special=True)
+               == ref.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in texts)
+    del ours, ref
+    return {"texts": len(texts), "identical": same, "reference": str(reference_gguf),
+            "agreement": same / len(texts) if texts else float("nan")}
 
 
 def greedy_agreement(gguf_outputs: list[str], hf_outputs: list[str], hf_tokenizer) -> dict:

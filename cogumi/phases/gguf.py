@@ -22,6 +22,7 @@ from cogumi.compression import gguf_export as G
 from cogumi.compression.common import (
     MB,
     MODEL_DIR,
+    MODEL_INFO,
     count_parameters,
     load_hf_model,
     reference_for,
@@ -39,6 +40,7 @@ from cogumi.evaluation import (
     TransformersBackend,
     evaluate,
 )
+from cogumi.models import model_location
 from cogumi.phases.common import eval_tasks
 from cogumi.runner import PhaseContext, PhaseInputError
 
@@ -83,8 +85,19 @@ def run(ctx: PhaseContext) -> dict:
     # 1. Export.
     base = folder / f"model-{cfg.base_type}.gguf"
     ctx.console.print(f"2C.1 export {src} -> {base.name} (llama.cpp converter)")
-    decision = G.convert_to_gguf(src, base, cfg.base_type, logs / "convert.log")
-    if decision["source"] != "converter hash table":
+    vocab_gguf = None
+    if ctx.profile.model.source == "gguf-package":
+        # The HF tokenizer transformers builds from a GGUF is not the original (see
+        # _convert_child.py): ship the source GGUF's own tokenizer, with the model's BOS policy.
+        where, extra = model_location(ctx.profile.model, ctx.root)
+        vocab_gguf = Path(where) / extra["gguf_file"]
+        info = json.loads((src / MODEL_INFO).read_text())
+        ctx.notes.append(f"tokenizer copied from the source GGUF {vocab_gguf.name} (the "
+                         f"tokenizer.json transformers builds from it lacks Gemma's token "
+                         f"types); add_bos_token = {info['add_bos']} from {MODEL_INFO}")
+    decision = G.convert_to_gguf(src, base, cfg.base_type, logs / "convert.log", vocab_gguf,
+                                 info["add_bos"] if vocab_gguf else None)
+    if decision["source"] == "cogumi.bpe_pretokenizers":
         ctx.notes.append(f"pre-tokenizer: llama.cpp's converter did not recognise this BPE "
                          f"vocabulary; set tokenizer.ggml.pre = {decision['pre_tokenizer']!r} "
                          f"({decision['reason']}); verified below by tokenizing in both")
@@ -133,6 +146,9 @@ def run(ctx: PhaseContext) -> dict:
             "chat_template_in_gguf": backend.template == tok.chat_template,
             "add_bos_in_gguf": backend.add_bos,
         }
+        if vocab_gguf is not None:
+            checks[qtype]["tokenizer_vs_source_gguf"] = G.tokenizer_agreement_gguf(
+                path, vocab_gguf, texts)
         backend.close()
         del backend
     if not checks[cfg.ship_type]["chat_template_in_gguf"]:
@@ -191,6 +207,9 @@ def run(ctx: PhaseContext) -> dict:
         "retention": steps[-1]["cumulative"]["mean"],
         "retention_vs_2e": steps[-1]["per_step"]["mean"],
     })
+    if vocab_gguf is not None:
+        metrics["gguf.tokenizer_agreement_source_gguf"] = \
+            ship["tokenizer_vs_source_gguf"]["agreement"]
     for qtype, c in checks.items():
         metrics[f"gguf.{qtype}.tokenizer_agreement"] = c["tokenizer"]["agreement"]
         metrics[f"gguf.{qtype}.greedy_agreement"] = c["greedy"]["agreement"]
