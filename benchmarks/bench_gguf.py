@@ -158,6 +158,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--work", default=None)
+    ap.add_argument("--quality-limit", type=int, default=None,
+                    help="items per task for the K-quant accuracy (default: 40 tiny, 20 else)")
     ap.add_argument("--child", nargs="+")
     args = ap.parse_args()
     if args.child:
@@ -211,7 +213,7 @@ def main() -> None:
             "rss_growth": shipped["rss_growth_mb"] / hf_run["rss_growth_mb"],
             "peak_rss": shipped["peak_rss_mb"] / hf_run["peak_rss_mb"],
         }
-    command = f"python -m benchmarks.bench_gguf --profile {args.profile}"
+    command = "python -m benchmarks.bench_gguf " + " ".join(sys.argv[1:])
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": THREADS,
                "python": platform.python_version(),
                "load_average_1_5_15_at_start": LOAD_AT_START,
@@ -237,6 +239,7 @@ def main() -> None:
     ev = profile.eval
     tasks = [load_task("mmlu", ROOT / ev.mmlu)]
     limit, new_tokens = (40, 64) if args.profile == "tiny" else (20, 1)
+    limit = args.quality_limit or limit
     if args.profile == "tiny":
         tasks.append(load_task("math", ROOT / ev.math))
     scores = {q: quality(path, tasks, limit, new_tokens) for q, path in files.items()}
