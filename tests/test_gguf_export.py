@@ -134,3 +134,23 @@ def test_unknown_pretokenizer_is_refused_by_name(tmp_path):
     path.write_text(json.dumps(spec))
     with pytest.raises(UnknownPreTokenizer, match="model.type"):
         pre_tokenizer_for(path)
+
+
+def test_divergence_point_measures_the_near_tie():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(TINY)
+    model = AutoModelForCausalLM.from_pretrained(TINY).eval()
+    prompt = tok.encode("Which number is the largest? 131, 125, 67 or 104. The answer is",
+                        add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False,
+                             pad_token_id=tok.eos_token_id)
+    greedy = tok.decode(out[0, len(prompt):])
+    logits = model(torch.tensor([prompt])).logits[0, -1]
+    runner_up = int(logits.topk(2).indices[1])
+    d = G.divergence_point(model, tok, prompt, greedy, tok.decode([runner_up]), tok.eos_token_id)
+    assert d["position"] == 0 and d["gguf_token_rank"] == 1
+    assert d["p_hf_token"] >= d["p_gguf_token"]
+    assert d["gap"] == pytest.approx(d["p_hf_token"] - d["p_gguf_token"], abs=1e-6)
+    assert G.divergence_point(model, tok, prompt, greedy, greedy + " more", 1) is None

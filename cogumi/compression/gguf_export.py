@@ -249,6 +249,30 @@ def tokenizer_agreement_gguf(gguf_path: Path, reference_gguf: Path, texts: list[
             "agreement": same / len(texts) if texts else float("nan")}
 
 
+def divergence_point(model, tokenizer, prompt_ids: list[int], hf_text: str, gguf_text: str,
+                     eos_id: int) -> dict | None:
+    """Where two greedy continuations part, and how close the HF model was to a tie there.
+
+    Returns the HF model's probabilities of its own next token and of the GGUF's at the first
+    differing position (the GGUF's is EOS if it stopped). A small gap means the quantized
+    file took the runner-up of a near-tie: rounding, not a broken export.
+    """
+    import torch
+
+    a = tokenizer.encode(hf_text, add_special_tokens=False)
+    b = tokenizer.encode(gguf_text, add_special_tokens=False)
+    k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    if k >= len(a):
+        return None  # HF stopped first: its next token was EOS, the GGUF went on
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt_ids + a[:k]])).logits[0, -1].float()
+    p = torch.softmax(logits, dim=-1)
+    theirs = b[k] if k < len(b) else eos_id
+    return {"position": k, "p_hf_token": float(p[a[k]]), "p_gguf_token": float(p[theirs]),
+            "gap": float(p[a[k]] - p[theirs]),
+            "gguf_token_rank": int((p > p[theirs]).sum())}
+
+
 def greedy_agreement(gguf_outputs: list[str], hf_outputs: list[str], hf_tokenizer) -> dict:
     """Greedy continuations of the same prompts by llama.cpp and by transformers.
 

@@ -134,15 +134,21 @@ def run(ctx: PhaseContext) -> dict:
     ctx.console.print(f"2C.4 verify: {len(texts)} texts tokenized, {len(requests)} prompts × "
                       f"{cfg.greedy_tokens} greedy tokens, per file")
     hf_out = [o.text for o in hf_backend.generate(requests)]
+    prompt_ids = [hf_backend.encode(hf_backend.render(r.messages)) for r in requests]
+    eos = tok.eos_token_id
     checks = {}
     for qtype, path in files.items():
         # n_batch=1: llama-cpp-python 0.3.36 crashes in batched prompt decoding of quantized
         # models on this CPU (see cogumi/evaluation/README.md).
         backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, n_batch=1)
+        gguf_out = [o.text for o in backend.generate(requests)]
+        parted = [G.divergence_point(loaded.model, tok, ids, h, g, eos)
+                  for ids, h, g in zip(prompt_ids, hf_out, gguf_out, strict=True) if h != g]
+        parted = [d for d in parted if d is not None]
         checks[qtype] = {
             "tokenizer": G.tokenizer_agreement(path, tok, texts),
-            "greedy": G.greedy_agreement([o.text for o in backend.generate(requests)],
-                                         hf_out, tok),
+            "greedy": G.greedy_agreement(gguf_out, hf_out, tok),
+            "divergences": parted,
             "chat_template_in_gguf": backend.template == tok.chat_template,
             "add_bos_in_gguf": backend.add_bos,
         }
@@ -207,6 +213,9 @@ def run(ctx: PhaseContext) -> dict:
         "retention": steps[-1]["cumulative"]["mean"],
         "retention_vs_2e": steps[-1]["per_step"]["mean"],
     })
+    if ship["divergences"]:
+        gaps = sorted(d["gap"] for d in ship["divergences"])
+        metrics["gguf.divergence_median_prob_gap"] = gaps[len(gaps) // 2]
     if vocab_gguf is not None:
         metrics["gguf.tokenizer_agreement_source_gguf"] = \
             ship["tokenizer_vs_source_gguf"]["agreement"]
@@ -217,6 +226,13 @@ def run(ctx: PhaseContext) -> dict:
     return metrics
 
 
+def _gaps(parted: list[dict]) -> str:
+    if not parted:
+        return "—"
+    gaps = sorted(d["gap"] for d in parted)
+    return f"{gaps[len(gaps) // 2]:.3f}, {gaps[-1]:.3f} (n = {len(gaps)})"
+
+
 def _report_md(rep: dict, rows: list[dict], reference, steps: list[dict], params: int) -> str:
     lines = [f"Exported `{rep['source']}` ({params:,} parameters) with llama.cpp's converter "
              f"to {rep['base_type']}, quantized with llama.cpp's quantizer; shipped: "
@@ -224,7 +240,8 @@ def _report_md(rep: dict, rows: list[dict], reference, steps: list[dict], params
              f"`{rep['pre_tokenizer']['pre_tokenizer']}` ({rep['pre_tokenizer']['source']}).",
              "", "### GGUF files, verified in llama.cpp", "",
              "| file | type | MB | in intended types | fallback tensors | tokenizer agreement "
-             "| greedy agreement | greedy prefix share |", "|---|---|---|---|---|---|---|---|"]
+             "| greedy agreement | greedy prefix share | HF p(own) − p(GGUF's) where they part "
+             "(median, max) |", "|---|---|---|---|---|---|---|---|---|"]
     for q, f in rep["files"].items():
         t = f["types"]
         share = "n/a (unquantized)" if t["intended_types"] is None else f"{t['intended_share']:.1%}"
@@ -232,7 +249,8 @@ def _report_md(rep: dict, rows: list[dict], reference, steps: list[dict], params
                      f"{t['fallback_tensors']} | {f['tokenizer']['agreement']:.3f} "
                      f"({f['tokenizer']['identical']}/{f['tokenizer']['texts']}) | "
                      f"{f['greedy']['agreement']:.3f} ({f['greedy']['identical']}/"
-                     f"{f['greedy']['prompts']}) | {f['greedy']['prefix_share']:.3f} |")
+                     f"{f['greedy']['prompts']}) | {f['greedy']['prefix_share']:.3f} | "
+                     f"{_gaps(f['divergences'])} |")
     lines += ["", "Tensor types by file (count):", ""]
     lines += [f"- {q}: " + ", ".join(f"{k} × {v}" for k, v in f["types"]["count_by_type"].items())
               + (f" — {G.describe_types(f['types'])}" if f["types"]["fallback_tensors"] else "")
