@@ -151,6 +151,58 @@ class CalibrationConfig(_Strict):
     bins: int = Field(default=10, ge=2)
 
 
+class PruneConfig(_Strict):
+    """Phase 2A: one-shot SparseGPT pruning with llm-compressor, calibrated on curated data."""
+    sparsity: float = Field(default=0.65, gt=0, lt=1)
+    """Share of each pruned Linear weight set to zero (seed 2A: 65 %)."""
+    mask_structure: Literal["unstructured", "2:4"] = "unstructured"
+    """2:4 zeroes 2 of every 4 consecutive weights (exactly 50 %, the pattern sparse tensor
+    cores run); it cannot reach any other sparsity."""
+    calibration_records: int = Field(default=512, gt=0)
+    """Curated training-split records (chat template applied) the Hessians are estimated on."""
+    max_seq_len: int = Field(default=512, gt=0)
+    """Calibration sequences are truncated to this many tokens (the count is reported)."""
+    dampening_frac: float = Field(default=0.01, gt=0, lt=1)
+    block_size: int = Field(default=128, gt=0)
+    ignore: list[str] = Field(default_factory=lambda: ["re:.*lm_head"])
+    """Modules left dense: the output head (tied to the embeddings in small models)."""
+
+    @model_validator(mode="after")
+    def _two_four_is_half(self) -> PruneConfig:
+        if self.mask_structure == "2:4" and self.sparsity != 0.5:
+            raise ValueError(f"prune.mask_structure = '2:4' prunes exactly 50 %; "
+                             f"prune.sparsity = {self.sparsity} cannot be reached with it")
+        return self
+
+
+class RecoveryConfig(_Strict):
+    """Phase 2E: a short LoRA pass on the pruned model, merged, the pruning mask re-applied.
+
+    LoRA settings (rank, alpha, targets, batch size) are the profile's [training] ones; the
+    backend is always peft-lora in the profile's dtype, because the adapter is merged into
+    the full-precision pruned weights (a 4-bit base could not be re-masked exactly).
+    """
+    epochs: float = Field(default=1, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    max_examples: int | None = Field(default=None, gt=0)
+    """Train on at most this many curated training-split records (a reduced run, stated)."""
+
+
+class QuantizeConfig(_Strict):
+    """Phase 2B: W4A16 (4-bit integer weights, group size 128, 16-bit activations) with
+    llm-compressor, saved as compressed-tensors."""
+    method: Literal["awq", "gptq"] = "awq"
+    """awq: activation-aware scaling then round-to-nearest (keeps zeros at zero); gptq:
+    Hessian-based error compensation (fills pruned zeros back in; sparsity is reported)."""
+    calibration_records: int = Field(default=256, gt=0)
+    max_seq_len: int = Field(default=512, gt=0)
+    ignore: list[str] = Field(default_factory=lambda: ["lm_head"])
+    indivisible: Literal["error", "keep-full-precision"] = "error"
+    """A Linear whose input width is not a multiple of the group size (128): "error" stops
+    with the tensor named; "keep-full-precision" leaves that layer unquantised and records
+    it in the manifest notes and quantization.json (the gates still see the share)."""
+
+
 class HardwareConfig(_Strict):
     name: str
     device: Literal["cpu", "cuda"]
@@ -210,6 +262,9 @@ class Profile(_Strict):
     training: TrainingConfig
     eval: EvalConfig
     self_consistency: SelfConsistencyConfig | None = None
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     gguf: GGUFConfig = Field(default_factory=GGUFConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)

@@ -78,10 +78,32 @@ PHASES: tuple[PhaseSpec, ...] = (
         "1C", "Teacher distillation on clustered failures", ("1B", "0"), ("adapter/",),
         _EVAL + ("failure_clusters", "teacher_examples", "gpt4_relative"),
         seed_cost_usd="285", seed_duration="1 week"),
-    PhaseSpec("2A", "Pruning (SparseGPT)", ("1C",), ("model/",),
-              _EVAL + ("sparsity", "retention"), seed_cost_usd="180", seed_duration="2 weeks"),
-    PhaseSpec("2B", "4-bit quantization (AWQ / GPTQ, W4A16)", ("2A",), ("model/",),
-              _EVAL + ("retention", "size_mb"), seed_cost_usd="90", seed_duration="4 days"),
+    # Phase 2's ids keep the seed's names, but its inputs follow the real data flow: recovery
+    # (2E) must come before quantization and export to end up in the shipped file, so
+    # 1B -> 2A prune -> 2E recover -> 2B quantize; 2C exports 2E's full-precision weights.
+    # 1C is not built: 2A reads 1B (and 0 for calibration records).
+    PhaseSpec("2A", "Pruning (SparseGPT)", ("1B", "0"),
+              ("model/", "eval/", "calibration.json", "sparsity.json", "retention.json",
+               "sizes.json", "report.md"),
+              _EVAL + _EVAL_BEFORE + ("sparsity", "sparsity.all_parameters",
+                                      "sparsity.min_layer", "retention", "retention.min",
+                                      "size_mb", "calibration.records",
+                                      "prune.heldout_loss_1b", "prune.heldout_loss_after"),
+              entry="cogumi.phases.prune:run", seed_cost_usd="180", seed_duration="2 weeks",
+              notes=("reads 1B (1C is not built) and 0's curated records for calibration",
+                     "data flow: 2A -> 2E -> 2B, and 2E -> 2C -> 2D -> 2F (2C requires 2B's "
+                     "sign-off)")),
+    PhaseSpec("2B", "4-bit quantization (AWQ / GPTQ, W4A16)", ("2E", "0"),
+              ("model/", "eval/", "quantization.json", "retention.json", "sizes.json",
+               "report.md"),
+              _EVAL + _EVAL_BEFORE + ("retention", "retention.step", "retention.min",
+                                      "size_mb", "bits_per_parameter",
+                                      "quantized.linear_share", "sparsity"),
+              entry="cogumi.phases.quantize:run", seed_cost_usd="90", seed_duration="4 days",
+              notes=("quantizes 2E's recovered model (the seed orders 2B before 2E; recovery "
+                     "must precede quantization to reach the shipped weights)",
+                     "retention is cumulative against the uncompressed 1B model; "
+                     "retention.step is against 2E")),
     # 2C exports 2E's full-precision merged model (llama.cpp makes K-quants from F16/F32
     # weights, not from 2B's W4A16) and requires 2B's sign-off, so the 4-bit gate stands
     # before anything ships.
@@ -95,8 +117,19 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("model.gguf.zst", "model.gguf.zst.json", "sizes.json", "report.md"),
               ("size_mb", "compression_ratio", "roundtrip_ok"),
               entry="cogumi.phases.pack:run", seed_cost_usd="0", seed_duration="2 days"),
-    PhaseSpec("2E", "Recovery fine-tuning", ("2D",), ("model/",),
-              _EVAL + ("retention_vs_2a",), seed_cost_usd="70", seed_duration="4 days"),
+    PhaseSpec("2E", "Recovery fine-tuning", ("2A", "0"),
+              ("model/", "eval/", "loss_curve.png", "recovery.json", "retention.json",
+               "sizes.json", "report.md"),
+              _EVAL + _EVAL_BEFORE + ("retention_vs_2a", "retention", "sparsity",
+                                      "sparsity.after_merge_before_mask",
+                                      "recovery.heldout_loss_2a", "recovery.heldout_loss_after",
+                                      "recovery.heldout_loss_improvement",
+                                      "recovery.train_examples", "recovery.heldout_loss_1b",
+                                      "size_mb"),
+              entry="cogumi.phases.recovery:run", seed_cost_usd="70", seed_duration="4 days",
+              notes=("runs on 2A's pruned model, before quantization (the seed lists it after "
+                     "2D; a LoRA merged after export would never reach the shipped file)",
+                     "the merged LoRA delta is dense: 2A's mask is re-applied after merging")),
     # 2F calibrates the model as shipped: 2D's packed file, unpacked and checksum-verified.
     PhaseSpec("2F", "Confidence calibration", ("2D",),
               ("calibration.json", "reliability.png", "calibration_items.jsonl", "sizes.json",

@@ -65,8 +65,14 @@ def load_merged_phase_model(ctx: PhaseContext, phase_id: str,
     return load_hf_model(folder / MODEL_DIR, device)
 
 
-def load_hf_model(model_dir: Path, device: str = "cpu") -> LoadedModel:
-    """A folder written by `save_hf_model` (plain or compressed-tensors weights)."""
+def load_hf_model(model_dir: Path, device: str = "cpu", dequantize: bool = False) -> LoadedModel:
+    """A folder written by `save_hf_model` (plain or compressed-tensors weights).
+
+    A compressed-tensors folder loads as users get it: the int4 weights stay packed
+    (`weight_packed`, `weight_scale`) and are unpacked in each forward. `dequantize=True`
+    unpacks them once into plain `weight` tensors instead (the same numbers), for measuring
+    the weights themselves (sparsity, values per group).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info_path = model_dir / MODEL_INFO
@@ -81,7 +87,11 @@ def load_hf_model(model_dir: Path, device: str = "cpu") -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    extra = {}
+    if dequantize and "quantization_config" in json.loads((model_dir / "config.json").read_text()):
+        from transformers.utils.quantization_config import CompressedTensorsConfig
+        extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **extra)
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, bool(add_bos), str(model_dir))
