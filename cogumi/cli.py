@@ -19,7 +19,14 @@ from cogumi.gates import GateFileError, repo_root, resolve_gates, validate_overr
 from cogumi.ledger import LedgerError, State
 from cogumi.profile import Profile, ProfileError, load_profile
 from cogumi.registry import PHASES, UnknownPhase, get_phase
-from cogumi.runner import GateFailed, PhaseInputError, PhaseRefused, gate_phase, run_pipeline_to
+from cogumi.runner import (
+    GateFailed,
+    PhaseInputError,
+    PhaseRefused,
+    config_digest,
+    gate_phase,
+    run_pipeline_to,
+)
 from cogumi.signoff import reports_dir
 
 console = Console()
@@ -36,8 +43,18 @@ def _load(args) -> Profile:
     return profile
 
 
+def _import_unsloth_first(profile: Profile) -> None:
+    """unsloth patches transformers at import time and warns (and loses its kernels) when
+    transformers was imported first; phases import transformers long before training."""
+    if profile.training.backend == "unsloth":
+        import importlib.util
+        if importlib.util.find_spec("unsloth") is not None:
+            import unsloth  # noqa: F401
+
+
 def cmd_run(args) -> int:
     profile = _load(args)
+    _import_unsloth_first(profile)
     runs = _runs_dir(args, profile)
     for phase_id in args.phases:
         run_pipeline_to(profile, phase_id, runs, console, with_inputs=not args.no_inputs,
@@ -66,7 +83,7 @@ def cmd_status(args) -> int:
         if not phase.implemented:
             table.add_row(phase.id, "[dim]not implemented", "", "", "", "")
             continue
-        check = ledger.check_signoff(runs, phase.id, profile.sha256)
+        check = ledger.check_signoff(runs, phase.id, config_digest(profile, phase.id))
         colour = {State.VALID: "green", State.MISSING: "dim", State.FAILED: "red",
                   State.STALE: "yellow", State.TAMPERED: "red"}[check.state]
         gates = size = wall = cost = ""

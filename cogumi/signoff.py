@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from cogumi.artifacts import atomic_write_text, read_manifest
@@ -130,9 +131,11 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
         f"- wall time {time_s:.1f} s, peak RSS {manifest.get('peak_rss_mb', 0):.0f} MB, "
         f"estimated cost ${cost:.4f} on {manifest.get('hardware', '?')}",
         f"- code {manifest.get('git_commit', '?')}; JUnit XML `{entry['junit']}`", "",
-        "| metric | value | threshold | source | result |",
-        "|---|---|---|---|---|",
     ]
+    summary = manifest.get("summary") or []
+    if summary:
+        lines += ["## Summary", ""] + summary + ["", "## Gates", ""]
+    lines += ["| metric | value | threshold | source | result |", "|---|---|---|---|---|"]
     table = Table(title=f"Phase {phase.id} gates — {verdict}  (artifact {digest}, "
                         f"{time_s:.1f} s, ${cost:.4f})")
     for col in ("metric", "value", "threshold", "source", "result"):
@@ -155,6 +158,15 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
         lines += [f"| {k} | {_fmt(v)} | {_fmt(metrics.get(k))} |" for k, v in sorted(before.items())]
     if details.strip():
         lines += ["", "## From the phase", "", details.strip()]
+    figures = manifest.get("figures") or []
+    if figures:
+        # The report sits in runs/<profile>/reports/, the artifact in runs/<profile>/<phase>/.
+        lines += ["", "## Figures", ""]
+        for figure in figures:
+            lines += [f"![{figure['caption']}](../{phase.id}/{figure['path']})", "",
+                      f"*{figure['caption']}* (`runs/{entry['profile']}/{phase.id}/"
+                      f"{figure['path']}`)", ""]
+        lines.pop()
     lines += ["", "## All metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
     notes = manifest.get("notes") or []
@@ -164,5 +176,7 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
     atomic_write_text(out, text)
     if console is not None:
         console.print(table)
+        if summary:
+            console.print(Markdown("\n".join(summary)))
         console.print(f"report: {out}")
     return text

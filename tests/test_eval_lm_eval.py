@@ -16,7 +16,12 @@ pytest.importorskip("lm_eval")
 pytest.importorskip("torch")
 
 from cogumi.evaluation import GenerationSettings, TransformersBackend, evaluate, load_task  # noqa: E402
-from cogumi.evaluation.lm_eval_bridge import cross_check, run_lm_eval, task_yaml  # noqa: E402
+from cogumi.evaluation.lm_eval_bridge import (  # noqa: E402
+    cross_check,
+    run_lm_eval,
+    sample_stderr,
+    task_yaml,
+)
 from cogumi.evaluation.testing import tiny_llama, tiny_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +57,14 @@ def test_lm_eval_agrees_with_our_scores_item_by_item(tmp_path):
                     GenerationSettings(max_new_tokens=MAX_NEW), limit=LIMIT)
     theirs = run_lm_eval(model, tok, tasks, tmp_path / "lm", max_new_tokens=MAX_NEW, limit=LIMIT)
     check = cross_check(ours, theirs)
+    json.dumps(check)  # the phase writes it as JSON: plain types only
     assert check["mmlu"]["items"] == LIMIT and check["math"]["items"] == LIMIT
     assert check["mmlu"]["disagreements"] == []
     assert check["math"]["disagreements"] == []
     assert check["mmlu"]["ours"] == pytest.approx(check["mmlu"]["lm_eval"])
+    # Issue 3's criterion, for both tasks: lm-eval's score within one standard error of ours.
+    assert check["math"]["lm_eval"] is not None
+    assert check["math"]["within_one_stderr"] and check["mmlu"]["within_one_stderr"]
 
 
 def test_yaml_points_at_the_same_local_file(tmp_path):
@@ -64,3 +73,23 @@ def test_yaml_points_at_the_same_local_file(tmp_path):
     text = task_yaml(load_task("mmlu", path), 8)
     assert "dataset_path: json" in text and str(path.resolve()) in text
     assert 'gen_prefix: "The answer is"' in text
+
+
+def test_math_yaml_carries_stop_strings_and_a_boxed_target(tmp_path):
+    import yaml
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "level": "Level 1", "type": "Algebra",
+                                "solution": "So $\\boxed{2}$."}))
+    spec = yaml.safe_load(task_yaml(load_task("math", path), 8, stop=("\nQuestion:",)))
+    assert spec["generation_kwargs"]["until"] == ["\nQuestion:"]
+    assert "boxed{" in spec["doc_to_target"]
+    import re
+    pattern = spec["filter_list"][0]["filter"][0]["regex_pattern"]
+    assert re.search(pattern, "so The answer is $\\boxed{1,024}$").group(1) == "1,024"
+    assert re.search(pattern, "The answer is: -3.5.").group(1) == "-3.5"
+
+
+def test_sample_stderr_is_lm_eval_mean_stderr():
+    assert sample_stderr([1.0, 0.0, 1.0, 0.0]) == pytest.approx((1 / 3) ** 0.5 / 2)
+    assert sample_stderr([1.0]) == 0.0 and sample_stderr([0.0, 0.0, 0.0]) == 0.0

@@ -68,10 +68,11 @@ def test_gate_file_for_the_wrong_phase(tmp_path):
 def test_override_is_explicit_and_sourced(tmp_path):
     profile, path = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\n'
                                  'metric = "consistency"\nthreshold = 0.2\n'
-                                 'why = "fixture model cannot reach the seed figure"\n')
+                                 'why = "fixture model cannot reach the seed figure"\n',
+                                 base="gemma-270m")  # a profile without its own 1B overrides
     gates = {g.metric: g for g in resolve_gates("1B", profile)}
     assert gates["consistency"].threshold == 0.2
-    assert gates["consistency"].source.startswith("profile tiny")
+    assert gates["consistency"].source.startswith("profile gemma-270m")
     assert "seed: consistency >= 0.6" in gates["consistency"].why
     assert gates["math.accuracy"].source == "gates/phase1b.toml"
 
@@ -79,8 +80,10 @@ def test_override_is_explicit_and_sourced(tmp_path):
 def test_override_of_an_ungated_metric_is_refused(tmp_path):
     profile, path = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\n'
                                  'metric = "consistancy"\nthreshold = 0.2\n'
-                                 'why = "a typo should not pass silently"\n')
-    with pytest.raises(GateFileError, match=r"gate_overrides\[4\]: key 'metric': 'consistancy'"):
+                                 'why = "a typo should not pass silently"\n', base="gemma-270m")
+    appended = len(profile.gate_overrides)  # 1-based: the override added above is the last
+    with pytest.raises(GateFileError,
+                       match=rf"gate_overrides\[{appended}\]: key 'metric': 'consistancy'"):
         resolve_gates("1B", profile)
 
 
@@ -110,7 +113,8 @@ def test_ge_and_lt_partition_every_value(value):
 
 def test_waiver_is_explicit_and_marked(tmp_path):
     profile, _ = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\nmetric = "code.ties"\n'
-                              'waive = true\nwhy = "no code tasks in this profile yet"\n')
+                              'waive = true\nwhy = "no code tasks in this profile yet"\n',
+                              base="gemma-270m")
     gates = {g.metric: g for g in resolve_gates("1B", profile)}
     assert gates["code.ties"].waived and "waiver" in gates["code.ties"].source
     assert not gates["math.ties"].waived

@@ -78,3 +78,23 @@ def test_check_english_counts_and_share():
     assert check.stats["by_category"] == {"english": 1, "uncertain": 0, "undetermined": 1,
                                           "non_english": 1}
     assert check.stats["removed_by_language"] == {"es": 1}
+
+
+def test_bare_code_lines_are_not_judged_as_prose():
+    # py3langid calls assert lines Luxembourgish at low confidence; they are not a language.
+    tests = "assert add_four(59) == 63\nassert add_four(0) == 4\nassert add_four(-2) == 2"
+    assert prose(tests) == ""
+    assert is_english("Write test cases for the function add_four.", tests) == (True, "english")
+    assert prose("def f(x):\n    return x\nThis returns its argument.") == \
+        "This returns its argument."
+    # prose that starts like a keyword is kept
+    assert prose("Class A amplifiers conduct all the time.\nFrom the data, we see growth.") == \
+        "Class A amplifiers conduct all the time. From the data, we see growth."
+
+
+def test_check_english_reports_each_records_category():
+    records = [{"id": "en", "instruction": "Describe a cat.",
+                "response": "A cat is a small furry animal that likes to sleep in the sun."},
+               {"id": "code", "instruction": "f(x)?", "response": "x**2"}]
+    assert check_english(records, workers=1).categories == {"en": "english",
+                                                            "code": "undetermined"}

@@ -18,7 +18,8 @@ def _seal(runs, phase="0", files=None, profile_sha="p" * 64, inputs=None):
     for name, data in (files or {"curated.jsonl": b'{"a": 1}\n'}).items():
         (stage / name).parent.mkdir(parents=True, exist_ok=True)
         (stage / name).write_bytes(data)
-    manifest = {"phase": phase, "profile_sha256": profile_sha, "inputs": inputs or {},
+    manifest = {"phase": phase, "profile_sha256": "f" * 64, "config_sha256": profile_sha,
+                "inputs": inputs or {},
                 "outputs": artifacts.digest_tree(stage)}
     artifacts.write_json(stage / artifacts.MANIFEST, manifest)
     artifacts.commit_staged(stage, final)

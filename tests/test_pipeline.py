@@ -38,7 +38,7 @@ def test_phase0_signs_off_and_accounts_for_every_record(runs):
     for key in ("git_commit", "versions", "seed", "wall_time_s", "peak_rss_mb",
                 "estimated_cost_usd", "profile_sha256"):
         assert key in manifest
-    assert ledger.check_signoff(runs / "tiny", "0", manifest["profile_sha256"]).ok
+    assert ledger.check_signoff(runs / "tiny", "0", manifest["config_sha256"]).ok
     report = (runs / "tiny" / "reports" / "phase0.md").read_text()
     assert "SIGNED OFF" in report and "| accounting.unbalanced | 0 |" in report
     assert (runs / "tiny" / "reports" / "phase0.junit.xml").exists()
@@ -122,4 +122,4 @@ def test_force_rebuilds_a_tampered_phase(runs, capsys):
     assert _cogumi("run", "0", "--runs", str(runs)) == 2
     assert _cogumi("run", "0", "--force", "--runs", str(runs)) == 0
     manifest = json.loads((runs / "tiny" / "0" / "manifest.json").read_text())
-    assert ledger.check_signoff(runs / "tiny", "0", manifest["profile_sha256"]).ok
+    assert ledger.check_signoff(runs / "tiny", "0", manifest["config_sha256"]).ok

@@ -1,5 +1,7 @@
 """Every shipped profile validates; bad profiles fail with one line naming file and key."""
 
+import re
+
 import pytest
 
 from cogumi.gates import validate_overrides
@@ -69,3 +71,48 @@ def test_error_is_one_line():
     with pytest.raises(ProfileError) as info:
         parse_profile(text, "x.toml")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("old,new,key", [
+    ("threshold = 0.8", "threshold = 1.5", "data.dedup.threshold"),
+    ("num_perm = 128", "num_perm = 4", "data.dedup.num_perm"),
+    ('shingle = "word"', 'shingle = "sentence"', "data.dedup.shingle"),
+    ("num_perm = 128", "num_perm = 128\nbands = 16", "data.dedup.bands"),  # derived, not set
+    ("max_record_chars = 8000", "max_record_chars = 0", "data.max_record_chars"),
+])
+def test_phase0_settings_are_validated(old, new, key):
+    text = _tiny_text().replace(old, new)
+    with pytest.raises(ProfileError, match=rf"key '{re.escape(key)}'"):
+        parse_profile(text, "x.toml")
+
+
+def test_planted_truth_gates_are_waived_only_where_there_is_no_truth():
+    from cogumi.gates import resolve_gates
+    for name in ("tiny", "gemma-270m", "llama-3.1-8b"):
+        profile = load_profile(name)
+        gates = {g.metric: g for g in resolve_gates("0", profile)}
+        waived = {m for m in ("dedup.planted_precision", "dedup.planted_recall")
+                  if gates[m].waived}
+        assert (profile.data.planted is None) == (waived == {"dedup.planted_precision",
+                                                             "dedup.planted_recall"}), name
+        assert profile.data.dedup.threshold == 0.8  # the seed's Jaccard threshold
+
+
+def test_config_digest_covers_only_the_tables_a_phase_reads():
+    from cogumi.registry import get_phase
+
+    tiny = load_profile("tiny")
+    tables = {pid: get_phase(pid).config for pid in ("0", "1A", "1B")}
+    digest = {pid: tiny.config_digest(pid, t) for pid, t in tables.items()}
+    sc = tiny.self_consistency.model_copy(update={"epochs": 7})
+    edited = tiny.model_copy(update={"self_consistency": sc})
+    # A 1B setting changes 1B's digest only: 0 and 1A stay signed off.
+    assert edited.config_digest("0", tables["0"]) == digest["0"]
+    assert edited.config_digest("1A", tables["1A"]) == digest["1A"]
+    assert edited.config_digest("1B", tables["1B"]) != digest["1B"]
+    # A gate override belongs to its phase; no table list means every table.
+    assert tiny.config_digest("1A", ()) != edited.config_digest("1A", ())
+    overrides = [o for o in tiny.gate_overrides if o.phase != "1B"]
+    fewer = tiny.model_copy(update={"gate_overrides": overrides})
+    assert fewer.config_digest("1A", tables["1A"]) == digest["1A"]
+    assert fewer.config_digest("1B", tables["1B"]) != digest["1B"]

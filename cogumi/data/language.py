@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from cogumi.data.workers import pool_context
 
 __all__ = ["DEFAULT_MIN_CONFIDENCE", "MIN_PROSE_LETTERS", "EnglishCheck", "check_english",
-           "detect_language", "is_english", "prose"]
+           "detect_language", "is_english", "looks_like_code", "prose"]
 
 DEFAULT_MIN_CONFIDENCE = 0.5
 MIN_PROSE_LETTERS = 20
@@ -85,14 +85,31 @@ _INLINE_CODE = re.compile(r"`[^`\n]*`")
 _LATEX = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$|\\\[.*?\\\]|\\\(.*?\\\)", re.S)
 _URL = re.compile(r"\b(?:https?://|www\.)\S+")
 _LETTER = re.compile(r"[^\W\d_]")
+# Lines of source code outside a fence (CodeAlpaca's outputs, test asserts): identifiers and
+# keywords are not a natural language, and py3langid calls them Luxembourgish or Latin with
+# low confidence, which would count an English record as uncertain. Keywords must start the
+# line in lower case, so prose ("Class A amplifiers", "From the data") is not matched.
+_CODE_LINE = re.compile(
+    r"^\s*(?:def|class|return|import|from\s+\S+\s+import|assert|elif|raise|yield|#include"
+    r"|public|private|static|void|var|let|const|function|SELECT|INSERT|UPDATE)\b|^\s*print\("
+    r"|==|!=|<=|>=|\+=|-=|\*=|=>|->|&&|\|\||;\s*$|[{}]\s*$|^\s*[}\])]"
+    r"|^\s*[A-Za-z_][\w.]*(?:\[[^\]]*\])?\s*=\s*\S"  # assignment: x = ..., a.b[i] = ...
+    r"|^\s*[A-Za-z_][\w.]*\([^)]*\)\s*:?\s*$"        # a call or a header alone on a line
+    r"|^(?: {4}|\t)")                                   # an indented block
+
+
+def looks_like_code(line: str) -> bool:
+    """Whether one line of text looks like source code rather than prose."""
+    return bool(_CODE_LINE.search(line))
 
 
 def prose(text: str) -> str:
-    """The text without fenced or inline code, LaTeX and URLs: what a language can be
-    identified from."""
+    """The text without fenced or inline code, LaTeX, URLs and lines that look like code:
+    what a language can be identified from."""
     for pattern in (_FENCED, _INLINE_CODE, _LATEX, _URL):
         text = pattern.sub(" ", text)
-    return " ".join(text.split())
+    return " ".join(word for line in text.splitlines() if not looks_like_code(line)
+                    for word in line.split())
 
 
 def _letters(text: str) -> int:
@@ -143,6 +160,9 @@ class EnglishCheck:
     stats: dict = field(default_factory=dict)
     """records, kept, removed, english_share (kept / records), by category
     (english, uncertain, undetermined, non_english), removed_by_language, min_confidence."""
+    categories: dict[str, str] = field(default_factory=dict)
+    """Record id -> english | uncertain | undetermined | non_english, so a caller can measure
+    the language mix of any subset (phase 0: of the records it finally keeps)."""
 
 
 def check_english(records: Iterable[dict], min_confidence: float = DEFAULT_MIN_CONFIDENCE,
@@ -157,11 +177,13 @@ def check_english(records: Iterable[dict], min_confidence: float = DEFAULT_MIN_C
     categories: Counter = Counter()
     removed_languages: Counter = Counter()
     keep_ids, removed = set(), []
+    category_of: dict[str, str] = {}
     for record, (instruction, response) in zip(records, fields, strict=True):
         judged = {"instruction": None if instruction is None else next(detections),
                   "response": None if response is None else next(detections)}
         keep, reason, category = _verdict(judged, min_confidence)
         categories[category] += 1
+        category_of[record["id"]] = category
         if keep:
             keep_ids.add(record["id"])
             continue
@@ -180,4 +202,4 @@ def check_english(records: Iterable[dict], min_confidence: float = DEFAULT_MIN_C
         "min_confidence": min_confidence, "min_prose_letters": MIN_PROSE_LETTERS,
         "detector": "py3langid (norm_probs=True)",
     }
-    return EnglishCheck(keep_ids, removed, stats)
+    return EnglishCheck(keep_ids, removed, stats, category_of)

@@ -7,8 +7,14 @@ same instruction as a Jinja ``doc_to_text`` and lm-eval's own chat-template hand
 * MMLU -> ``multiple_choice`` with choices " A", " B", ... after the assistant prefix
   ``gen_prefix: "The answer is"``: lm-eval's ``acc`` must equal our ``accuracy_loglik``
   and its per-option log-likelihoods ours.
-* MATH -> ``generate_until`` (greedy): lm-eval's generations must equal ours, and its
-  ``exact_match`` after a "The answer is" regex is reported beside our math-verify score.
+* MATH -> ``generate_until`` (greedy, the same stop strings): lm-eval's generations must
+  equal ours, and its ``exact_match`` (the number after "The answer is" against the
+  solution's boxed answer, both extracted by lm-eval's own regex and Jinja) is compared with
+  our math-verify score.
+
+"Agrees" means what issue 3 asks: the two scores differ by at most one standard error of
+lm-eval's estimate (the sample standard error over the items, as lm-eval reports
+``*_stderr``; computed here because ``bootstrap_iters=0`` makes lm-eval skip it).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ def _q(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)  # JSON strings are valid YAML scalars
 
 
-def task_yaml(task: Task, max_new_tokens: int) -> str:
+def task_yaml(task: Task, max_new_tokens: int, stop: tuple[str, ...] = ()) -> str:
     name = f"cogumi_{task.name}"
     head = [
         f"task: {name}",
@@ -58,9 +64,10 @@ def task_yaml(task: Task, max_new_tokens: int) -> str:
         body = [
             "output_type: generate_until",
             f"doc_to_text: {_q(text)}",
-            "doc_to_target: \"{{ solution }}\"",
+            # The boxed answer of the reference solution, extracted by Jinja (not our code).
+            "doc_to_target: \"{{ solution.split('boxed{')[-1].split('}')[0] | trim }}\"",
             "generation_kwargs:",
-            "  until: []",
+            f"  until: {json.dumps(list(stop))}",
             f"  max_gen_toks: {int(max_new_tokens)}",
             "  do_sample: false",
             "  temperature: 0.0",
@@ -68,29 +75,31 @@ def task_yaml(task: Task, max_new_tokens: int) -> str:
             "  - name: answer_is",
             "    filter:",
             "      - function: regex",
-            "        regex_pattern: \"The answer is (.*)\"",
+            "        regex_pattern: " + _q(r"The answer is:?\s*\$?(?:\\boxed\{)?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)"),
             "      - function: take_first",
             "metric_list:",
             "  - metric: exact_match",
+            "    regexes_to_ignore: [\",\"]",
         ]
     else:
         raise ValueError(f"no lm-eval form for {task.kind!r} tasks (code is scored by our sandbox)")
     return "\n".join(head + body) + "\n"
 
 
-def write_lm_eval_tasks(tasks: list[Task], out_dir: str | Path, max_new_tokens: int = 64) -> list[str]:
+def write_lm_eval_tasks(tasks: list[Task], out_dir: str | Path, max_new_tokens: int = 64,
+                        stop: tuple[str, ...] = ()) -> list[str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for t in tasks:
-        (out / f"cogumi_{t.name}.yaml").write_text(task_yaml(t, max_new_tokens))
+        (out / f"cogumi_{t.name}.yaml").write_text(task_yaml(t, max_new_tokens, stop))
         names.append(f"cogumi_{t.name}")
     return names
 
 
 def run_lm_eval(model: Any, tokenizer: Any, tasks: list[Task], work_dir: str | Path, *,
                 max_new_tokens: int = 64, limit: int | None = None, batch_size: int = 16,
-                add_bos: bool = False) -> dict[str, Any]:
+                add_bos: bool = False, stop: tuple[str, ...] = ()) -> dict[str, Any]:
     """``lm_eval.simple_evaluate`` with our tasks on an in-memory HF model (zero-shot, chat
     template applied, samples logged). Offline: datasets only read the local files."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -99,7 +108,7 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: list[Task], work_dir: str | P
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    names = write_lm_eval_tasks(tasks, Path(work_dir) / "tasks", max_new_tokens)
+    names = write_lm_eval_tasks(tasks, Path(work_dir) / "tasks", max_new_tokens, stop)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
               add_bos_token=add_bos, max_length=getattr(model.config, "max_position_embeddings", 2048))
     # include_defaults=False: index only our YAMLs, not the thousands lm-eval ships.
@@ -107,6 +116,16 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: list[Task], work_dir: str | P
     return simple_evaluate(model=lm, tasks=names, task_manager=manager,
                            num_fewshot=0, apply_chat_template=True, log_samples=True, limit=limit,
                            bootstrap_iters=0)
+
+
+def sample_stderr(scores: list[float]) -> float:
+    """Standard error of a mean of per-item scores (sample std / sqrt(n)), lm-eval's
+    ``mean_stderr``; 0 for fewer than two items."""
+    n = len(scores)
+    if n < 2:
+        return 0.0
+    mu = sum(scores) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in scores) / (n - 1) / n)
 
 
 def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = 1e-3) -> dict[str, Any]:
@@ -144,10 +163,19 @@ def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = 1e
                                  f"{rec['generations'][0][:60]!r}")
         if t["kind"] == "mmlu":
             entry["ours"] = report.metrics.get(f"{t['name']}.accuracy_loglik")
-            entry["lm_eval"] = res.get("acc,none")
+            entry["lm_eval_metric"], per_item = "acc,none", [s.get("acc") for s in samples]
         else:
             entry["ours"] = report.metrics.get(f"{t['name']}.accuracy")
-            entry["lm_eval_exact_match"] = res.get("exact_match,answer_is")
+            entry["lm_eval_metric"] = "exact_match,answer_is"
+            per_item = [s.get("exact_match") for s in samples]
+        entry["lm_eval"] = res.get(entry["lm_eval_metric"])
+        entry["lm_eval_stderr"] = sample_stderr([float(x) for x in per_item if x is not None])
+        # Plain floats and bools: lm-eval's numbers can be numpy scalars, which json refuses.
+        for key in ("ours", "lm_eval"):
+            entry[key] = None if entry[key] is None else float(entry[key])
+        entry["within_one_stderr"] = bool(
+            entry["ours"] is not None and entry["lm_eval"] is not None
+            and abs(entry["ours"] - entry["lm_eval"]) <= entry["lm_eval_stderr"] + 1e-12)
         entry["disagreements"] = diffs
         out[t["name"]] = entry
     return out

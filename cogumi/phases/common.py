@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cogumi.evaluation import GenerationSettings, TransformersBackend, evaluate, load_task
+from cogumi.evaluation import (
+    EvalReport,
+    GenerationSettings,
+    TransformersBackend,
+    evaluate,
+    load_task,
+)
 from cogumi.models import LoadedModel
 from cogumi.runner import PhaseContext, PhaseInputError
 
@@ -18,6 +25,12 @@ def generation_backend(ctx: PhaseContext, loaded: LoadedModel) -> Iterator[Trans
         yield TransformersBackend(loaded.model, loaded.tokenizer,
                                   batch_size=ctx.profile.eval.batch_size,
                                   add_bos=loaded.add_bos, progress=progress)
+
+
+def eval_cache(ctx: PhaseContext) -> Path:
+    """One evaluation cache per profile, shared by its phases: a result is reused only for
+    the same weights, tokenizer, task bytes and generation settings (see evaluate())."""
+    return ctx.runs_dir / ".eval-cache"
 
 
 def eval_tasks(ctx: PhaseContext) -> list:
@@ -40,8 +53,42 @@ def evaluate_model(ctx: PhaseContext, loaded: LoadedModel, out_dir: Path) -> dic
         if note not in ctx.notes:
             ctx.notes.append(note)
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                                  seed=ctx.seed, samples=1)
+                                  seed=ctx.seed, samples=1, stop=tuple(ctx.profile.model.stop))
     with generation_backend(ctx, loaded) as backend:
-        report = evaluate(backend, tasks, settings, limit=cfg.limit)
+        report = evaluate(backend, tasks, settings, limit=cfg.limit, cache_dir=eval_cache(ctx))
     report.write(out_dir)
     return dict(report.metrics)
+
+
+def lm_eval_cross_check(ctx: PhaseContext, loaded: LoadedModel, report_dir: Path,
+                        out_file: Path) -> dict:
+    """lm-eval on the same checkpoint and the same files as the evaluation in `report_dir`:
+    item-by-item differences and whether each score is within one standard error of ours
+    (cogumi.evaluation.lm_eval_bridge). Code has no lm-eval form: our sandbox scores it."""
+    from cogumi.evaluation.lm_eval_bridge import cross_check, run_lm_eval
+
+    cfg = ctx.profile.eval
+    tasks = [t for t in eval_tasks(ctx) if t.kind in ("math", "mmlu")]
+    if not tasks:
+        return {}
+    model = loaded.model
+    if hasattr(model, "get_base_model"):  # a PeftModel: its LoRA layers stay in the forward
+        model = model.get_base_model()
+    ctx.console.print("cross-check: the same files and checkpoint through lm_eval.simple_evaluate")
+    results = run_lm_eval(model, loaded.tokenizer, tasks, ctx.work_dir / "lm_eval",
+                          max_new_tokens=cfg.max_new_tokens, limit=cfg.limit,
+                          batch_size=cfg.batch_size, add_bos=loaded.add_bos,
+                          stop=tuple(ctx.profile.model.stop))
+    check = cross_check(EvalReport.load(report_dir), results)
+    out_file.write_text(json.dumps(check, indent=2))
+    metrics = {}
+    for name, entry in check.items():
+        metrics[f"lm_eval.{name}.score"] = entry["lm_eval"]
+        metrics[f"lm_eval.{name}.stderr"] = entry["lm_eval_stderr"]
+        metrics[f"lm_eval.{name}.item_disagreements"] = len(entry["disagreements"])
+    metrics["lm_eval.agreement"] = (sum(e["within_one_stderr"] for e in check.values())
+                                    / len(check)) if check else float("nan")
+    ctx.notes.append("lm-eval cross-check (lm_eval_crosscheck.json): " + "; ".join(
+        f"{name}: ours {e['ours']:.3f} vs lm-eval {e['lm_eval']:.3f} ± {e['lm_eval_stderr']:.3f}"
+        f" ({len(e['disagreements'])} item differences)" for name, e in check.items()))
+    return metrics

@@ -110,6 +110,7 @@ def run(ctx: PhaseContext) -> dict:
         ctx.notes.append("resumed from a checkpoint")
     plot_loss_curve(rep["log_history"], out / "loss_curve.png",
                     f"2E recovery LoRA r{tc.lora_rank} — {profile.name}")
+    ctx.add_figure("loss_curve.png", "2E recovery LoRA: training loss per optimizer step")
     excluded = train.excluded + heldout.excluded
     (out / "recovery.json").write_text(json.dumps({
         "sparsity": rep["sparsity"], "heldout_loss": rep["heldout_loss"],

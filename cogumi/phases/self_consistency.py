@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from cogumi.evaluation import (
@@ -29,7 +30,13 @@ from cogumi.evaluation import (
 from cogumi.evaluation.answers import extract_math_answer
 from cogumi.evaluation.compare import compare_verified
 from cogumi.models import load_base_model
-from cogumi.phases.common import eval_tasks, evaluate_model, generation_backend
+from cogumi.phases.common import (
+    eval_cache,
+    eval_tasks,
+    evaluate_model,
+    generation_backend,
+    lm_eval_cross_check,
+)
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
 
@@ -56,6 +63,26 @@ def math_training_task(records: list[dict], limit: int, source: str) -> Task:
     return Task("math_train", "math", source, items, digest)
 
 
+def _code_training_task(ctx: PhaseContext) -> Task:
+    """The profile's code prompts with tests, refused if they are the evaluation set."""
+    sc, cfg = ctx.profile.self_consistency, ctx.profile.eval
+    if sc.code_prompts == "humaneval":
+        task = load_task("humaneval")
+    else:
+        task = load_task("code", ctx.resolve(sc.code_prompts))
+    if cfg.code is not None and load_task("code", ctx.resolve(cfg.code)).digest == task.digest:
+        raise PhaseInputError(f"{ctx.profile.source_file}: self_consistency.code_prompts is the "
+                              f"evaluation set ([eval] code = {cfg.code}); 1B would train on "
+                              f"the test")
+    if sc.code_prompt_limit is not None and len(task.items) > sc.code_prompt_limit:
+        ctx.notes.append(f"reduced run: {sc.code_prompt_limit} of {len(task.items)} code "
+                         f"prompts (self_consistency.code_prompt_limit)")
+        limit = sc.code_prompt_limit
+        task = replace(task, items=task.items[:limit],
+                       digest=hashlib.sha256(f"{task.digest}:first {limit}".encode()).hexdigest())
+    return task
+
+
 def run(ctx: PhaseContext) -> dict:
     profile = ctx.profile
     sc = profile.self_consistency
@@ -71,22 +98,23 @@ def run(ctx: PhaseContext) -> dict:
     tasks = eval_tasks(ctx)
     diagnostic = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens,
                                     temperature=sc.temperature, seed=ctx.seed,
-                                    samples=sc.samples)
+                                    samples=sc.samples, stop=tuple(profile.model.stop))
 
     # 1. Diagnose.
     ctx.console.print(f"1B.1 diagnostic: {sc.samples} samples per prompt at T={sc.temperature}")
     with generation_backend(ctx, loaded) as backend:
-        before = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit)
+        before = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit,
+                          cache_dir=eval_cache(ctx))
     before.write(ctx.out_dir / "diagnostic_before")
 
     # 2. Generate at temperature 0 on training prompts; keep what the verifier accepts.
     gen_tasks = [math_training_task(_curated(ctx), sc.math_prompts, "runs/0/curated.jsonl")]
     if sc.code_prompts:
-        gen_tasks.append(load_task("code", ctx.resolve(sc.code_prompts)))
+        gen_tasks.append(_code_training_task(ctx))
     ctx.console.print("1B.1 generating self-consistent data (greedy) on "
                       + ", ".join(f"{len(t.items)} {t.kind}" for t in gen_tasks))
     greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
-                                seed=ctx.seed, samples=1)
+                                seed=ctx.seed, samples=1, stop=tuple(profile.model.stop))
     with generation_backend(ctx, loaded) as backend:
         generated = evaluate(backend, gen_tasks, greedy)
     messages_of = {(t.name, it.id): t.messages(it) for t in gen_tasks for it in t.items}
@@ -106,7 +134,8 @@ def run(ctx: PhaseContext) -> dict:
             outs = backend.generate([GenerationRequest(
             messages=({"role": "user", "content": r["instruction"]},),
                 max_new_tokens=profile.eval.max_new_tokens,
-                temperature=sc.creative_sample_temperature, seed=ctx.seed) for r in creative])
+                temperature=sc.creative_sample_temperature, seed=ctx.seed,
+                stop=tuple(profile.model.stop)) for r in creative])
         for r, out in zip(creative, outs, strict=True):
             kept.append({"id": r["id"], "task": "creative", "instruction": r["instruction"],
                          "response": out.text, "verified_by": "none (no verifier for creative)",
@@ -143,6 +172,8 @@ def run(ctx: PhaseContext) -> dict:
         after = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit)
     after.write(ctx.out_dir / "diagnostic_after")
     greedy_after = evaluate_model(ctx, loaded, ctx.out_dir / "eval_after")
+    cross = lm_eval_cross_check(ctx, loaded, ctx.out_dir / "eval_after",
+                                ctx.out_dir / "lm_eval_crosscheck.json")
     comparison = compare_verified(after, before)
     _write_json(ctx.out_dir / "comparison.json", {
         "reference": "the 1A model before this phase, same prompts and sampling settings",
@@ -171,6 +202,8 @@ def run(ctx: PhaseContext) -> dict:
     }
     for name in ("math.accuracy", "mmlu.accuracy", "code.pass@1"):
         metrics[f"before.{name}"] = one_a.get(name, float("nan"))
+    metrics["math.accuracy.gain"] = (greedy_after.get("math.accuracy", float("nan"))
+                                     - metrics["before.math.accuracy"])
     for key, value in comparison.metrics.items():
         metrics[f"vs_before.{key}"] = value
     for key, value in after.metrics.items():
@@ -178,6 +211,7 @@ def run(ctx: PhaseContext) -> dict:
             metrics[f"diagnostic.{key}"] = value
             metrics[f"before.diagnostic.{key}"] = before.metrics.get(key, float("nan"))
     metrics.update(greedy_after)
+    metrics.update(cross)
     return metrics
 
 

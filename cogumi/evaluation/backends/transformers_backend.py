@@ -43,6 +43,16 @@ def model_digest(model: Any) -> str:
     return h.hexdigest()
 
 
+def tokenizer_digest(tokenizer: Any) -> str:
+    """sha256 over the tokenizer's full definition (vocabulary, merges, normalizer, added
+    tokens) and its chat template."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else repr(tokenizer).encode())
+    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    return h.hexdigest()
+
+
 class TransformersBackend(Backend):
     """``TransformersBackend(model, tokenizer, batch_size=16, add_bos=None)``.
 
@@ -143,6 +153,9 @@ class TransformersBackend(Backend):
             "dtype": str(getattr(self.model, "dtype", "")),
             "add_bos": self.add_bos,
             "chat_template": "tokenizer" if self.has_chat_template else FALLBACK_TEMPLATE_NOTE,
+            # The prompt's bytes depend on the tokenizer and template as much as on the
+            # weights: a changed template or vocabulary must not hit an old cached result.
+            "tokenizer_digest": tokenizer_digest(self.tokenizer),
             "model_digest": self._digest,
         }
 

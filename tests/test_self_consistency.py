@@ -1,0 +1,32 @@
+"""Phase 1B's choice of code prompts: never the evaluation set; limits are stated."""
+
+import pytest
+from rich.console import Console
+
+from cogumi.phases.self_consistency import _code_training_task
+from cogumi.profile import load_profile
+from cogumi.registry import get_phase
+from cogumi.runner import PhaseContext, PhaseInputError
+
+
+def _ctx(tmp_path, **sc_update):
+    profile = load_profile("tiny")
+    sc = profile.self_consistency.model_copy(update=sc_update)
+    profile = profile.model_copy(update={"self_consistency": sc})
+    return PhaseContext(profile=profile, phase=get_phase("1B"), out_dir=tmp_path,
+                        runs_dir=tmp_path, console=Console(quiet=True))
+
+
+def test_code_prompts_that_are_the_evaluation_set_are_refused(tmp_path):
+    ctx = _ctx(tmp_path, code_prompts="fixtures/benchmarks/code.jsonl")
+    with pytest.raises(PhaseInputError, match="train on the test"):
+        _code_training_task(ctx)
+
+
+def test_humaneval_code_prompts_reduced_and_said_so(tmp_path):
+    ctx = _ctx(tmp_path, code_prompts="humaneval", code_prompt_limit=5)
+    task = _code_training_task(ctx)
+    full = _code_training_task(_ctx(tmp_path, code_prompts="humaneval", code_prompt_limit=None))
+    assert len(task.items) == 5 and len(full.items) == 164
+    assert task.digest != full.digest  # a reduced task is not the full task
+    assert any("5 of 164 code prompts" in n for n in ctx.notes)
