@@ -27,7 +27,7 @@ import argparse
 import json
 import os
 import platform
-import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -38,21 +38,28 @@ RESULTS = ROOT / "benchmarks" / "results"
 PROMPT_TOKENS = 128
 GEN_TOKENS = 64
 THREADS = 2
+REPEATS = 5
 LOAD_AT_START: list[float] = []
 PROMPT_TEXT = ("Cogumi compresses a language model step by step: pruning, quantization, export "
                "to GGUF and packing, each measured against the model before it. ") * 20
 
 
-def rss_mb() -> float:
+def _status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child would
+    # report the parent's peak at fork time.
+    return _status_mb("VmHWM")
 
 
 # ------------------------------------------------------------------ child: one engine run
@@ -67,22 +74,32 @@ def child_transformers(model_dir: str) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = tok(PROMPT_TEXT, return_tensors="pt", add_special_tokens=False).input_ids[:, :PROMPT_TOKENS]
+    prompt_rates, gen_rates = [], []
     with torch.inference_mode():
         model(ids[:, :8])  # warm-up
-        t = time.perf_counter()
-        model(ids)
-        prompt_s = time.perf_counter() - t
-        t = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=GEN_TOKENS, min_new_tokens=GEN_TOKENS,
-                             do_sample=False, pad_token_id=tok.eos_token_id)
-        total_s = time.perf_counter() - t
-    n_gen = out.shape[1] - ids.shape[1]
-    # generate() re-reads the prompt once; its decode time is the rest.
-    gen_s = max(total_s - prompt_s, 1e-9)
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            model(ids)
+            prompt_s = time.perf_counter() - t
+            t = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=GEN_TOKENS, min_new_tokens=GEN_TOKENS,
+                                 do_sample=False, pad_token_id=tok.eos_token_id)
+            total_s = time.perf_counter() - t
+            n_gen = out.shape[1] - ids.shape[1]
+            # generate() reads the prompt once more; its decode time is the rest.
+            prompt_rates.append(ids.shape[1] / prompt_s)
+            gen_rates.append(n_gen / max(total_s - prompt_s, 1e-9))
     return {"engine": "transformers", "dtype": "float32", "prompt_tokens": int(ids.shape[1]),
-            "prompt_tokens_per_s": ids.shape[1] / prompt_s, "generated_tokens": int(n_gen),
-            "generation_tokens_per_s": n_gen / gen_s, "rss_before_load_mb": base,
-            "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - base}
+            "generated_tokens": int(n_gen), **_rates(prompt_rates, gen_rates),
+            "rss_before_load_mb": base, "peak_rss_mb": peak_rss_mb(),
+            "rss_growth_mb": peak_rss_mb() - base}
+
+
+def _rates(prompt: list[float], gen: list[float]) -> dict:
+    """Medians over the repeats (a shared 2-core machine stalls now and then), and all runs."""
+    return {"prompt_tokens_per_s": statistics.median(prompt),
+            "generation_tokens_per_s": statistics.median(gen),
+            "repeats": {"prompt_tokens_per_s": prompt, "generation_tokens_per_s": gen}}
 
 
 def child_llamacpp(gguf: str, n_batch: int, prompt_ids: list[int]) -> dict:
@@ -95,21 +112,21 @@ def child_llamacpp(gguf: str, n_batch: int, prompt_ids: list[int]) -> dict:
                   seed=0, logits_all=True)
     ids = prompt_ids[:PROMPT_TOKENS]
     llama.eval(ids[:8])  # warm-up
-    llama.reset()
     llama_cpp.llama_perf_context_reset(llama.ctx)
-    t = time.perf_counter()
-    llama.eval(ids)
-    prompt_s = time.perf_counter() - t
-    t = time.perf_counter()
-    n_gen = 0
-    for _ in range(GEN_TOKENS):  # greedy, ignoring EOS so every engine makes GEN_TOKENS
-        llama.eval([int(llama.scores[llama.n_tokens - 1].argmax())])
-        n_gen += 1
-    gen_s = time.perf_counter() - t
+    prompt_rates, gen_rates = [], []
+    for _ in range(REPEATS):
+        llama.reset()
+        t = time.perf_counter()
+        llama.eval(ids)
+        prompt_rates.append(len(ids) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for _ in range(GEN_TOKENS):  # greedy, ignoring EOS so every engine makes GEN_TOKENS
+            llama.eval([int(llama.scores[llama.n_tokens - 1].argmax())])
+        gen_rates.append(GEN_TOKENS / (time.perf_counter() - t))
     perf = llama_cpp.llama_perf_context(llama.ctx)
     return {"engine": "llama.cpp", "file": Path(gguf).name, "n_batch": n_batch,
-            "prompt_tokens": len(ids), "prompt_tokens_per_s": len(ids) / prompt_s,
-            "generated_tokens": n_gen, "generation_tokens_per_s": n_gen / gen_s,
+            "prompt_tokens": len(ids), "generated_tokens": GEN_TOKENS,
+            **_rates(prompt_rates, gen_rates),
             "llama_cpp_timings_ms": {"prompt_eval": perf.t_p_eval_ms, "n_prompt_eval": perf.n_p_eval,
                                      "eval": perf.t_eval_ms, "n_eval": perf.n_eval},
             "rss_before_load_mb": base, "peak_rss_mb": peak_rss_mb(),
@@ -229,7 +246,8 @@ def main() -> None:
         "notes": ["llama.cpp prompts of quantized files are decoded with n_batch=1 (batched "
                   "decode crashes in llama-cpp-python 0.3.36 on this CPU): its prompt "
                   "tokens/s are a lower bound; the F32 file is also measured at n_batch=512",
-                  "generation: greedy, GEN_TOKENS tokens each, EOS ignored, KV cache on both",
+                  f"generation: greedy, {GEN_TOKENS} tokens each, EOS ignored, KV cache on both; "
+                  f"every rate is the median of {REPEATS} repeats in one process (all listed)",
                   "memory: each engine in a fresh process; rss_growth_mb = peak RSS minus "
                   "RSS after imports, before loading the model",
                   "the machine is shared (2 cores): ratios are from one run, back to back"],
