@@ -97,6 +97,10 @@ def run(ctx: PhaseContext) -> dict:
     C.plot_reliability(bins_b, bins_a, ece_b, ece_a, temperature, out / "reliability.png",
                        f"{ctx.profile.name}: shipped GGUF, {int(test.sum())} held-out items "
                        f"of {data}")
+    ctx.add_figure("reliability.png", f"Reliability diagram of the shipped model on "
+                   f"{int(test.sum())} held-out items: accuracy per confidence bin (bars), mean "
+                   f"confidence (red), before (T = 1) and after temperature scaling "
+                   f"(T = {temperature:.3g}); ECE {ece_b:.4f} -> {ece_a:.4f}")
 
     rows = carried_rows(ctx, "2D")
     shipped_bytes = (ctx.input_dir("2D") / "model.gguf.zst").stat().st_size
@@ -116,7 +120,6 @@ def run(ctx: PhaseContext) -> dict:
         f"{conf_b.mean():.3f} |\n"
         f"| after (T = {temperature:.3g}) | {ece_a:.4f} | {result['test']['nll_after']:.4f} | "
         f"{conf_a.mean():.3f} |\n\n"
-        f"![reliability diagram](../2F/reliability.png)\n\n"
         f"### Sizes, from the full-precision model to the base as shipped\n\n"
         f"{size_table(rows)}\n")
     model.unlink()
