@@ -226,6 +226,13 @@ def run(ctx: PhaseContext) -> dict:
     return metrics
 
 
+def _tokenizer_line(rep: dict) -> str:
+    d = rep["pre_tokenizer"]
+    if d.get("pre_tokenizer") is None:
+        return f"{d['source']} ({d.get('reason', '')})"
+    return f"pre-tokenizer `{d['pre_tokenizer']}` from the {d['source']}"
+
+
 def _gaps(parted: list[dict]) -> str:
     if not parted:
         return "—"
@@ -236,8 +243,7 @@ def _gaps(parted: list[dict]) -> str:
 def _report_md(rep: dict, rows: list[dict], reference, steps: list[dict], params: int) -> str:
     lines = [f"Exported `{rep['source']}` ({params:,} parameters) with llama.cpp's converter "
              f"to {rep['base_type']}, quantized with llama.cpp's quantizer; shipped: "
-             f"**{rep['ship_type']}** as `model.gguf`. Pre-tokenizer: "
-             f"`{rep['pre_tokenizer']['pre_tokenizer']}` ({rep['pre_tokenizer']['source']}).",
+             f"**{rep['ship_type']}** as `model.gguf`. Tokenizer: {_tokenizer_line(rep)}.",
              "", "### GGUF files, verified in llama.cpp", "",
              "| file | type | MB | in intended types | fallback tensors | tokenizer agreement "
              "| greedy agreement | greedy prefix share | HF p(own) − p(GGUF's) where they part "
