@@ -238,7 +238,7 @@ def test_merged_1b_model_equals_base_plus_adapter(tmp_path):
     assert load_merged_phase_model(ctx, "2A").tokenizer.chat_template
 
 
-def test_retention_is_the_mean_ratio_over_metrics_the_reference_scores():
+def test_retention_is_the_mean_ratio_over_metrics_the_reference_scores_above_chance():
     ref = {"math.accuracy": 0.5, "mmlu.accuracy": 0.4, "code.pass@1": 0.0}
     r = retention({"math.accuracy": 0.45, "mmlu.accuracy": 0.44, "code.pass@1": 0.1}, ref)
     assert r["per_metric"]["math.accuracy"] == pytest.approx(0.9)
@@ -247,6 +247,11 @@ def test_retention_is_the_mean_ratio_over_metrics_the_reference_scores():
     assert r["min"] == pytest.approx(0.9)
     # A score that went missing after compression counts as lost, not as excluded.
     assert retention({"mmlu.accuracy": 0.4}, ref)["mean"] == pytest.approx(0.5)
+    # A 4-option score at or below chance has nothing to retain: 0.175 -> 0.30 is not 171 %.
+    r = retention({"math.accuracy": 0.2, "mmlu.accuracy": 0.3},
+                  {"math.accuracy": 0.5, "mmlu.accuracy": 0.175})
+    assert r["used"] == ["math.accuracy"] and r["mean"] == pytest.approx(0.4)
+    assert "chance" in r["skipped"]["mmlu.accuracy"]
 
 
 def test_gptq_alternative_packs_int4_and_fills_pruned_zeros(tmp_path, pruned_dir):

@@ -125,24 +125,31 @@ def save_tokenizer_and_info(loaded: LoadedModel, out_dir: Path, **info) -> None:
 # -------------------------------------------------------------------------------- retention
 
 
+CHANCE = {"math.accuracy": 0.0, "mmlu.accuracy": 0.25, "code.pass@1": 0.0}
+"""What guessing scores: MMLU is 4-option multiple choice; MATH answers and code are open."""
+
+
 def retention(after: dict, reference: dict, names=EVAL_METRICS) -> dict:
     """How much of the reference's quality `after` keeps.
 
     Definition: for each metric m in `names`, ratio_m = after[m] / reference[m]; retention is
-    the arithmetic mean of ratio_m over the metrics whose reference value is a finite number
-    > 0. A metric the reference scores 0 on (or lacks) has no ratio — nothing to retain —
-    and is listed under `skipped`, never counted as 100 %. Ratios are not capped at 1: a
-    metric that improves beyond the reference is reported as such (`min` is the worst
-    metric, for a reader who wants the conservative view). If no metric qualifies, the mean
-    is NaN, which fails every gate.
+    the arithmetic mean of ratio_m over the metrics whose reference value is above chance
+    (`CHANCE`: 0 for MATH and code, 0.25 for 4-option MMLU). A reference at or below chance
+    has no skill to retain — a ratio of two guesses is noise (a 4-option score of 0.175 ->
+    0.30 would read as 171 % retained) — so that metric is listed under `skipped`, never
+    counted as 100 %. A score that is missing after compression counts as 0. Ratios are not
+    capped at 1: a metric that improves beyond the reference is reported as such (`min` is
+    the worst metric, for the conservative view). If no metric qualifies, the mean is NaN,
+    which fails every gate.
     """
     per_metric: dict[str, float | None] = {}
     skipped: dict[str, str] = {}
     for name in names:
         ref, val = reference.get(name), after.get(name)
-        if not _finite(ref) or ref <= 0:
+        chance = CHANCE.get(name, 0.0)
+        if not _finite(ref) or ref <= chance:
             per_metric[name] = None
-            skipped[name] = f"reference {ref!r}: no ratio"
+            skipped[name] = f"reference {ref!r} is not above chance ({chance:g}): no ratio"
         elif not _finite(val):
             per_metric[name] = 0.0  # a score that went missing is a loss, not an exclusion
         else:
@@ -153,7 +160,8 @@ def retention(after: dict, reference: dict, names=EVAL_METRICS) -> dict:
             "min": min(used) if used else float("nan"),
             "used": [k for k, v in per_metric.items() if v is not None],
             "skipped": skipped,
-            "definition": "mean over metrics with reference > 0 of after/reference (uncapped)"}
+            "definition": "mean of after/reference (uncapped) over the metrics whose "
+                          "reference is above chance (MMLU 0.25, MATH and code 0)"}
 
 
 def _finite(x) -> bool:
