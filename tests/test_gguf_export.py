@@ -153,4 +153,7 @@ def test_divergence_point_measures_the_near_tie():
     assert d["position"] == 0 and d["gguf_token_rank"] == 1
     assert d["p_hf_token"] >= d["p_gguf_token"]
     assert d["gap"] == pytest.approx(d["p_hf_token"] - d["p_gguf_token"], abs=1e-6)
-    assert G.divergence_point(model, tok, prompt, greedy, greedy + " more", 1) is None
+    assert G.divergence_point(model, tok, prompt, greedy, greedy, 1) is None
+    ended = G.divergence_point(model, tok, prompt, greedy, greedy + " more", tok.eos_token_id)
+    assert ended["position"] == len(tok.encode(greedy, add_special_tokens=False))
+    assert G.beyond_near_ties(1, 3, [d, {"gap": 0.01}]) == 2 / 3

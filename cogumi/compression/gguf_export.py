@@ -262,15 +262,32 @@ def divergence_point(model, tokenizer, prompt_ids: list[int], hf_text: str, gguf
     a = tokenizer.encode(hf_text, add_special_tokens=False)
     b = tokenizer.encode(gguf_text, add_special_tokens=False)
     k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-    if k >= len(a):
-        return None  # HF stopped first: its next token was EOS, the GGUF went on
+    if k >= len(a) and k >= len(b):
+        return None  # the same tokens: nothing parted
     with torch.inference_mode():
         logits = model(torch.tensor([prompt_ids + a[:k]])).logits[0, -1].float()
     p = torch.softmax(logits, dim=-1)
+    # A continuation that ended there ended with EOS (both had the same token budget).
+    own = a[k] if k < len(a) else eos_id
     theirs = b[k] if k < len(b) else eos_id
-    return {"position": k, "p_hf_token": float(p[a[k]]), "p_gguf_token": float(p[theirs]),
-            "gap": float(p[a[k]] - p[theirs]),
+    return {"position": k, "p_hf_token": float(p[own]), "p_gguf_token": float(p[theirs]),
+            "gap": float(p[own] - p[theirs]),
             "gguf_token_rank": int((p > p[theirs]).sum())}
+
+
+NEAR_TIE = 0.05
+"""Where the HF model's own next token leads the GGUF's pick by less than this probability,
+a quantized file may take either: that divergence is rounding at a near-tie."""
+
+
+def beyond_near_ties(identical: int, prompts: int, parted: list[dict]) -> float:
+    """Share of prompts whose continuations are identical or part only at a near-tie.
+
+    A quantized file perturbs every logit a little; greedy decoding turns a perturbed
+    near-tie into a different continuation. A broken file (wrong tokenizer, wrong weights,
+    wrong rope) also departs where the HF model is sure, and that is what this counts."""
+    ties = sum(1 for d in parted if d["gap"] < NEAR_TIE)
+    return (identical + ties) / prompts if prompts else float("nan")
 
 
 def greedy_agreement(gguf_outputs: list[str], hf_outputs: list[str], hf_tokenizer) -> dict:

@@ -145,9 +145,12 @@ def run(ctx: PhaseContext) -> dict:
         parted = [G.divergence_point(loaded.model, tok, ids, h, g, eos)
                   for ids, h, g in zip(prompt_ids, hf_out, gguf_out, strict=True) if h != g]
         parted = [d for d in parted if d is not None]
+        greedy = G.greedy_agreement(gguf_out, hf_out, tok)
+        greedy["beyond_near_ties"] = G.beyond_near_ties(greedy["identical"], greedy["prompts"],
+                                                        parted)
         checks[qtype] = {
             "tokenizer": G.tokenizer_agreement(path, tok, texts),
-            "greedy": G.greedy_agreement(gguf_out, hf_out, tok),
+            "greedy": greedy,
             "divergences": parted,
             "chat_template_in_gguf": backend.template == tok.chat_template,
             "add_bos_in_gguf": backend.add_bos,
@@ -207,6 +210,7 @@ def run(ctx: PhaseContext) -> dict:
         "gguf.tokenizer_agreement": ship["tokenizer"]["agreement"],
         "gguf.greedy_agreement": ship["greedy"]["agreement"],
         "gguf.greedy_prefix_share": ship["greedy"]["prefix_share"],
+        "gguf.greedy_agreement_beyond_near_ties": ship["greedy"]["beyond_near_ties"],
         "gguf.intended_share": shipped_types["intended_share"],
         "gguf.fallback_tensors": shipped_types["fallback_tensors"],
         "gguf.bits_per_parameter": (out / SHIPPED).stat().st_size * 8 / params,
@@ -247,7 +251,8 @@ def _report_md(rep: dict, rows: list[dict], reference, steps: list[dict], params
              "", "### GGUF files, verified in llama.cpp", "",
              "| file | type | MB | in intended types | fallback tensors | tokenizer agreement "
              "| greedy agreement | greedy prefix share | HF p(own) − p(GGUF's) where they part "
-             "(median, max) |", "|---|---|---|---|---|---|---|---|---|"]
+             f"(median, max) | agreement beyond near-ties (gap < {G.NEAR_TIE}) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for q, f in rep["files"].items():
         t = f["types"]
         share = "n/a (unquantized)" if t["intended_types"] is None else f"{t['intended_share']:.1%}"
@@ -256,7 +261,7 @@ def _report_md(rep: dict, rows: list[dict], reference, steps: list[dict], params
                      f"({f['tokenizer']['identical']}/{f['tokenizer']['texts']}) | "
                      f"{f['greedy']['agreement']:.3f} ({f['greedy']['identical']}/"
                      f"{f['greedy']['prompts']}) | {f['greedy']['prefix_share']:.3f} | "
-                     f"{_gaps(f['divergences'])} |")
+                     f"{_gaps(f['divergences'])} | {f['greedy']['beyond_near_ties']:.3f} |")
     lines += ["", "Tensor types by file (count):", ""]
     lines += [f"- {q}: " + ", ".join(f"{k} × {v}" for k, v in f["types"]["count_by_type"].items())
               + (f" — {G.describe_types(f['types'])}" if f["types"]["fallback_tensors"] else "")
