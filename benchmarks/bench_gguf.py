@@ -18,7 +18,7 @@ weights differ).
 Known limit, stated in the JSON: llama-cpp-python 0.3.36 built on this CPU crashes in
 batched prompt decoding of quantized models (SIGSEGV, n_batch > 1), so quantized prompts are
 decoded one token at a time (n_batch=1); llama.cpp's prompt tokens/s here are therefore a
-lower bound. The F32 file decodes batched without crashing and is measured both ways.
+lower bound. The F32 file decodes batched without crashing and is measured batched.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 PROMPT_TOKENS = 128
 GEN_TOKENS = 64
 THREADS = 2
-REPEATS = 5
+REPEATS = int(os.environ.get("COGUMI_BENCH_REPEATS", 5))
 LOAD_AT_START: list[float] = []
 PROMPT_TEXT = ("Cogumi compresses a language model step by step: pruning, quantization, export "
                "to GGUF and packing, each measured against the model before it. ") * 20
@@ -161,10 +161,10 @@ def prepare(profile_name: str, work: Path) -> tuple[Path, Path | None, bool, obj
     return hf, vocab, profile.model.add_bos, profile
 
 
-def quality(path: Path, tasks, limit: int, max_new_tokens: int) -> dict:
+def quality(path: Path, tasks, limit: int, max_new_tokens: int, n_batch: int) -> dict:
     from cogumi.evaluation import GenerationSettings, LlamaCppBackend, evaluate
 
-    backend = LlamaCppBackend(path, n_ctx=1024, n_threads=THREADS, n_batch=1)
+    backend = LlamaCppBackend(path, n_ctx=1024, n_threads=THREADS, n_batch=n_batch)
     report = evaluate(backend, tasks, GenerationSettings(max_new_tokens=max_new_tokens),
                       limit=limit)
     keep = ("mmlu.accuracy_loglik", "math.accuracy")
@@ -177,8 +177,10 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     ap.add_argument("--quality-limit", type=int, default=None,
                     help="items per task for the K-quant accuracy (default: 40 tiny, 20 else)")
+    ap.add_argument("--repeats", type=int, default=REPEATS)
     ap.add_argument("--child", nargs="+")
     args = ap.parse_args()
+    os.environ["COGUMI_BENCH_REPEATS"] = str(args.repeats)  # children read it
     if args.child:
         kind, *rest = args.child
         if kind == "transformers":
@@ -216,10 +218,10 @@ def main() -> None:
     ship = profile.gguf.ship_type
     runs = {"transformers (uncompressed, float32)": run_child("transformers", str(hf))}
     for q, path in files.items():
-        runs[f"llama.cpp {q} n_batch=1"] = run_child("llamacpp", str(path), "1",
-                                                    json.dumps(prompt_ids))
-    runs[f"llama.cpp {base_type} n_batch=512"] = run_child("llamacpp", str(files[base_type]),
-                                                         "512", json.dumps(prompt_ids))
+        # The unquantized file decodes batched without crashing: measured that way only.
+        n_batch = 512 if q == base_type else 1
+        runs[f"llama.cpp {q} n_batch={n_batch}"] = run_child(
+            "llamacpp", str(path), str(n_batch), json.dumps(prompt_ids))
     hf_run = runs["transformers (uncompressed, float32)"]
     shipped = runs[f"llama.cpp {ship} n_batch=1"]
     ratios = {}
@@ -245,9 +247,9 @@ def main() -> None:
         "runs": runs, "ratios_shipped_gguf_over_transformers": ratios,
         "notes": ["llama.cpp prompts of quantized files are decoded with n_batch=1 (batched "
                   "decode crashes in llama-cpp-python 0.3.36 on this CPU): its prompt "
-                  "tokens/s are a lower bound; the F32 file is also measured at n_batch=512",
+                  "tokens/s are a lower bound; the F32 file is measured at n_batch=512",
                   f"generation: greedy, {GEN_TOKENS} tokens each, EOS ignored, KV cache on both; "
-                  f"every rate is the median of {REPEATS} repeats in one process (all listed)",
+                  f"every rate is the median of {args.repeats} repeats in one process (all listed)",
                   "memory: each engine in a fresh process; rss_growth_mb = peak RSS minus "
                   "RSS after imports, before loading the model",
                   "the machine is shared (2 cores): ratios are from one run, back to back"],
@@ -260,11 +262,12 @@ def main() -> None:
     limit = args.quality_limit or limit
     if args.profile == "tiny":
         tasks.append(load_task("math", ROOT / ev.math))
-    scores = {q: quality(path, tasks, limit, new_tokens) for q, path in files.items()}
+    scores = {q: quality(path, tasks, limit, new_tokens, 512 if q == base_type else 1)
+              for q, path in files.items()}
     table = []
     n_params = int(G.tensor_types(files[base_type], None)["quantizable_parameters"])
     for q, path in files.items():
-        r = runs[f"llama.cpp {q} n_batch=1"]
+        r = runs[f"llama.cpp {q} n_batch={512 if q == base_type else 1}"]
         kinds = G.tensor_types(path, q if q in G.QUANT_TYPES else None)
         retained = {k: (v / scores[base_type][k] if scores[base_type].get(k) else None)
                     for k, v in scores[q].items()}
@@ -275,7 +278,8 @@ def main() -> None:
             "intended_share": kinds["intended_share"], "fallback_tensors": kinds["fallback_tensors"],
             "parameter_share_by_type": kinds["parameter_share_by_type"],
             "generation_tokens_per_s": r.get("generation_tokens_per_s"),
-            "prompt_tokens_per_s_n_batch_1": r.get("prompt_tokens_per_s"),
+            "prompt_tokens_per_s": r.get("prompt_tokens_per_s"),
+            "prompt_n_batch": 512 if q == base_type else 1,
             "accuracy": scores[q], "retained_vs_F32": retained,
             "retained_mean": sum(used) / len(used) if used else None})
     kquants = {
