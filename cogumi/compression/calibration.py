@@ -31,8 +31,12 @@ def nll(scores: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-300, None))))
 
 
+T_BOUNDS = (0.05, 20.0)
+"""Search range for T; a fit at the upper end means the scores are close to uninformative."""
+
+
 def fit_temperature(scores: np.ndarray, labels: np.ndarray,
-                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+                    bounds: tuple[float, float] = T_BOUNDS) -> float:
     """The T minimising NLL of the true labels (scipy's bounded Brent search on log T)."""
     from scipy.optimize import minimize_scalar
 

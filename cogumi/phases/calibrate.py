@@ -60,7 +60,13 @@ def run(ctx: PhaseContext) -> dict:
         raise PhaseInputError(f"{data}: the split left {fit.sum()} fit and {test.sum()} test "
                               f"items; calibration.fit_fraction = {cfg.fit_fraction}")
 
-    temperature = C.fit_temperature(scores[fit], labels[fit])
+    temperature = C.fit_temperature(scores[fit], labels[fit], bounds=C.T_BOUNDS)
+    if temperature > 0.99 * C.T_BOUNDS[1]:
+        ctx.notes.append(
+            f"the fitted temperature reached its search bound ({C.T_BOUNDS[1]:g}): the model's "
+            f"option scores carry little signal on the fit split, so the NLL fit flattens the "
+            f"confidence toward uniform; ECE falls because confidence falls to the (low) "
+            f"accuracy, not because answers are ranked better")
     conf_b, corr = C.top_label(scores[test], labels[test], 1.0)
     conf_a, _ = C.top_label(scores[test], labels[test], temperature)
     bins_b = C.reliability(conf_b, corr, cfg.bins)
