@@ -158,6 +158,94 @@ class SelfConsistencyConfig(_Strict):
     """Seed 1B: 2 epochs at lr 5e-6 (an 8B model); small models state their own scale."""
 
 
+class GGUFConfig(_Strict):
+    """Phase 2C: GGUF export with llama.cpp's converter, K-quants with its quantizer."""
+    base_type: Literal["F32", "F16", "BF16"] = "F16"
+    """What the converter writes and the quantizer reads (llama.cpp quantizes from these)."""
+    ship_type: Literal["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"] = "Q5_K_M"
+    """The file shipped as model.gguf (seed 2C: Q5_K_M)."""
+    compare_types: list[Literal["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"]] = Field(
+        default_factory=lambda: ["Q4_K_M", "Q6_K", "Q8_0"])
+    """Also written and verified, for the user's trade-off table (gguf/)."""
+    tokenizer_texts: int = Field(default=60, gt=0)
+    """Evaluation prompts (chat-formatted) tokenized by both sides, plus fixed hard texts."""
+    greedy_prompts: int = Field(default=20, gt=0)
+    greedy_tokens: int = Field(default=16, gt=0)
+    """Greedy agreement: the first N tokens of each prompt's continuation must match."""
+    threads: int = Field(default=2, gt=0)
+    n_ctx: int = Field(default=2048, gt=0)
+
+
+class PackConfig(_Strict):
+    """Phase 2D: zstd packing of the shipped GGUF."""
+    level: int = Field(default=19, ge=1, le=22)
+    long_distance: bool = True
+    """zstd long-distance matching (`--long`)."""
+    window_log: int = Field(default=27, ge=10, le=31)
+    """Match window 2^window_log bytes (27: 128 MiB, zstd --long's default)."""
+
+
+class CalibrationConfig(_Strict):
+    """Phase 2F: temperature scaling of multiple-choice confidence, fitted on a held-out split."""
+    data: str | None = None
+    """An MMLU-schema file with answer keys; default: the profile's [eval] mmlu file."""
+    fit_fraction: float = Field(default=0.5, gt=0, lt=1)
+    """Share of items (by a hash of the item id) used to fit T; ECE is measured on the rest."""
+    bins: int = Field(default=10, ge=2)
+
+
+class PruneConfig(_Strict):
+    """Phase 2A: one-shot SparseGPT pruning with llm-compressor, calibrated on curated data."""
+    sparsity: float = Field(default=0.65, gt=0, lt=1)
+    """Share of each pruned Linear weight set to zero (seed 2A: 65 %)."""
+    mask_structure: Literal["unstructured", "2:4"] = "unstructured"
+    """2:4 zeroes 2 of every 4 consecutive weights (exactly 50 %, the pattern sparse tensor
+    cores run); it cannot reach any other sparsity."""
+    calibration_records: int = Field(default=512, gt=0)
+    """Curated training-split records (chat template applied) the Hessians are estimated on."""
+    max_seq_len: int = Field(default=512, gt=0)
+    """Calibration sequences are truncated to this many tokens (the count is reported)."""
+    dampening_frac: float = Field(default=0.01, gt=0, lt=1)
+    block_size: int = Field(default=128, gt=0)
+    ignore: list[str] = Field(default_factory=lambda: ["re:.*lm_head"])
+    """Modules left dense: the output head (tied to the embeddings in small models)."""
+
+    @model_validator(mode="after")
+    def _two_four_is_half(self) -> PruneConfig:
+        if self.mask_structure == "2:4" and self.sparsity != 0.5:
+            raise ValueError(f"prune.mask_structure = '2:4' prunes exactly 50 %; "
+                             f"prune.sparsity = {self.sparsity} cannot be reached with it")
+        return self
+
+
+class RecoveryConfig(_Strict):
+    """Phase 2E: a short LoRA pass on the pruned model, merged, the pruning mask re-applied.
+
+    LoRA settings (rank, alpha, targets, batch size) are the profile's [training] ones; the
+    backend is always peft-lora in the profile's dtype, because the adapter is merged into
+    the full-precision pruned weights (a 4-bit base could not be re-masked exactly).
+    """
+    epochs: float = Field(default=1, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    max_examples: int | None = Field(default=None, gt=0)
+    """Train on at most this many curated training-split records (a reduced run, stated)."""
+
+
+class QuantizeConfig(_Strict):
+    """Phase 2B: W4A16 (4-bit integer weights, group size 128, 16-bit activations) with
+    llm-compressor, saved as compressed-tensors."""
+    method: Literal["awq", "gptq"] = "awq"
+    """awq: activation-aware scaling then round-to-nearest (keeps zeros at zero); gptq:
+    Hessian-based error compensation (fills pruned zeros back in; sparsity is reported)."""
+    calibration_records: int = Field(default=256, gt=0)
+    max_seq_len: int = Field(default=512, gt=0)
+    ignore: list[str] = Field(default_factory=lambda: ["lm_head"])
+    indivisible: Literal["error", "keep-full-precision"] = "error"
+    """A Linear whose input width is not a multiple of the group size (128): "error" stops
+    with the tensor named; "keep-full-precision" leaves that layer unquantised and records
+    it in the manifest notes and quantization.json (the gates still see the share)."""
+
+
 class HardwareConfig(_Strict):
     name: str
     device: Literal["cpu", "cuda"]
@@ -217,6 +305,12 @@ class Profile(_Strict):
     training: TrainingConfig
     eval: EvalConfig
     self_consistency: SelfConsistencyConfig | None = None
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    gguf: GGUFConfig = Field(default_factory=GGUFConfig)
+    pack: PackConfig = Field(default_factory=PackConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     hardware: HardwareConfig
     prices_usd_per_hour: dict[str, float] = Field(default_factory=dict)
     plan: dict[str, PlanStep] = Field(default_factory=dict)

@@ -33,7 +33,13 @@ from cogumi.gates import repo_root, resolve_gates
 from cogumi.ledger import State
 from cogumi.profile import Profile
 from cogumi.registry import PhaseSpec, get_phase, upstream
-from cogumi.signoff import render_report, reports_dir, run_gate_tests, signoff_entry
+from cogumi.signoff import (
+    REPORT_DETAILS,
+    render_report,
+    reports_dir,
+    run_gate_tests,
+    signoff_entry,
+)
 
 
 class PhaseRefused(RuntimeError):
@@ -198,8 +204,10 @@ def gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console
     entry = signoff_entry(profile, phase.id, runs_dir, results, junit)
     ledger.append(runs_dir, entry)
     metrics = json.loads((folder / artifacts.METRICS).read_text())
+    details = folder / REPORT_DETAILS
     render_report(entry, manifest, metrics, console,
-                  reports_dir(runs_dir) / f"{phase.session_name}.md")
+                  reports_dir(runs_dir) / f"{phase.session_name}.md",
+                  details.read_text() if details.exists() else "")
     if not entry["passed"]:
         failed = [r for r in results if not (r.passed or r.waived)]
         raise GateFailed(f"phase {phase.id} failed {len(failed)} gate(s): " +

@@ -111,8 +111,13 @@ def _fmt(value) -> str:
     return str(value)
 
 
+REPORT_DETAILS = "report.md"
+"""A phase may write this Markdown into its artifact (tables, figures); the sign-off report
+includes it under its own heading. It is part of the artifact, so it is digested too."""
+
+
 def render_report(entry: dict, manifest: dict, metrics: dict, console: Console | None,
-                  out: Path) -> str:
+                  out: Path, details: str = "") -> str:
     """Write the Markdown sign-off report and print the same table with rich."""
     phase = get_phase(entry["phase"])
     verdict = "SIGNED OFF" if entry["passed"] else "NOT SIGNED OFF"
@@ -151,6 +156,8 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
         lines += ["", "## Before and after this phase", "", "| metric | before | after |",
                   "|---|---|---|"]
         lines += [f"| {k} | {_fmt(v)} | {_fmt(metrics.get(k))} |" for k, v in sorted(before.items())]
+    if details.strip():
+        lines += ["", "## From the phase", "", details.strip()]
     figures = manifest.get("figures") or []
     if figures:
         # The report sits in runs/<profile>/reports/, the artifact in runs/<profile>/<phase>/.

@@ -81,7 +81,9 @@ def test_override_of_an_ungated_metric_is_refused(tmp_path):
     profile, path = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\n'
                                  'metric = "consistancy"\nthreshold = 0.2\n'
                                  'why = "a typo should not pass silently"\n', base="gemma-270m")
-    with pytest.raises(GateFileError, match=r"gate_overrides\[4\]: key 'metric': 'consistancy'"):
+    appended = len(profile.gate_overrides)  # 1-based: the override added above is the last
+    with pytest.raises(GateFileError,
+                       match=rf"gate_overrides\[{appended}\]: key 'metric': 'consistancy'"):
         resolve_gates("1B", profile)
 
 

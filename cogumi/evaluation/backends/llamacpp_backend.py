@@ -160,8 +160,7 @@ class LlamaCppBackend(Backend):
             else:
                 cont_ids = list(self.llama.tokenize(cont.encode(), add_bos=False, special=True))
             seq = ctx_ids + cont_ids
-            self.llama.reset()
-            self.llama.eval(seq)
+            self._eval_reusing_prefix(seq)
             scores = np.asarray(self.llama.scores[: len(seq)], dtype=np.float64)
             rows = scores[len(ctx_ids) - 1 : len(seq) - 1]
             m = rows.max(axis=1, keepdims=True)
@@ -170,6 +169,32 @@ class LlamaCppBackend(Backend):
             greedy = all(int(rows[i].argmax()) == t for i, t in enumerate(cont_ids))
             outs.append(LoglikelihoodOutput(logprob=lp, is_greedy=greedy, n_tokens=len(cont_ids)))
         return outs
+
+
+    def _eval_reusing_prefix(self, seq: list[int]) -> None:
+        """Evaluate `seq`, keeping the KV cache and logits of the prefix it shares with what
+        was evaluated last (the options of one multiple-choice item share their context).
+
+        With logits_all the stored rows of that prefix were computed from the same tokens,
+        so they are the rows a fresh evaluation would give; only the new tail is decoded.
+        This matters because prompts are decoded one token at a time (n_batch=1, see the
+        class docstring). Recurrent models keep no per-position cache: they start over.
+        """
+        llama = self.llama
+        cached = getattr(llama, "input_ids", None)
+        if (cached is None or getattr(llama, "_is_recurrent", False)
+                or getattr(llama, "_is_hybrid", False)):
+            llama.reset()
+            llama.eval(seq)
+            return
+        common = 0
+        for a, b in zip(cached[: int(llama.n_tokens)], seq, strict=False):
+            if a != b:
+                break
+            common += 1
+        llama.n_tokens = common  # Llama.eval drops the KV cache past n_tokens itself
+        if common < len(seq):
+            llama.eval(seq[common:])
 
 
 def _accepts_special(llama: Any) -> bool:

@@ -1,0 +1,1 @@
+"""Phase 2: compression (prune, recover, quantise, GGUF, pack, calibrate)."""
