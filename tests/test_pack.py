@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from cogumi.compression.pack import PackChecksumError, pack, sha256_file, sidecar_path, unpack
+from cogumi.artifacts import sha256_file
+from cogumi.compression.pack import PackChecksumError, pack, sidecar_path, unpack
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ import json
 import os
 from pathlib import Path
 
+from cogumi.artifacts import sha256_file
+
 CHUNK = 1 << 20
 SIDECAR_SUFFIX = ".json"
 FORMAT = "cogumi-zstd-pack/1"
@@ -26,14 +28,6 @@ FORMAT = "cogumi-zstd-pack/1"
 
 class PackChecksumError(ValueError):
     """A packed file (or its unpacked bytes) does not match its recorded sha256."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sidecar_path(packed: Path) -> Path:

@@ -27,6 +27,12 @@ def generation_backend(ctx: PhaseContext, loaded: LoadedModel) -> Iterator[Trans
                                   add_bos=loaded.add_bos, progress=progress)
 
 
+def curated_records(ctx: PhaseContext) -> list[dict]:
+    """Phase 0's kept records (every phase that reads curated data declares input "0")."""
+    path = ctx.input_dir("0") / "curated.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
 def eval_cache(ctx: PhaseContext) -> Path:
     """One evaluation cache per profile, shared by its phases: a result is reused only for
     the same weights, tokenizer, task bytes and generation settings (see evaluate())."""

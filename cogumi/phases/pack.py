@@ -7,8 +7,9 @@ beside it.
 
 from __future__ import annotations
 
+from cogumi.artifacts import sha256_file
 from cogumi.compression.common import MB
-from cogumi.compression.pack import pack, sha256_file, unpack
+from cogumi.compression.pack import pack, unpack
 from cogumi.compression.sizes import SEED_PARAMETERS, carried_rows, size_table, write_sizes
 from cogumi.runner import PhaseContext, PhaseInputError
 

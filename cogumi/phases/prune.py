@@ -29,14 +29,9 @@ from cogumi.compression.common import (
 )
 from cogumi.compression.llmc import calibration_data, run_oneshot, sparsity_report
 from cogumi.compression.sizes import size_table, write_sizes
-from cogumi.phases.common import evaluate_model
+from cogumi.phases.common import curated_records, evaluate_model
 from cogumi.runner import PhaseContext
 from cogumi.training.sft import encode_records, mean_loss, split_heldout
-
-
-def curated_records(ctx: PhaseContext) -> list[dict]:
-    path = ctx.input_dir("0") / "curated.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def prune_model(model, tokenizer, add_bos: bool, records: list[dict], cfg, heldout_fraction:

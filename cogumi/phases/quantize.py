@@ -42,8 +42,7 @@ from cogumi.compression.llmc import (
     target_linears,
 )
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
-from cogumi.phases.common import evaluate_model
-from cogumi.phases.prune import curated_records
+from cogumi.phases.common import curated_records, evaluate_model
 from cogumi.runner import PhaseContext
 
 SCHEME = "W4A16"

@@ -31,8 +31,7 @@ from cogumi.compression.common import (
 )
 from cogumi.compression.llmc import apply_masks, sparsity_report, zero_masks
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
-from cogumi.phases.common import evaluate_model
-from cogumi.phases.prune import curated_records
+from cogumi.phases.common import curated_records, evaluate_model
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.sft import (
     checkpoint_key,

@@ -31,6 +31,7 @@ from cogumi.evaluation.answers import extract_math_answer
 from cogumi.evaluation.compare import compare_verified
 from cogumi.models import load_base_model
 from cogumi.phases.common import (
+    curated_records,
     eval_cache,
     eval_tasks,
     evaluate_model,
@@ -39,11 +40,6 @@ from cogumi.phases.common import (
 )
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
-
-
-def _curated(ctx: PhaseContext) -> list[dict]:
-    path = ctx.input_dir("0") / "curated.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def math_training_task(records: list[dict], limit: int, source: str) -> Task:
@@ -108,7 +104,7 @@ def run(ctx: PhaseContext) -> dict:
     before.write(ctx.out_dir / "diagnostic_before")
 
     # 2. Generate at temperature 0 on training prompts; keep what the verifier accepts.
-    gen_tasks = [math_training_task(_curated(ctx), sc.math_prompts, "runs/0/curated.jsonl")]
+    gen_tasks = [math_training_task(curated_records(ctx), sc.math_prompts, "runs/0/curated.jsonl")]
     if sc.code_prompts:
         gen_tasks.append(_code_training_task(ctx))
     ctx.console.print("1B.1 generating self-consistent data (greedy) on "
@@ -128,7 +124,7 @@ def run(ctx: PhaseContext) -> dict:
                          else "tests in the sandbox", "temperature": 0.0})
         else:
             dropped.append({**row, "reason": rec["reasons"][0] if rec["reasons"] else "none"})
-    creative = [r for r in _curated(ctx) if r["domain"] == "creative"][:sc.creative_prompts]
+    creative = [r for r in curated_records(ctx) if r["domain"] == "creative"][:sc.creative_prompts]
     if creative:
         with generation_backend(ctx, loaded) as backend:
             outs = backend.generate([GenerationRequest(
