@@ -122,7 +122,19 @@ def load_tokenizer(cfg: ModelConfig, root: Path, gguf_file: Path | None = None):
         tokenizer.chat_template = cfg.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if cfg.add_bos and tokenizer.bos_token_id is not None and not _adds_bos(tokenizer):
+        # Our own code adds BOS itself (add_special_tokens=False everywhere), but tools that
+        # take the tokenizer as it is (lm-eval's HFLM, llm-compressor) rely on the tokenizer
+        # adding it: without BOS, Gemma 3 answers a different prompt.
+        tokenizer.add_bos_token = True
+        if not _adds_bos(tokenizer):
+            raise RuntimeError(f"model.add_bos is set, but the {type(tokenizer).__name__} of "
+                               f"{where} cannot be made to add BOS")
     return tokenizer
+
+
+def _adds_bos(tokenizer) -> bool:
+    return tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
 
 
 def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu",

@@ -16,6 +16,7 @@ pytest.importorskip("lm_eval")
 pytest.importorskip("torch")
 
 from cogumi.evaluation import GenerationSettings, TransformersBackend, evaluate, load_task  # noqa: E402
+from cogumi.evaluation.answers import extract_math_answer  # noqa: E402
 from cogumi.evaluation.lm_eval_bridge import (  # noqa: E402
     cross_check,
     run_lm_eval,
@@ -84,10 +85,50 @@ def test_math_yaml_carries_stop_strings_and_a_boxed_target(tmp_path):
     spec = yaml.safe_load(task_yaml(load_task("math", path), 8, stop=("\nQuestion:",)))
     assert spec["generation_kwargs"]["until"] == ["\nQuestion:"]
     assert "boxed{" in spec["doc_to_target"]
-    import re
-    pattern = spec["filter_list"][0]["filter"][0]["regex_pattern"]
-    assert re.search(pattern, "so The answer is $\\boxed{1,024}$").group(1) == "1,024"
-    assert re.search(pattern, "The answer is: -3.5.").group(1) == "-3.5"
+    from lm_eval.filters.extraction import RegexFilter
+
+    # lm-eval's own filter, with our extractor's priority: boxed, then "answer is", then the
+    # last number (a base model that writes "52 - 17 = 35 marbles." is scored on 35).
+    found = RegexFilter(spec["filter_list"][0]["filter"][0]["regex_pattern"]).apply([[
+        "so The answer is $\\boxed{1,024}$", "The answer is: -3.5.", " 52 - 17 = 35 marbles.",
+        "\\boxed{7} and then 9", "went -5", "nothing"]], [{}])[0]
+    assert found == ["1,024", "-3.5", "35", "7", "-5", "[invalid]"]
+    texts = ["so The answer is $\\boxed{1,024}$", "The answer is: -3.5.", " 52 - 17 = 35 marbles.",
+             "\\boxed{7} and then 9", "went -5"]
+    ours = [extract_math_answer(t).answer for t in texts]
+    assert [a.replace(",", "") for a in found[:5]] == [a.replace(",", "") for a in ours]
+
+
+QA_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %} {{ m['content'] | trim }}"
+               "<|end|>\n{% else %}Question: {{ m['content'] | trim }}\nAnswer:{% endif %}"
+               "{% endfor %}")
+
+
+def test_lm_eval_agrees_under_a_question_answer_layout_that_needs_bos(tmp_path):
+    """Gemma's profile: a template whose generation prompt ends in "Answer:" and whose answer
+    starts with a space, and a tokenizer that does not add BOS by itself. lm-eval renders
+    the MMLU answer prefix inside the assistant turn ("Answer: The answer is") and asks the
+    tokenizer for BOS; we must score exactly those prompts, or the two disagree item by item
+    (what the gemma-270m 1B run showed before this was fixed)."""
+    from cogumi.models import load_tokenizer
+    from cogumi.profile import ModelConfig
+
+    tiny_tokenizer(add_bos_itself=False).save_pretrained(tmp_path / "tok")
+    cfg = ModelConfig(source="local", path=str(tmp_path / "tok"), add_bos=True,
+                      chat_template=QA_TEMPLATE, parameters=1e5)
+    tok = load_tokenizer(cfg, Path("/"))
+    assert tok("a").input_ids[0] == tok.bos_token_id
+    model = tiny_llama(tok, seed=5)
+    tasks = _model_and_tasks(tmp_path)[2]
+    ours = evaluate(TransformersBackend(model, tok, batch_size=16, add_bos=True), tasks,
+                    GenerationSettings(max_new_tokens=MAX_NEW), limit=LIMIT)
+    rec = next(r for r in ours.records if r["kind"] == "mmlu")
+    assert rec["loglik_context"].endswith("\nAnswer: The answer is")
+    theirs = run_lm_eval(model, tok, tasks, tmp_path / "lm", max_new_tokens=MAX_NEW,
+                         limit=LIMIT, add_bos=True)
+    check = cross_check(ours, theirs)
+    assert check["mmlu"]["disagreements"] == [] and check["math"]["disagreements"] == []
+    assert check["math"]["within_one_stderr"] and check["mmlu"]["within_one_stderr"]
 
 
 def test_sample_stderr_is_lm_eval_mean_stderr():

@@ -8,9 +8,11 @@ same instruction as a Jinja ``doc_to_text`` and lm-eval's own chat-template hand
   ``gen_prefix: "The answer is"``: lm-eval's ``acc`` must equal our ``accuracy_loglik``
   and its per-option log-likelihoods ours.
 * MATH -> ``generate_until`` (greedy, the same stop strings): lm-eval's generations must
-  equal ours, and its ``exact_match`` (the number after "The answer is" against the
-  solution's boxed answer, both extracted by lm-eval's own regex and Jinja) is compared with
-  our math-verify score.
+  equal ours, and its ``exact_match`` (the final answer, found by lm-eval's own regex filter
+  with our extractor's rules, against the solution's boxed answer, extracted by Jinja) is
+  compared with our math-verify score.
+* BOS: lm-eval asks the tokenizer to add it (``add_special_tokens``), so a profile with
+  ``model.add_bos`` gets a tokenizer that adds it (cogumi.models.load_tokenizer).
 
 "Agrees" means what issue 3 asks: the two scores differ by at most one standard error of
 lm-eval's estimate (the sample standard error over the items, as lm-eval reports
@@ -30,6 +32,17 @@ from .tasks import MATH_INSTRUCTION, MC_ANSWER_PREFIX, MMLU_INSTRUCTION, Task
 
 _OPTIONS_JINJA = ("{% for c in choices %}{{ 'ABCDEFGHIJ'[loop.index0] }}. {{ c }}"
                   "{% if not loop.last %}\n{% endif %}{% endfor %}")
+
+
+_NUM = r"(-?[0-9][0-9,]*(?:\.[0-9]+)?(?:/[0-9]+)?)"
+#: The final answer as our extractor finds it (cogumi.evaluation.answers), in lm-eval's own
+#: regex filter: the last \boxed{N}; else the number after the last "answer is" / "answer:";
+#: else the last number in the text. One anchored match whose first non-empty group wins,
+#: so the branches keep that priority (a model that answers "52 - 17 = 35 marbles." is
+#: scored on 35 by both sides, not on a phrase it never writes).
+MATH_ANSWER_REGEX = (r"(?si)^(?:.*\\boxed\{\s*" + _NUM
+                     + r"|.*answer\s*(?:is|:)[ \t:]*\$?\s*" + _NUM
+                     + r"|.*(?<![0-9,.\-])" + _NUM + ")")
 
 
 def _q(s: str) -> str:
@@ -72,10 +85,10 @@ def task_yaml(task: Task, max_new_tokens: int, stop: tuple[str, ...] = ()) -> st
             "  do_sample: false",
             "  temperature: 0.0",
             "filter_list:",
-            "  - name: answer_is",
+            "  - name: final_answer",
             "    filter:",
             "      - function: regex",
-            "        regex_pattern: " + _q(r"The answer is:?\s*\$?(?:\\boxed\{)?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)"),
+            "        regex_pattern: " + _q(MATH_ANSWER_REGEX),
             "      - function: take_first",
             "metric_list:",
             "  - metric: exact_match",
@@ -146,7 +159,7 @@ def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = 1e
             args = s["arguments"]
             if t["kind"] == "mmlu":
                 ctx = args[0][0] if isinstance(args[0], (list, tuple)) else args["gen_args_0"]["arg_0"]
-                if ctx != rec["prompt"] + MC_ANSWER_PREFIX:
+                if ctx != rec.get("loglik_context"):
                     diffs.append(f"{rec['item_id']}: prompt differs")
                 lm_ll = [float(r[0][0]) if isinstance(r[0], (list, tuple)) else float(r[0])
                          for r in s["resps"]]
@@ -166,7 +179,7 @@ def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = 1e
             entry["lm_eval_metric"], per_item = "acc,none", [s.get("acc") for s in samples]
         else:
             entry["ours"] = report.metrics.get(f"{t['name']}.accuracy")
-            entry["lm_eval_metric"] = "exact_match,answer_is"
+            entry["lm_eval_metric"] = "exact_match,final_answer"
             per_item = [s.get("exact_match") for s in samples]
         entry["lm_eval"] = res.get(entry["lm_eval_metric"])
         entry["lm_eval_stderr"] = sample_stderr([float(x) for x in per_item if x is not None])

@@ -37,7 +37,7 @@ from .settings import (
 from .tasks import MC_ANSWER_PREFIX, Item, Task
 
 #: Bump when scoring changes: part of the run cache key.
-SCORING_VERSION = "1"
+SCORING_VERSION = "2"  # 2: the MMLU answer prefix is rendered inside the assistant turn
 
 #: Why a generation can fail, besides the sandbox's reasons.
 REASONS = {
@@ -58,7 +58,8 @@ DEFINITIONS = {
     "extracted final answer the verifier accepts (math: math-verify equivalence with the "
     "reference; mmlu: letter equals the reference). With k=1 this is plain accuracy.",
     "{task}.accuracy_loglik": "mmlu: share of items whose highest log-likelihood option, "
-    f"scored as the continuation ' X' after the chat prompt plus '{MC_ANSWER_PREFIX}', is "
+    f"scored as the continuation ' X' after the chat prompt with the answer begun as "
+    f"'{MC_ANSWER_PREFIX}' inside the assistant turn (the per-item loglik_context), is "
     "the reference (needs a backend with log-likelihoods).",
     "{task}.pass@k": "unbiased pass@k (Chen et al. 2021) over n=k_samples generations per "
     "item: mean over items of 1 - C(n-c,k)/C(n,k). code: a generation passes when the "
@@ -302,10 +303,11 @@ def _evaluate_task(backend, task, settings, limit, sandbox, workers, use_ll):
         by_item[owner].append(out)
 
     ll_scores: dict[str, list[float]] = {}
+    ll_contexts: dict[str, str] = {}
     if task.kind == "mmlu" and use_ll and backend.supports_loglikelihood and valid:
         ll_req, ll_owner = [], []
         for it in valid:
-            ctx = backend.render(task.messages(it)) + MC_ANSWER_PREFIX
+            ctx = ll_contexts[it.id] = backend.render(task.messages(it), answer_prefix=MC_ANSWER_PREFIX)
             for i in range(len(it.fields["choices"])):
                 ll_req.append(LoglikelihoodRequest(continuation=" " + A.LETTERS[i], context=ctx))
                 ll_owner.append(it.id)
@@ -369,6 +371,7 @@ def _evaluate_task(backend, task, settings, limit, sandbox, workers, use_ll):
         if it.id in ll_scores:
             sc = ll_scores[it.id]
             best = max(range(len(sc)), key=lambda i: sc[i])
+            rec["loglik_context"] = ll_contexts[it.id]
             rec["loglik"] = sc
             rec["loglik_choice"] = A.LETTERS[best]
             rec["loglik_correct"] = best == it.reference

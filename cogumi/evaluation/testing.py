@@ -95,8 +95,9 @@ class ScriptedBackend(Backend):
         self._digest = digest
         self.calls = 0
 
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        return "\n".join(f"[{m['role']}] {m['content']}" for m in messages) + "\n[assistant] "
+    def render(self, messages: Sequence[dict[str, str]], answer_prefix: str | None = None) -> str:
+        return ("\n".join(f"[{m['role']}] {m['content']}" for m in messages) + "\n[assistant] "
+                + (answer_prefix or ""))
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutput]:
         self.calls += 1

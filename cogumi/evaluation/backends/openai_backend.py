@@ -70,8 +70,10 @@ class OpenAIBackend(Backend):
                       "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
 
     # ------------------------------------------------------------------ interface
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
+    def render(self, messages: Sequence[dict[str, str]], answer_prefix: str | None = None) -> str:
         # The server applies its own template; the report records the messages as sent.
+        if answer_prefix is not None:
+            messages = [*messages, {"role": "assistant", "content": answer_prefix}]
         return json.dumps(list(messages), ensure_ascii=False)
 
     def identity(self) -> dict[str, Any]:

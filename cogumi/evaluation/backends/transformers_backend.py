@@ -128,14 +128,19 @@ class TransformersBackend(Backend):
     def device(self) -> Any:
         return next(self.model.parameters()).device
 
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
+    def render(self, messages: Sequence[dict[str, str]], answer_prefix: str | None = None) -> str:
         msgs = [dict(m) for m in messages]
         if self.has_chat_template:
+            if answer_prefix is not None:
+                return self.tokenizer.apply_chat_template(
+                    [*msgs, {"role": "assistant", "content": answer_prefix}], tokenize=False,
+                    continue_final_message=True)
             return self.tokenizer.apply_chat_template(
                 msgs, tokenize=False, add_generation_prompt=True
             )
         # No template: a plain, recorded fallback (identity() says so).
-        return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
+        return ("".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
+                + ("" if answer_prefix is None else " " + answer_prefix))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt with the BOS policy applied (exactly one BOS or none)."""
