@@ -56,9 +56,16 @@ def cmd_run(args) -> int:
     profile = _load(args)
     _import_unsloth_first(profile)
     runs = _runs_dir(args, profile)
+    not_signed: list[str] = []
     for phase_id in args.phases:
-        run_pipeline_to(profile, phase_id, runs, console, with_inputs=not args.no_inputs,
-                        force=args.force)
+        for reason in run_pipeline_to(profile, phase_id, runs, console,
+                                      with_inputs=not args.no_inputs, force=args.force,
+                                      keep_going=args.keep_going):
+            if reason not in not_signed:
+                not_signed.append(reason)
+    if not_signed:
+        raise GateFailed(f"--keep-going: {len(not_signed)} phase(s) not signed off:\n  "
+                         + "\n  ".join(not_signed))
     return 0
 
 
@@ -184,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun the phase even if signed off")
     run.add_argument("--no-inputs", action="store_true",
                      help="never run inputs; refuse if one lacks a valid sign-off")
+    run.add_argument("--keep-going", action="store_true",
+                     help="measure past failed gates: later phases run on a failed phase's "
+                          "artifact, are gated and reported, and are never signed off "
+                          "(exit code 1 lists them)")
     run.set_defaults(func=cmd_run)
     gate = sub.add_parser("gate", parents=[common], help="run a phase's gates and sign off")
     gate.add_argument("phase")

@@ -94,6 +94,7 @@ def check_signoff(runs_dir: Path, phase_id: str, config_sha256: str) -> SignoffC
     if not entry.get("passed"):
         failed = [g["metric"] for g in entry.get("gates", [])
                   if not g.get("passed") and not g.get("waived")]
+        failed += [f"built on failed phase {i}" for i in entry.get("built_on_failed_inputs", [])]
         return SignoffCheck(phase_id, State.FAILED,
                             f"phase {phase_id}: last gate run failed ({', '.join(failed)})", entry)
     manifest_path = folder / MANIFEST

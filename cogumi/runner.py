@@ -132,19 +132,45 @@ def config_digest(profile: Profile, phase_id: str) -> str:
     return profile.config_digest(get_phase(phase_id).config)
 
 
-def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path) -> dict:
-    """Refuse unless every input's sign-off matches the bytes on disk now."""
+def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path,
+                          keep_going: bool = False) -> dict:
+    """Refuse unless every input's sign-off matches the bytes on disk now. With
+    `keep_going`, an input whose gates failed is accepted if its artifact is intact, and
+    recorded as such: whatever is built on it can never be signed off (gate_phase)."""
     recorded = {}
     for input_id in phase.inputs:
         check = ledger.check_signoff(runs_dir, input_id, config_digest(profile, input_id))
+        if keep_going and check.state is State.FAILED and _failed_but_intact(
+                profile, input_id, runs_dir, check):
+            recorded[input_id] = {"manifest_sha256": check.entry["manifest_sha256"],
+                                  "gates_failed": True}
+            continue
         if not check.ok:
             raise PhaseRefused(f"refusing phase {phase.id}: input {check.reason}")
         recorded[input_id] = {"manifest_sha256": check.entry["manifest_sha256"]}
     return recorded
 
 
-def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console) -> Path:
-    """Run one phase function into a staging folder and move it into place, sealed."""
+def _failed_but_intact(profile: Profile, phase_id: str, runs_dir: Path,
+                       check: ledger.SignoffCheck) -> bool:
+    """The artifact whose last gate run failed is the one that gate run judged, built under
+    the profile's current settings: rerunning it would only fail the same way."""
+    folder = runs_dir / phase_id
+    try:
+        manifest = artifacts.read_manifest(folder)
+    except artifacts.ManifestError:
+        return False
+    if (check.entry is None or ledger.manifest_digest(folder) != check.entry["manifest_sha256"]
+            or manifest.get("config_sha256") != config_digest(profile, phase_id)):
+        return False
+    return all((folder / rel).is_file() and artifacts.sha256_file(folder / rel) == digest
+               for rel, digest in manifest["outputs"].items())
+
+
+def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
+                  keep_going: bool = False) -> Path:
+    """Run one phase function into a staging folder and move it into place, sealed.
+    `keep_going`: see run_pipeline_to."""
     phase = get_phase(phase_id)
     if not phase.implemented:
         raise PhaseRefused(f"refusing phase {phase.id}: not implemented yet "
@@ -152,7 +178,7 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
     if not profile.runnable_here:
         raise PhaseRefused(f"refusing phase {phase.id}: profile {profile.name} is not runnable "
                            f"on this machine (runnable_here = false); see `cogumi plan`")
-    inputs = _require_inputs_valid(profile, phase, runs_dir)
+    inputs = _require_inputs_valid(profile, phase, runs_dir, keep_going)
     resolve_gates(phase.id, profile)  # a broken gate file should fail before hours of work
     final = runs_dir / phase.id
     artifacts.clean_stale_staging(runs_dir)
@@ -202,6 +228,12 @@ def gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console
                                f"from its manifest")
     results, junit = run_gate_tests(profile, phase.id, runs_dir)
     entry = signoff_entry(profile, phase.id, runs_dir, results, junit)
+    failed_inputs = sorted(i for i, rec in manifest.get("inputs", {}).items()
+                           if rec.get("gates_failed"))
+    if failed_inputs:
+        # Built with --keep-going on an input that failed its gates: measured, never signed off.
+        entry["built_on_failed_inputs"] = failed_inputs
+        entry["passed"] = False
     ledger.append(runs_dir, entry)
     metrics = json.loads((folder / artifacts.METRICS).read_text())
     details = folder / REPORT_DETAILS
@@ -210,9 +242,10 @@ def gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console
                   details.read_text() if details.exists() else "")
     if not entry["passed"]:
         failed = [r for r in results if not (r.passed or r.waived)]
-        raise GateFailed(f"phase {phase.id} failed {len(failed)} gate(s): " +
-                         "; ".join(f"{r.metric} = {r.value} (needs {r.op} {r.threshold:g})"
-                                   for r in failed))
+        why = [f"{r.metric} = {r.value} (needs {r.op} {r.threshold:g})" for r in failed]
+        if failed_inputs:
+            why.append(f"built on {', '.join(failed_inputs)}, whose gates failed")
+        raise GateFailed(f"phase {phase.id} not signed off: " + "; ".join(why))
     return entry
 
 
@@ -239,20 +272,41 @@ def _only_gates_changed(profile: Profile, phase: PhaseSpec, runs_dir: Path,
 
 
 def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
-                    with_inputs: bool = True, force: bool = False) -> None:
+                    with_inputs: bool = True, force: bool = False,
+                    keep_going: bool = False) -> list[str]:
     """Bring `phase_id` to a valid sign-off, running whatever upstream lacks one.
 
     Phases with a valid sign-off are skipped. A phase whose signed-off bytes changed stops
     everything with a PhaseRefused naming the file. `force` reruns the target phase itself.
+
+    `keep_going` (``cogumi run --keep-going``) is for measuring a pipeline whose early gates
+    cannot pass (a 270M model against the seed's 8B thresholds): a phase that fails its gates
+    does not stop the chain; the phases after it are built on its artifact, gated and
+    reported, but marked as built on a failed input and never signed off. Returns why each
+    phase in the chain was not signed off (empty without `keep_going`: a failure raises).
     """
     target = get_phase(phase_id)
     chain = (upstream(target.id) if with_inputs else []) + [target]
+    not_signed: list[str] = []
+
+    def build_and_gate(phase: PhaseSpec) -> None:
+        execute_phase(profile, phase.id, runs_dir, console, keep_going)
+        gate(phase)
+
+    def gate(phase: PhaseSpec) -> None:
+        try:
+            gate_phase(profile, phase.id, runs_dir, console)
+        except GateFailed as exc:
+            if not keep_going:
+                raise
+            console.print(f"[red]✗[/] {exc}; --keep-going: the phases after it run on it")
+            not_signed.append(str(exc))
+
     for phase in chain:
         check = ledger.check_signoff(runs_dir, phase.id, config_digest(profile, phase.id))
         if force and phase is target:
             console.print(f"[yellow]•[/] --force: rebuilding phase {phase.id} ({check.reason})")
-            execute_phase(profile, phase.id, runs_dir, console)
-            gate_phase(profile, phase.id, runs_dir, console)
+            build_and_gate(phase)
             continue
         if check.state is State.TAMPERED:
             raise PhaseRefused(f"refusing phase {target.id}: {check.reason}; "
@@ -260,13 +314,32 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
         if _only_gates_changed(profile, phase, runs_dir, check):
             console.print(f"[yellow]•[/] phase {phase.id}: its gates changed since the last gate "
                           f"run; re-gating the same artifact")
-            gate_phase(profile, phase.id, runs_dir, console)
+            gate(phase)
             continue
         if check.ok:
             console.print(f"[green]✓[/] phase {phase.id} signed off "
                           f"(manifest {check.entry['manifest_sha256'][:12]}), skipping")
             continue
+        if (keep_going and check.state is State.FAILED and _upstream_unchanged(runs_dir, phase)
+                and _failed_but_intact(profile, phase.id, runs_dir, check)):
+            console.print(f"[yellow]•[/] {check.reason}; --keep-going: using its artifact as "
+                          f"it is (rebuilding it would fail the same way)")
+            not_signed.append(check.reason)
+            continue
         if check.state is not State.MISSING:
             console.print(f"[yellow]•[/] {check.reason}: running it again")
-        execute_phase(profile, phase.id, runs_dir, console)
-        gate_phase(profile, phase.id, runs_dir, console)
+        build_and_gate(phase)
+    return not_signed
+
+
+def _upstream_unchanged(runs_dir: Path, phase: PhaseSpec) -> bool:
+    """Every input of the phase's artifact is still the one it was built from."""
+    try:
+        recorded = artifacts.read_manifest(runs_dir / phase.id).get("inputs", {})
+    except artifacts.ManifestError:
+        return False
+    for input_id, rec in recorded.items():
+        last = ledger.latest(runs_dir, input_id)
+        if last is None or last.get("manifest_sha256") != rec["manifest_sha256"]:
+            return False
+    return True

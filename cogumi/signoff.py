@@ -132,6 +132,11 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
         f"estimated cost ${cost:.4f} on {manifest.get('hardware', '?')}",
         f"- code {manifest.get('git_commit', '?')}; JUnit XML `{entry['junit']}`", "",
     ]
+    if entry.get("built_on_failed_inputs"):
+        lines += [f"> **Built on phase {', '.join(entry['built_on_failed_inputs'])}, which "
+                  f"failed its gates** (`cogumi run --keep-going`). The numbers below measure "
+                  f"this phase on that artifact; it is not signed off, whatever its own gates "
+                  f"say.", ""]
     summary = manifest.get("summary") or []
     if summary:
         lines += ["## Summary", ""] + summary + ["", "## Gates", ""]

@@ -137,3 +137,52 @@ def test_changed_gate_regates_the_same_artifact_without_rebuilding(tmp_path, run
     out = capsys.readouterr().out
     assert "re-gating the same" in out and "records.kept = 333 (needs > 1e+09)" in out
     assert (runs / profile.name / "0" / "manifest.json").read_bytes() == manifest  # not rebuilt
+
+
+def test_keep_going_measures_past_a_failed_gate_and_never_signs_off(tmp_path, runs, capsys,
+                                                                   monkeypatch):
+    """`run --keep-going`: a phase that fails its gates does not stop the chain, but what is
+    built on it is marked as such, reported, and never signed off, even when its own gates
+    pass. Phase 1A's function is replaced by one that reports passing metrics: this tests
+    the sequencing, not the training."""
+    from cogumi import runner
+    from cogumi.gates import resolve_gates
+
+    profile, path = profile_with(tmp_path, '[[gate_overrides]]\nphase = "0"\n'
+                                 'metric = "records.kept"\nthreshold = 1e9\n'
+                                 'why = "a threshold no fixture can meet"\n')
+    nudge = {">=": 0, "<=": 0, ">": 1, "<": -1, "==": 0}
+    passing = {g.metric: g.threshold + nudge[g.op] for g in resolve_gates("1A", profile)}
+    real = runner._phase_function
+    built = []
+
+    def fake_1a(ctx):
+        built.append(ctx.phase.id)
+        assert ctx.input_dir("0").joinpath("curated.jsonl").is_file()
+        return dict(passing)
+
+    monkeypatch.setattr(runner, "_phase_function",
+                        lambda phase: fake_1a if phase.id == "1A" else real(phase))
+    args = ("--profile", str(path), "--runs", str(runs))
+    assert _cogumi("run", "1A", *args) == 1  # stops at 0, as always
+    assert built == [] and not (runs / profile.name / "1A").exists()
+
+    capsys.readouterr()
+    assert _cogumi("run", "1A", "--keep-going", *args) == 1
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
+    assert built == ["1A"] and "2 phase(s) not signed off" in out
+    assert "phase 1A not signed off: built on 0, whose gates failed" in out
+    manifest = json.loads((runs / profile.name / "1A" / "manifest.json").read_text())
+    assert manifest["inputs"]["0"]["gates_failed"] is True
+    last = ledger.latest(runs / profile.name, "1A")
+    assert last["built_on_failed_inputs"] == ["0"] and not last["passed"]
+    assert all(g["passed"] or g.get("waived") for g in last["gates"]), last["gates"]  # its own gates pass: still not signed off
+    report = (runs / profile.name / "reports" / "phase1a.md").read_text()
+    assert "NOT SIGNED OFF" in report and "Built on phase 0, which failed its gates" in report
+
+    # Again: both failed artifacts are intact and current, so neither is rebuilt.
+    capsys.readouterr()
+    assert _cogumi("run", "1A", "--keep-going", *args) == 1
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
+    assert built == ["1A"] and out.count("using its artifact") == 2
+    assert "phase 1A: last gate run failed (built on failed phase 0)" in out
