@@ -61,6 +61,7 @@ def run(ctx: PhaseContext) -> dict:
                               f"items; calibration.fit_fraction = {cfg.fit_fraction}")
 
     temperature = C.fit_temperature(scores[fit], labels[fit], bounds=C.T_BOUNDS)
+    inside = C.T_BOUNDS[0] * 1.01 < temperature < 0.99 * C.T_BOUNDS[1]
     if temperature > 0.99 * C.T_BOUNDS[1]:
         ctx.notes.append(
             f"the fitted temperature reached its search bound ({C.T_BOUNDS[1]:g}): the model's "
@@ -130,6 +131,8 @@ def run(ctx: PhaseContext) -> dict:
         f"{size_table(rows)}\n")
     model.unlink()
     return {"ece_before": ece_b, "ece_after": ece_a, "ece_reduction": ece_b - ece_a,
-            "temperature": temperature, "nll_before": result["test"]["nll_before"],
+            "temperature": temperature,
+            "temperature_within_search_range": float(inside),
+            "nll_before": result["test"]["nll_before"],
             "nll_after": result["test"]["nll_after"], "calibration.test_items": int(test.sum()),
             "size_mb": (shipped_bytes + calib_bytes) / MB}
