@@ -61,7 +61,7 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec(
         "0", "Curated dataset: load, normalise, filter, verify English, deduplicate", (),
         ("curated.jsonl", "removed.jsonl", "quarantine.jsonl", "near_duplicates.jsonl",
-         "domain_counts.json", "domain_mix.png", "curation_stats.json"),
+         "domain_counts.json", "domain_mix.png", "curation_stats.json", "report.md"),
         ("records.in", "records.kept", "records.removed", "records.quarantined",
          "accounting.unbalanced", "accounting.misfiled", "schema.valid_share",
          "english.share", "english.input_share", "english.uncertain_kept",

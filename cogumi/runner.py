@@ -65,10 +65,14 @@ class PhaseContext:
     console: Console
     notes: list[str] = field(default_factory=list)
     """Lines for the report: reduced samples, fallbacks, anything a reader must know."""
-    summary: list[str] = field(default_factory=list)
-    """Markdown lines shown at the top of the report: what the phase did, in numbers."""
     figures: list[dict] = field(default_factory=list)
     """Images in the artifact that the report embeds ({"path", "caption"}); see add_figure."""
+
+    def write_report(self, markdown: str) -> None:
+        """What the phase did, in numbers and tables: the sign-off report shows it under
+        "Summary", above the gates. Written into the artifact (REPORT_DETAILS), so it is
+        digested and sealed with everything else."""
+        artifacts.atomic_write_text(self.out_dir / REPORT_DETAILS, markdown.strip() + "\n")
 
     def add_figure(self, name: str, caption: str) -> None:
         """Embed an image this phase wrote into out_dir (e.g. "domain_mix.png") in its
@@ -206,7 +210,6 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
         "hardware": profile.hardware.name,
         "estimated_cost_usd": round(hours * profile.hardware.price_per_hour_usd, 6),
         "notes": ctx.notes,
-        "summary": ctx.summary,
         "figures": ctx.figures,
     }
     # The manifest is written last: its presence is what marks the folder complete.

@@ -112,8 +112,8 @@ def _fmt(value) -> str:
 
 
 REPORT_DETAILS = "report.md"
-"""A phase may write this Markdown into its artifact (tables, figures); the sign-off report
-includes it under its own heading. It is part of the artifact, so it is digested too."""
+"""The phase's own Markdown in its artifact (PhaseContext.write_report): the sign-off report
+shows it as the Summary. Part of the artifact, so it is digested too."""
 
 
 def render_report(entry: dict, manifest: dict, metrics: dict, console: Console | None,
@@ -137,10 +137,10 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
                   f"failed its gates** (`cogumi run --keep-going`). The numbers below measure "
                   f"this phase on that artifact; it is not signed off, whatever its own gates "
                   f"say.", ""]
-    summary = manifest.get("summary") or []
-    if summary:
-        lines += ["## Summary", ""] + summary + ["", "## Gates", ""]
-    lines += ["| metric | value | threshold | source | result |", "|---|---|---|---|---|"]
+    if details.strip():
+        lines += ["## Summary", "", details.strip(), ""]
+    lines += ["## Gates", "", "| metric | value | threshold | source | result |",
+              "|---|---|---|---|---|"]
     table = Table(title=f"Phase {phase.id} gates — {verdict}  (artifact {digest}, "
                         f"{time_s:.1f} s, ${cost:.4f})")
     for col in ("metric", "value", "threshold", "source", "result"):
@@ -161,8 +161,6 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
         lines += ["", "## Before and after this phase", "", "| metric | before | after |",
                   "|---|---|---|"]
         lines += [f"| {k} | {_fmt(v)} | {_fmt(metrics.get(k))} |" for k, v in sorted(before.items())]
-    if details.strip():
-        lines += ["", "## From the phase", "", details.strip()]
     figures = manifest.get("figures") or []
     if figures:
         # The report sits in runs/<profile>/reports/, the artifact in runs/<profile>/<phase>/.
@@ -181,7 +179,7 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
     atomic_write_text(out, text)
     if console is not None:
         console.print(table)
-        if summary:
-            console.print(Markdown("\n".join(summary)))
+        if details.strip():
+            console.print(Markdown(details))
         console.print(f"report: {out}")
     return text

@@ -118,7 +118,7 @@ def run(ctx: PhaseContext) -> dict:
                  "mb": (shipped_bytes + calib_bytes) / MB, "weight_bytes": shipped_bytes,
                  "parameters": params, "bits_per_parameter": shipped_bytes * 8 / params})
     write_sizes(out, rows)
-    (out / "report.md").write_text(
+    ctx.write_report(
         f"Temperature scaling on {data}: T = **{temperature:.4f}** fitted on {int(fit.sum())} "
         f"items, measured on {int(test.sum())} held-out items (accuracy "
         f"{corr.mean():.3f}, unchanged by T).\n\n"

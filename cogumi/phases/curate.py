@@ -420,7 +420,7 @@ def _summarise(ctx, metrics, removed, by_rule, english, kept_categories, dedup_s
             f"{planted['empty']['removed']} of {planted['empty']['planted']}")
     lines.append("- **Seconds per stage:** "
                  + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
-    ctx.summary.extend(lines)
+    ctx.write_report("\n".join(lines))
     if planted is not None and (planted["dedup"]["missed"] or planted["dedup"]["wrong"]):
         ctx.notes.append(f"planted-truth mismatches: missed {planted['dedup']['missed']}, "
                          f"wrong removals {planted['dedup']['wrong']}")

@@ -201,7 +201,7 @@ def run(ctx: PhaseContext) -> dict:
                        q: {"path": str(p.relative_to(out)), "bytes": p.stat().st_size,
                            "types": types[q], **checks[q]} for q, p in files.items()}}
     (out / "gguf_report.json").write_text(json.dumps(gguf_report, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(_report_md(gguf_report, rows, reference, steps, params))
+    ctx.write_report(_report_md(gguf_report, rows, reference, steps, params))
 
     ship = checks[cfg.ship_type]
     metrics = {k: after[k] for k in after}

@@ -60,7 +60,7 @@ def run(ctx: PhaseContext) -> dict:
     ctx.notes.append(f"at the measured {info['packed_bytes'] * 8 / params:.2f} bits per "
                      f"parameter, an 8.03e9-parameter model packs to about {projected:,.0f} MB "
                      f"(seed target: 520 MB)")
-    (out / "report.md").write_text(
+    ctx.write_report(
         f"Packed `model.gguf` from 2C with zstd level {cfg.level}, long-distance matching "
         f"{'on' if cfg.long_distance else 'off'}, window 2^{cfg.window_log} bytes, content "
         f"checksum on; sha256 of packed and original bytes in `model.gguf.zst.json`.\n\n"

@@ -108,7 +108,7 @@ def run(ctx: PhaseContext) -> dict:
                      f"1B {loss_1b:.4f} -> pruned {loss_2a:.4f}")
     ctx.notes.append("retention: " + step["cumulative"]["definition"] + "; reference = the "
                      f"uncompressed 1B model ({reference.source})")
-    (out / "report.md").write_text("\n".join([
+    ctx.write_report("\n".join([
         "### Retention (evaluation suite)", "", retention_table(reference, [step]), "",
         "### Sizes", "", size_table(rows), "",
         "Safetensors stores the zeros; the pruned file is as large as the dense one. "

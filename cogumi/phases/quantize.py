@@ -167,7 +167,7 @@ def run(ctx: PhaseContext) -> dict:
                                                     "each weight, so zeros stay zero"))
     ctx.notes.append("evaluated: the saved folder loaded back with transformers "
                      "(compressed-tensors decompresses the int4 weights on CPU)")
-    (out / "report.md").write_text("\n".join([
+    ctx.write_report("\n".join([
         "### Retention (evaluation suite)", "", retention_table(reference, steps), "",
         "### Sizes", "", size_table(rows), ""]))
     metrics = {

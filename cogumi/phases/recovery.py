@@ -144,7 +144,7 @@ def run(ctx: PhaseContext) -> dict:
             f"{n} {reason}" for reason, n in excluded.items()))
     ctx.notes.append("retention: " + step["per_step"]["definition"] + "; retention_vs_2a "
                      "against 2A's evaluation, retention against the uncompressed 1B model")
-    (out / "report.md").write_text("\n".join([
+    ctx.write_report("\n".join([
         "### Retention (evaluation suite)", "", retention_table(reference, steps), "",
         "### Held-out loss through recovery", "",
         "| 1B (unpruned) | pruned (2A) | LoRA (unmerged) | merged (dense) | "
