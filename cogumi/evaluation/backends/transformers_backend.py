@@ -214,9 +214,11 @@ class TransformersBackend(Backend):
         temps = [c[1].temperature for c in chunk]
         top_ps = [c[1].top_p for c in chunk]
         stops = [c[1].stop for c in chunk]
+        # One generator per row, on the model's device: a row's sample depends on its seed
+        # only, and on a GPU the logits never leave it (only the chosen ids do, once a step).
         gens = []
         for c in chunk:
-            g = torch.Generator(device="cpu")
+            g = torch.Generator(device=device)
             g.manual_seed(int(c[1].seed))
             gens.append(g)
         max_stop_chars = max((len(s) for st in stops for s in st), default=0)
@@ -234,12 +236,14 @@ class TransformersBackend(Backend):
             last_pos = positions[:, -1]
             for _step in range(max(budgets)):
                 logits = out.logits[:, -1, :]
-                # Greedy rows: argmax on the device; sampled rows: their own CPU generator.
-                next_tok = logits.argmax(-1).cpu()
+                # Greedy rows: argmax; sampled rows: their own generator. All on the device,
+                # then one transfer of the chosen ids.
+                next_dev = logits.argmax(-1)
                 for r in range(bsz):
                     if done[r] or temps[r] <= 0:
                         continue
-                    next_tok[r] = _sample(logits[r].float().cpu(), temps[r], top_ps[r], gens[r])
+                    next_dev[r] = _sample(logits[r].float(), temps[r], top_ps[r], gens[r])
+                next_tok = next_dev.cpu()
                 for r in range(bsz):
                     if done[r]:
                         next_tok[r] = self.pad_id
@@ -339,7 +343,8 @@ class TransformersBackend(Backend):
         return [r for r in results if r is not None]
 
 
-def _sample(logits: Any, temperature: float, top_p: float, gen: Any) -> int:
+def _sample(logits: Any, temperature: float, top_p: float, gen: Any) -> Any:
+    """One token id (a 1-element tensor on the logits' device; no host sync here)."""
     import torch
 
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -349,8 +354,8 @@ def _sample(logits: Any, temperature: float, top_p: float, gen: Any) -> int:
         keep = cum - sorted_p < top_p  # always keeps the first token
         sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
         choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
-        return int(sorted_i[choice])
-    return int(torch.multinomial(probs, 1, generator=gen))
+        return sorted_i[choice][0]
+    return torch.multinomial(probs, 1, generator=gen)[0]
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
