@@ -76,6 +76,16 @@ def test_bos_from_the_template_is_not_doubled():
     assert LlamaCppBackend(llama=FakeLlama("false")).add_bos is False
 
 
+def test_answer_prefix_is_rendered_inside_the_assistant_turn():
+    """As transformers' continue_final_message: the prefix is the assistant's text, left
+    open (no end-of-turn after it), so the model continues its own answer."""
+    be = LlamaCppBackend(llama=FakeLlama(), add_bos=True)
+    msgs = [{"role": "user", "content": "hi"}]
+    assert be.render(msgs, answer_prefix="The answer is") == (
+        "<bos><turn>user\nhi<end>\n<turn>assistant\nThe answer is")
+    assert be.render(msgs, answer_prefix="The answer is").startswith(be.render(msgs))
+
+
 def test_per_request_settings_reach_llama_cpp():
     fake = FakeLlama()
     be = LlamaCppBackend(llama=fake, add_bos=True)
