@@ -8,6 +8,7 @@ pytest run is the sign-off, not a re-computation beside it.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -149,7 +150,10 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
         mark = "WAIVED" if g.get("waived") else "PASS" if g["passed"] else "FAIL"
         shortfall = ""
         if mark == "FAIL" and isinstance(g["value"], int | float):
-            shortfall = f" (off by {abs(g['value'] - g['threshold']):.4g})"
+            # NaN is a metric the phase could not define (e.g. retention with no score above
+            # chance to retain): it fails, and "off by nan" would say nothing.
+            shortfall = (f" (off by {abs(g['value'] - g['threshold']):.4g})"
+                         if math.isfinite(g["value"]) else " (undefined; see the notes)")
         lines.append(f"| {g['metric']} | {_fmt(g['value'])} | {g['op']} {g['threshold']:g} | "
                      f"{g['source']} | **{mark}**{shortfall} |")
         table.add_row(g["metric"], _fmt(g["value"]), f"{g['op']} {g['threshold']:g}",

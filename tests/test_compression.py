@@ -270,3 +270,16 @@ def test_gptq_alternative_packs_int4_and_fills_pruned_zeros(tmp_path, pruned_dir
     save_tokenizer_and_info(loaded, tmp_path / "q")
     after = sparsity_report(load_hf_model(tmp_path / "q", dequantize=True).model, IGNORE)
     assert after["linear"] < 0.64  # pruned: >= 0.65 in every layer
+
+
+def test_retention_table_says_why_a_retention_is_undefined():
+    from cogumi.compression.common import Reference, retention_step, retention_table
+
+    ref = Reference("1B", {"math.accuracy": 0.1, "mmlu.accuracy": 0.0, "code.pass@1": 0.0}, "x")
+    zero = {"math.accuracy": 0.0, "mmlu.accuracy": 0.0, "code.pass@1": 0.0}
+    steps = [retention_step("2A", zero, ref.metrics, "1B", ref),
+             retention_step("2E", {**zero, "code.pass@1": 0.1}, zero, "2A", ref)]
+    text = retention_table(ref, steps)
+    assert "| 2E | 0.000 | 0.000 | 0.100 | — vs 2A | 0.000 |" in text
+    assert "- 2E vs 2A: undefined" in text and "math.accuracy: reference 0.0 is not above" in text
+    assert "2A vs 1B: undefined" not in text  # 1B's MATH is above chance: 2A retains 0 of it

@@ -228,7 +228,13 @@ def retention_table(reference: Reference, steps: list[dict]) -> str:
                                                       for m in EVAL_METRICS)
                     + f" | {_fmt(s['per_step']['mean'])} vs {s['previous_phase']} | "
                       f"{_fmt(s['cumulative']['mean'])} |")
-    return "\n".join(rows)
+    undefined = [f"- {s['phase']} {label}: undefined (a retention gate on it fails), because "
+                 + "; ".join(f"{m}: {why}" for m, why in s[key]["skipped"].items())
+                 for s in steps
+                 for key, label in (("per_step", f"vs {s['previous_phase']}"),
+                                    ("cumulative", f"vs {reference.phase}"))
+                 if not _finite(s[key]["mean"])]
+    return "\n".join(rows + ([""] + undefined if undefined else []))
 
 
 def _fmt(x) -> str:
