@@ -153,7 +153,7 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
             # NaN is a metric the phase could not define (e.g. retention with no score above
             # chance to retain): it fails, and "off by nan" would say nothing.
             shortfall = (f" (off by {abs(g['value'] - g['threshold']):.4g})"
-                         if math.isfinite(g["value"]) else " (undefined; see the notes)")
+                         if math.isfinite(g["value"]) else " (undefined)")
         lines.append(f"| {g['metric']} | {_fmt(g['value'])} | {g['op']} {g['threshold']:g} | "
                      f"{g['source']} | **{mark}**{shortfall} |")
         table.add_row(g["metric"], _fmt(g["value"]), f"{g['op']} {g['threshold']:g}",
