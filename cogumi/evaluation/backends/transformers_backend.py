@@ -19,7 +19,7 @@ from ..settings import (
     LoglikelihoodOutput,
     LoglikelihoodRequest,
 )
-from .base import Backend, BackendError, with_single_bos
+from .base import Backend, BackendError, plain_chat, with_single_bos
 
 FALLBACK_TEMPLATE_NOTE = "no chat template: 'role: content' lines"
 
@@ -139,8 +139,7 @@ class TransformersBackend(Backend):
                 msgs, tokenize=False, add_generation_prompt=True
             )
         # No template: a plain, recorded fallback (identity() says so).
-        return ("".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
-                + ("" if answer_prefix is None else " " + answer_prefix))
+        return plain_chat(msgs, answer_prefix)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt with the BOS policy applied (exactly one BOS or none)."""
