@@ -60,11 +60,12 @@ def run(ctx: PhaseContext) -> dict:
         raise PhaseInputError(f"{data}: the split left {fit.sum()} fit and {test.sum()} test "
                               f"items; calibration.fit_fraction = {cfg.fit_fraction}")
 
-    temperature = C.fit_temperature(scores[fit], labels[fit], bounds=C.T_BOUNDS)
-    inside = C.T_BOUNDS[0] * 1.01 < temperature < 0.99 * C.T_BOUNDS[1]
-    if temperature > 0.99 * C.T_BOUNDS[1]:
+    temperature = C.fit_temperature(scores[fit], labels[fit])
+    lowest, highest = C.T_BOUNDS
+    inside = 1.01 * lowest < temperature < 0.99 * highest
+    if temperature > 0.99 * highest:
         ctx.notes.append(
-            f"the fitted temperature reached its search bound ({C.T_BOUNDS[1]:g}): the model's "
+            f"the fitted temperature reached its search bound ({highest:g}): the model's "
             f"option scores carry little signal on the fit split, so the NLL fit flattens the "
             f"confidence toward uniform; ECE falls because confidence falls to the (low) "
             f"accuracy, not because answers are ranked better")
