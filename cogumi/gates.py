@@ -1,8 +1,11 @@
 """Declarative quality gates: one TOML file per phase under `gates/`.
 
-A gate is `metric comparator threshold` plus `why` (the seed's reason). A profile may
-override a threshold, but only explicitly (`[[gate_overrides]]` with its own `why`), and the
-resolved gate remembers where its threshold came from so every report can show it.
+A gate is `metric comparator threshold` plus `why` (the seed's reason). Its threshold is the
+seed's number, or, for a profile with `[gating] thresholds = "rules"`, the output of the rule
+the gate file declares (cogumi.thresholds: computed from what is known before the phase
+runs). A profile never sets a threshold; it may only waive a gate with its own `why`, and a
+waived capability gate (`capability = true`) never makes a sign-off. The resolved gate
+remembers where its threshold came from so every report can show it.
 
 The pytest plugin in `gates/conftest.py` turns each resolved gate into one test.
 """
@@ -12,15 +15,17 @@ from __future__ import annotations
 import math
 import operator
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from cogumi import thresholds
 from cogumi.profile import Profile
 from cogumi.registry import PHASES, PhaseSpec, get_phase
 
 COMPARATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
                "==": operator.eq}
 _GATE_KEYS = {"metric", "op", "threshold", "why"}
+_OPTIONAL_KEYS = {"capability", "rule"}
 
 
 class GateFileError(ValueError):
@@ -32,15 +37,24 @@ class Gate:
     metric: str
     op: str
     threshold: float
+    """The threshold in force: the seed's number, or the declared rule's output (NaN when the
+    rule could not be computed, which fails the gate)."""
     why: str
     source: str
-    """Where the threshold in force came from: the gate file or the profile override."""
+    """Where the threshold in force came from: the gate file's number or its rule."""
     waived: bool = False
-    """Measured and reported, but not blocking (an explicit profile override)."""
+    """Measured and reported, but not blocking (an explicit profile waiver)."""
+    capability: bool = False
+    """The gate decides whether the output means anything (a score above chance, a fit
+    inside its range): waiving it gives "not signed off: capability absent"."""
+    seed_threshold: float | None = None
+    """The gate file's own number, shown beside a rule's output."""
 
     def check(self, value: float | None) -> bool:
-        """A missing or non-finite value never passes."""
+        """A missing or non-finite value (or threshold) never passes."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if math.isnan(self.threshold):
             return False
         return bool(COMPARATORS[self.op](value, self.threshold))
 
@@ -60,8 +74,13 @@ def gate_file_path(phase: PhaseSpec, root: Path | None = None) -> Path:
     return (root or repo_root()) / phase.gate_file
 
 
-def load_gate_file(path: Path, phase: PhaseSpec) -> list[Gate]:
-    """Parse and validate one phase's gate file against the metrics that phase reports."""
+@dataclass(frozen=True)
+class _Declared:
+    gate: Gate
+    rule: dict | None
+
+
+def _load_declared(path: Path, phase: PhaseSpec) -> list[_Declared]:
     name = f"gates/{path.name}"
     try:
         raw = tomllib.loads(path.read_text())
@@ -74,10 +93,10 @@ def load_gate_file(path: Path, phase: PhaseSpec) -> list[Gate]:
         raise GateFileError(f"{name}: unknown key '{sorted(unknown_top)[0]}'")
     if raw.get("phase") != phase.id:
         raise GateFileError(f"{name}: key 'phase' is {raw.get('phase')!r}, expected {phase.id!r}")
-    gates = []
+    declared = []
     for i, entry in enumerate(raw.get("gates", []), start=1):
         where = f"{name}: gates[{i}]"
-        extra = set(entry) - _GATE_KEYS
+        extra = set(entry) - _GATE_KEYS - _OPTIONAL_KEYS
         if extra:
             raise GateFileError(f"{where}: unknown key '{sorted(extra)[0]}'")
         missing = _GATE_KEYS - set(entry)
@@ -95,38 +114,80 @@ def load_gate_file(path: Path, phase: PhaseSpec) -> list[Gate]:
             raise GateFileError(f"{where}: key 'threshold' must be a number")
         if not str(entry["why"]).strip():
             raise GateFileError(f"{where}: key 'why' is empty; say the seed's reason")
-        gates.append(Gate(entry["metric"], entry["op"], float(entry["threshold"]),
-                          entry["why"], source=name))
-    if not gates:
+        if not isinstance(entry.get("capability", False), bool):
+            raise GateFileError(f"{where}: key 'capability' must be true or false")
+        rule = entry.get("rule")
+        if rule is not None:
+            if not isinstance(rule, dict) or rule.get("name") not in thresholds.RULES:
+                raise GateFileError(f"{where}: key 'rule': needs name = one of "
+                                    f"{', '.join(thresholds.RULES)}")
+            args = set(rule) - {"name"}
+            if args != thresholds.RULE_ARGS[rule["name"]]:
+                raise GateFileError(f"{where}: key 'rule': {rule['name']} takes "
+                                    f"{', '.join(sorted(thresholds.RULE_ARGS[rule['name']]))}")
+        declared.append(_Declared(
+            Gate(entry["metric"], entry["op"], float(entry["threshold"]), entry["why"],
+                 source=name, capability=entry.get("capability", False),
+                 seed_threshold=float(entry["threshold"])), rule))
+    if not declared:
         raise GateFileError(f"{name}: no gates; a phase without gates cannot be signed off")
-    return gates
+    return declared
 
 
-def resolve_gates(phase_id: str, profile: Profile, root: Path | None = None) -> list[Gate]:
-    """The gates in force for a phase under a profile, each knowing its threshold's source."""
+def load_gate_file(path: Path, phase: PhaseSpec) -> list[Gate]:
+    """Parse and validate one phase's gate file against the metrics that phase reports."""
+    return [d.gate for d in _load_declared(path, phase)]
+
+
+def rule_threshold(rule: dict, runs_dir: Path | None) -> tuple[float, str]:
+    """A declared rule's output, or (NaN, why not): a rule that cannot be computed fails
+    its gate rather than falling back to some other number."""
+    args = {k: v for k, v in rule.items() if k != "name"}
+    if runs_dir is None:
+        return math.nan, f"rule {rule['name']}: not computed (no runs folder given)"
+    try:
+        value, how = thresholds.compute(rule["name"], args, runs_dir)
+    except (thresholds.RuleError, OSError, ValueError) as exc:
+        return math.nan, f"rule {rule['name']}: not computed ({exc})"
+    return value, f"rule {rule['name']}: {how}"
+
+
+def resolve_gates(phase_id: str, profile: Profile, root: Path | None = None,
+                  runs_dir: Path | None = None) -> list[Gate]:
+    """The gates in force for a phase under a profile, each knowing its threshold's source.
+
+    `runs_dir` is the profile's runs folder (runs/<profile>): rules read input artifacts
+    from it."""
     phase = get_phase(phase_id)
-    gates = load_gate_file(gate_file_path(phase, root), phase)
-    by_metric = {g.metric: g for g in gates}
+    path = gate_file_path(phase, root)
+    declared = _load_declared(path, phase)
+    use_rules = profile.gating.thresholds == "rules"
+    by_metric: dict[str, Gate] = {}
+    for d in declared:
+        gate = d.gate
+        if use_rules and d.rule is not None:
+            value, how = rule_threshold(d.rule, runs_dir)
+            gate = replace(gate, threshold=value,
+                           source=f"{gate.source}, {how} (profile {profile.name}: "
+                                  f"thresholds = \"rules\"; the seed's number is "
+                                  f"{gate.seed_threshold:g})")
+        by_metric[gate.metric] = gate
     for n, override in enumerate(profile.gate_overrides, start=1):
         if override.phase != phase.id:
             continue
         if override.metric not in by_metric:
             raise GateFileError(
                 f"{profile.source_file}: gate_overrides[{n}]: key 'metric': "
-                f"{override.metric!r} has no gate in {phase.gate_file} to override")
+                f"{override.metric!r} has no gate in {phase.gate_file} to waive")
         base = by_metric[override.metric]
-        threshold = base.threshold if override.waive else override.threshold
-        by_metric[override.metric] = Gate(
-            base.metric, base.op, threshold,
-            f"{override.why} (seed: {base.describe()}: {base.why})",
-            source=f"profile {profile.name} ({'waiver' if override.waive else 'override'} "
-                   f"of {base.source})",
-            waived=override.waive)
-    return [by_metric[g.metric] for g in gates]
+        by_metric[override.metric] = replace(
+            base, why=f"{override.why} (seed: {base.describe()}: {base.why})",
+            source=f"profile {profile.name} (waiver of {base.source})", waived=True)
+    return [by_metric[d.gate.metric] for d in declared]
 
 
 def validate_overrides(profile: Profile) -> None:
-    """Every override must name a known phase and a gated metric (checked at load time)."""
+    """Every waiver must name a known phase and a gated metric (checked at load time)."""
     known = {p.id for p in PHASES}
     for n, override in enumerate(profile.gate_overrides, start=1):
         if override.phase not in known:

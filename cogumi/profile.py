@@ -278,20 +278,24 @@ class PlanStep(_Strict):
 
 
 class GateOverride(_Strict):
+    """A profile may waive a gate, saying why; it may never set a threshold (issue 11: every
+    threshold is the seed's number or the output of the gate file's declared rule, fixed
+    before the run). A waived capability gate never makes a sign-off."""
     phase: str
     metric: str
-    threshold: float | None = None
-    waive: bool = False
+    waive: Literal[True]
     """Measure and report the metric but do not block on it (shown as WAIVED, never PASS)."""
     why: str = Field(min_length=10)
-    """An override must say why the seed's threshold does not apply to this profile."""
+    """Why this gate cannot be measured or does not apply to this profile."""
 
-    @model_validator(mode="after")
-    def _one_change(self) -> GateOverride:
-        if (self.threshold is None) == (not self.waive):
-            raise ValueError(f"gate override {self.phase}/{self.metric}: give either a "
-                             f"threshold or waive = true")
-        return self
+
+class GatingConfig(_Strict):
+    thresholds: Literal["seed", "rules"] = "seed"
+    """"seed": every gate at the seed's number. "rules": a gate whose file declares a rule
+    (`rule = ...` in gates/*.toml: a threshold computed from what is known before the phase
+    runs, such as the parameter count) uses the rule's output; the others keep the seed's
+    number. One switch per profile, so no gate is chosen one by one after a result."""
+    why: str = ""
 
 
 class Profile(_Strict):
@@ -314,6 +318,7 @@ class Profile(_Strict):
     hardware: HardwareConfig
     prices_usd_per_hour: dict[str, float] = Field(default_factory=dict)
     plan: dict[str, PlanStep] = Field(default_factory=dict)
+    gating: GatingConfig = Field(default_factory=GatingConfig)
     gate_overrides: list[GateOverride] = Field(default_factory=list)
 
     # Set by load_profile, not by the TOML file.
@@ -327,7 +332,7 @@ class Profile(_Strict):
         data = self.model_dump(mode="json", by_alias=True)
         every = [k for k in type(self).model_fields
                  if k not in ("name", "seed", "description", "source_file", "sha256",
-                              "gate_overrides", "plan", "prices_usd_per_hour", "runnable_here")]
+                              "gate_overrides", "gating", "plan", "prices_usd_per_hour", "runnable_here")]
         picked = {k: data[k] for k in (tables or every)}
         picked.update(name=self.name, seed=self.seed)
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()

@@ -56,6 +56,15 @@ class PhaseSpec:
 # before and after training, later phases after their own change.
 _EVAL = ("math.accuracy", "mmlu.accuracy", "code.pass@1")
 _EVAL_BEFORE = tuple("before." + m for m in _EVAL)
+# Every phase that changes the model: its paired change against its input on the same items
+# (cogumi.evaluation.paired) and whether each score is above chance.
+_JUDGED = (("vs_input.worst_delta_upper",)
+           + tuple(f"vs_input.{m}.{s}" for m in _EVAL for s in ("delta", "delta_lower",
+                                                                  "delta_upper"))
+           + tuple(f"{m}.lower95_above_chance" for m in _EVAL))
+# The seed's 1A/1B scores were (wins + half ties) / n against GPT-4's own answers
+# (shared/seed/ORIGIN_FINDINGS.md): measured against the reference model a profile names.
+_VS_REFERENCE = tuple(f"{t}.preference_vs_reference" for t in ("math", "code", "mmlu"))
 
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec(
@@ -75,7 +84,8 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec(
         "1A", "Base model: LoRA / QLoRA supervised fine-tuning", ("0",),
         ("adapter/", "loss_curve.png", "eval_before/", "eval_after/", "train_log.json"),
-        _EVAL + _EVAL_BEFORE + ("sft.heldout_loss_before", "sft.heldout_loss_after",
+        _EVAL + _EVAL_BEFORE + _JUDGED + _VS_REFERENCE + (
+                                "sft.heldout_loss_before", "sft.heldout_loss_after",
                                 "sft.heldout_loss_improvement", "sft.train_examples",
                                 "sft.excluded_examples", "sft.steps"),
         entry="cogumi.phases.sft:run", seed_cost_usd="220", seed_duration="3 weeks",
@@ -85,9 +95,11 @@ PHASES: tuple[PhaseSpec, ...] = (
         ("adapter/", "self_distillation.jsonl", "dropped.jsonl", "diagnostic_before/",
          "diagnostic_after/", "eval_after/", "loss_curve.png", "comparison.json",
          "generation_temperatures.json", "lm_eval_crosscheck.json"),
-        _EVAL + _EVAL_BEFORE + ("consistency", "before.consistency", "consistency.gain",
-                                "math.ties", "code.ties", "distill.kept", "distill.dropped",
-                                "lm_eval.agreement", "math.accuracy.gain"),
+        _EVAL + _EVAL_BEFORE + _JUDGED + _VS_REFERENCE + (
+            "consistency", "before.consistency", "consistency.gain", "consistency.gain_lower",
+            "consistency.gain_upper", "math.unchanged_since_1a", "code.unchanged_since_1a",
+            "math.ties_vs_reference", "code.ties_vs_reference", "distill.kept",
+            "distill.dropped", "lm_eval.agreement"),
         entry="cogumi.phases.self_consistency:run",
         config=("model", "training", "eval", "self_consistency", "hardware"),
         seed_cost_usd="12-17", seed_duration="1 week"),
@@ -102,8 +114,8 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("2A", "Pruning (SparseGPT)", ("1B", "0"),
               ("model/", "eval/", "calibration.json", "sparsity.json", "retention.json",
                "sizes.json", "report.md"),
-              _EVAL + _EVAL_BEFORE + ("sparsity", "sparsity.all_parameters",
-                                      "sparsity.min_layer", "retention", "retention.min",
+              _EVAL + _EVAL_BEFORE + _JUDGED + ("sparsity", "sparsity.all_parameters",
+                                      "sparsity.min_layer", "retention", "retention.mean",
                                       "size_mb", "calibration.records",
                                       "prune.heldout_loss_1b", "prune.heldout_loss_after"),
               entry="cogumi.phases.prune:run", seed_cost_usd="180", seed_duration="2 weeks",
@@ -114,7 +126,7 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("2B", "4-bit quantization (AWQ / GPTQ, W4A16)", ("2E", "0"),
               ("model/", "eval/", "quantization.json", "retention.json", "sizes.json",
                "report.md"),
-              _EVAL + _EVAL_BEFORE + ("retention", "retention.step", "retention.min",
+              _EVAL + _EVAL_BEFORE + _JUDGED + ("retention", "retention.step", "retention.mean",
                                       "size_mb", "bits_per_parameter",
                                       "quantized.linear_share", "sparsity"),
               entry="cogumi.phases.quantize:run", seed_cost_usd="90", seed_duration="4 days",
@@ -129,7 +141,7 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("2C", "GGUF export and K-quants", ("2E", "2B"),
               ("model.gguf", "gguf/", "gguf_report.json", "eval_after/", "retention.json",
                "sizes.json", "report.md"),
-              _EVAL + ("size_mb", "gguf.greedy_agreement", "gguf.tokenizer_agreement",
+              _EVAL + _JUDGED + ("size_mb", "gguf.greedy_agreement", "gguf.tokenizer_agreement",
                        "gguf.greedy_agreement_beyond_near_ties", "gguf.intended_share",
                        "retention"),
               entry="cogumi.phases.gguf:run", seed_cost_usd="0", seed_duration="3 days",
@@ -142,7 +154,7 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("2E", "Recovery fine-tuning", ("2A", "0"),
               ("model/", "eval/", "loss_curve.png", "recovery.json", "retention.json",
                "sizes.json", "report.md"),
-              _EVAL + _EVAL_BEFORE + ("retention_vs_2a", "retention", "sparsity",
+              _EVAL + _EVAL_BEFORE + _JUDGED + ("retention_vs_2a", "retention", "sparsity",
                                       "sparsity.after_merge_before_mask",
                                       "recovery.heldout_loss_2a", "recovery.heldout_loss_after",
                                       "recovery.heldout_loss_improvement",
@@ -157,7 +169,8 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("2F", "Confidence calibration", ("2D",),
               ("calibration.json", "reliability.png", "calibration_items.jsonl", "sizes.json",
                "report.md"),
-              ("ece_before", "ece_after", "ece_reduction", "temperature_within_search_range",
+              ("ece_before", "ece_after", "ece_reduction", "ece_reduction_lower",
+               "ece_reduction_upper", "temperature_within_search_range",
                "size_mb"),
               entry="cogumi.phases.calibrate:run", seed_cost_usd="35", seed_duration="3 days",
               config=("eval", "gguf", "calibration")),

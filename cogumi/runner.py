@@ -67,12 +67,26 @@ class PhaseContext:
     """Lines for the report: reduced samples, fallbacks, anything a reader must know."""
     figures: list[dict] = field(default_factory=list)
     """Images in the artifact that the report embeds ({"path", "caption"}); see add_figure."""
+    report_sections: list[str] = field(default_factory=list)
+    """Tables every model-changing phase adds the same way (the paired comparison with its
+    input, capability): kept apart from the phase's own text so either may come first."""
+    _report_text: str = ""
 
     def write_report(self, markdown: str) -> None:
         """What the phase did, in numbers and tables: the sign-off report shows it under
         "Summary", above the gates. Written into the artifact (REPORT_DETAILS), so it is
         digested and sealed with everything else."""
-        artifacts.atomic_write_text(self.out_dir / REPORT_DETAILS, markdown.strip() + "\n")
+        self._report_text = markdown.strip()
+        self._flush_report()
+
+    def add_report_section(self, markdown: str) -> None:
+        """A section after the phase's own text in the same report.md."""
+        self.report_sections.append(markdown.strip())
+        self._flush_report()
+
+    def _flush_report(self) -> None:
+        parts = [t for t in (self._report_text, *self.report_sections) if t]
+        artifacts.atomic_write_text(self.out_dir / REPORT_DETAILS, "\n\n".join(parts) + "\n")
 
     def add_figure(self, name: str, caption: str) -> None:
         """Embed an image this phase wrote into out_dir (e.g. "domain_mix.png") in its

@@ -37,6 +37,7 @@ class GateResult:
     passed: bool
     message: str = ""
     waived: bool = False
+    capability: bool = False
 
 
 def reports_dir(runs_dir: Path) -> Path:
@@ -78,7 +79,7 @@ def parse_junit(junit: Path) -> list[GateResult]:
             raise RuntimeError(f"{junit}: gate {gate['metric']} was skipped without a waiver")
         results.append(GateResult(gate["metric"], gate["op"], gate["threshold"], gate["source"],
                                   gate["why"], gate["value"], failure is None and not waived,
-                                  message, waived))
+                                  message, waived, gate.get("capability", False)))
     return results
 
 
@@ -92,8 +93,11 @@ def signoff_entry(profile: Profile, phase_id: str, runs_dir: Path,
         "profile": profile.name,
         "profile_sha256": profile.sha256,
         "manifest_sha256": manifest_digest(folder),
-        "passed": any(r.passed for r in results) and all(r.passed or r.waived
-                                                         for r in results),
+        # A waived gate does not block, unless it is a capability gate: an output whose
+        # meaning was not shown is never signed off.
+        "passed": any(r.passed for r in results) and all(
+            r.passed or (r.waived and not r.capability) for r in results),
+        "capability_absent": [r.metric for r in results if r.waived and r.capability],
         "gates": [r.__dict__ for r in results],
         "junit": str(junit),
         "wall_time_s": manifest.get("wall_time_s"),
@@ -121,7 +125,10 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
                   out: Path, details: str = "") -> str:
     """Write the Markdown sign-off report and print the same table with rich."""
     phase = get_phase(entry["phase"])
-    verdict = "SIGNED OFF" if entry["passed"] else "NOT SIGNED OFF"
+    absent = entry.get("capability_absent") or []
+    verdict = ("SIGNED OFF" if entry["passed"] else
+               f"NOT SIGNED OFF: capability absent ({', '.join(absent)} waived)" if absent
+               else "NOT SIGNED OFF")
     digest = entry["manifest_sha256"][:16]
     time_s = manifest.get("wall_time_s", 0.0)
     cost = manifest.get("estimated_cost_usd", 0.0)
@@ -159,7 +166,8 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
         table.add_row(g["metric"], _fmt(g["value"]), f"{g['op']} {g['threshold']:g}",
                       g["source"], f"[{_COLOURS[mark]}]{mark}{shortfall}")
     lines += ["", "## Why each threshold", ""]
-    lines += [f"- `{g['metric']}`: {g['why']}" for g in entry["gates"]]
+    lines += [f"- `{g['metric']}`{' (capability gate)' if g.get('capability') else ''}: "
+              f"{g['why']}" for g in entry["gates"]]
     before = {k[len("before."):]: v for k, v in metrics.items() if k.startswith("before.")}
     if before:
         lines += ["", "## Before and after this phase", "", "| metric | before | after |",

@@ -25,7 +25,8 @@ def pytest_generate_tests(metafunc):
     if "gate" in metafunc.fixturenames:
         config = metafunc.config
         profile = load_profile(config.getoption("--cogumi-profile"))
-        gates = resolve_gates(config.getoption("--cogumi-phase"), profile)
+        runs = Path(config.getoption("--cogumi-runs")) / profile.name
+        gates = resolve_gates(config.getoption("--cogumi-phase"), profile, runs_dir=runs)
         metafunc.parametrize("gate", gates, ids=[g.metric for g in gates])
 
 

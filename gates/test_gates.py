@@ -15,6 +15,7 @@ def test_gate(gate, phase_metrics, record_property):
         # hub data); the report then shows the value as missing next to the waiver's why.
         pytest.skip(f"WAIVED by {gate.source}: {gate.why}")
     assert value is not None, f"metric {gate.metric!r} is missing from metrics.json"
+    assert gate.threshold == gate.threshold, f"threshold not computed: {gate.source}"
     assert gate.check(value), (
         f"{gate.metric} = {value:.4g}, needs {gate.op} {gate.threshold:g} ({gate.why}); "
         f"source: {gate.source}")

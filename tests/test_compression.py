@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import math
+
 import pytest
 import torch
 
@@ -238,20 +240,32 @@ def test_merged_1b_model_equals_base_plus_adapter(tmp_path):
     assert load_merged_phase_model(ctx, "2A").tokenizer.chat_template
 
 
-def test_retention_is_the_mean_ratio_over_metrics_the_reference_scores_above_chance():
-    ref = {"math.accuracy": 0.5, "mmlu.accuracy": 0.4, "code.pass@1": 0.0}
-    r = retention({"math.accuracy": 0.45, "mmlu.accuracy": 0.44, "code.pass@1": 0.1}, ref)
+def test_retention_is_the_minimum_chance_corrected_share_capped_at_one():
+    ref = {"math.accuracy": 0.5, "mmlu.accuracy": 0.55, "code.pass@1": 0.0,
+           "math.n_items": 100, "mmlu.n_items": 100, "code.n_items": 100}
+    r = retention({"math.accuracy": 0.45, "mmlu.accuracy": 0.64, "code.pass@1": 0.1}, ref)
     assert r["per_metric"]["math.accuracy"] == pytest.approx(0.9)
+    # (0.64 - 0.25) / (0.55 - 0.25) = 1.3: capped, so a gain cannot hide a loss elsewhere.
+    assert r["per_metric"]["mmlu.accuracy"] == pytest.approx(1.0)
     assert r["per_metric"]["code.pass@1"] is None and "code.pass@1" in r["skipped"]
-    assert r["mean"] == pytest.approx((0.9 + 1.1) / 2)
-    assert r["min"] == pytest.approx(0.9)
+    assert r["value"] == pytest.approx(0.9)
+    assert r["mean"] == pytest.approx(0.95)
     # A score that went missing after compression counts as lost, not as excluded.
-    assert retention({"mmlu.accuracy": 0.4}, ref)["mean"] == pytest.approx(0.5)
-    # A 4-option score at or below chance has nothing to retain: 0.175 -> 0.30 is not 171 %.
-    r = retention({"math.accuracy": 0.2, "mmlu.accuracy": 0.3},
-                  {"math.accuracy": 0.5, "mmlu.accuracy": 0.175})
-    assert r["used"] == ["math.accuracy"] and r["mean"] == pytest.approx(0.4)
-    assert "chance" in r["skipped"]["mmlu.accuracy"]
+    assert retention({"mmlu.accuracy": 0.4}, ref)["value"] == pytest.approx(0.0)
+    # MMLU at 0.4 is chance-corrected: (0.325 - 0.25) / (0.4 - 0.25) = 0.5, not 0.325 / 0.4.
+    ref2 = {"math.accuracy": 0.5, "mmlu.accuracy": 0.4, "math.n_items": 100, "mmlu.n_items": 100}
+    r = retention({"math.accuracy": 0.5, "mmlu.accuracy": 0.325}, ref2)
+    assert r["per_metric"]["mmlu.accuracy"] == pytest.approx(0.5)
+
+
+def test_retention_skips_a_reference_within_one_standard_error_of_chance():
+    # 0.3 on 40 items: SE = sqrt(0.3 * 0.7 / 40) = 0.072 > 0.3 - 0.25.
+    ref = {"math.accuracy": 0.5, "mmlu.accuracy": 0.3, "math.n_items": 40, "mmlu.n_items": 40}
+    r = retention({"math.accuracy": 0.2, "mmlu.accuracy": 0.1}, ref)
+    assert r["used"] == ["math.accuracy"] and r["value"] == pytest.approx(0.4)
+    assert "standard error" in r["skipped"]["mmlu.accuracy"]
+    # Nothing measurable to retain: undefined, which fails every gate.
+    assert math.isnan(retention({}, {"math.accuracy": 0.0, "math.n_items": 40})["value"])
 
 
 def test_gptq_alternative_packs_int4_and_fills_pruned_zeros(tmp_path, pruned_dir):
@@ -275,11 +289,15 @@ def test_gptq_alternative_packs_int4_and_fills_pruned_zeros(tmp_path, pruned_dir
 def test_retention_table_says_why_a_retention_is_undefined():
     from cogumi.compression.common import Reference, retention_step, retention_table
 
-    ref = Reference("1B", {"math.accuracy": 0.1, "mmlu.accuracy": 0.0, "code.pass@1": 0.0}, "x")
-    zero = {"math.accuracy": 0.0, "mmlu.accuracy": 0.0, "code.pass@1": 0.0}
+    n = {"math.n_items": 40, "mmlu.n_items": 40, "code.n_items": 40}
+    ref = Reference("1B", {"math.accuracy": 0.2, "mmlu.accuracy": 0.0, "code.pass@1": 0.0,
+                           **n}, "x")
+    zero = {"math.accuracy": 0.0, "mmlu.accuracy": 0.0, "code.pass@1": 0.0, **n}
     steps = [retention_step("2A", zero, ref.metrics, "1B", ref),
              retention_step("2E", {**zero, "code.pass@1": 0.1}, zero, "2A", ref)]
     text = retention_table(ref, steps)
-    assert "| 2E | 0.000 | 0.000 | 0.100 | — vs 2A | 0.000 |" in text
-    assert "- 2E vs 2A: undefined" in text and "math.accuracy: reference 0.0 is not above" in text
+    # Each score with the share of the reference's margin over chance it keeps.
+    assert "| 2E | 0.000 (0.000) | 0.000 (—) | 0.100 (—) | — vs 2A | 0.000 |" in text
+    assert "- 2E vs 2A: undefined" in text
+    assert "code.pass@1: reference 0.000 is not above chance" in text
     assert "2A vs 1B: undefined" not in text  # 1B's MATH is above chance: 2A retains 0 of it

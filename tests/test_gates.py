@@ -22,12 +22,26 @@ def test_every_phase_has_a_valid_gate_file(phase):
 def test_seed_thresholds_for_1b():
     gates = {g.metric: (g.op, g.threshold) for g in
              load_gate_file(ROOT / "gates/phase1b.toml", get_phase("1B"))}
-    seed_criteria = {"consistency": (">=", 0.60), "math.accuracy": (">=", 0.65),
-                     "code.pass@1": (">=", 0.70), "math.ties": ("<", 0.30),
-                     "code.ties": ("<", 0.20)}
+    # The seed's five criteria, at its numbers; its MATH/CODE scores and ties were measured
+    # against GPT-4's own answers, so they are gated as such (ORIGIN_FINDINGS.md).
+    seed_criteria = {"consistency": (">=", 0.60), "math.preference_vs_reference": (">=", 0.65),
+                     "code.preference_vs_reference": (">=", 0.70),
+                     "math.ties_vs_reference": ("<", 0.30), "code.ties_vs_reference": ("<", 0.20)}
     assert {m: gates[m] for m in seed_criteria} == seed_criteria
-    # and the change must come from the phase itself, not from thresholds
-    assert gates["consistency.gain"] == (">", 0)
+    # and the change must come from the phase itself: a paired interval above zero
+    assert gates["consistency.gain_lower"] == (">", 0)
+    assert gates["vs_input.worst_delta_upper"] == (">=", 0)
+
+
+@pytest.mark.parametrize("phase", [p for p in PHASES if p.implemented and p.id not in ("0", "2D", "2F")],
+                         ids=lambda p: p.id)
+def test_every_phase_that_changes_the_model_gates_not_worse_and_capability(phase):
+    gates = {g.metric: g for g in load_gate_file(ROOT / phase.gate_file, phase)}
+    assert (gates["vs_input.worst_delta_upper"].op, gates["vs_input.worst_delta_upper"].threshold) \
+        == (">=", 0)
+    for score in ("math.accuracy", "code.pass@1", "mmlu.accuracy"):
+        g = gates[f"{score}.lower95_above_chance"]
+        assert g.capability and (g.op, g.threshold) == (">", 0)
 
 
 def _write(tmp_path, body, phase="1B"):
@@ -65,21 +79,17 @@ def test_gate_file_for_the_wrong_phase(tmp_path):
         load_gate_file(path, get_phase("1B"))
 
 
-def test_override_is_explicit_and_sourced(tmp_path):
-    profile, path = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\n'
-                                 'metric = "consistency"\nthreshold = 0.2\n'
-                                 'why = "fixture model cannot reach the seed figure"\n',
-                                 base="gemma-270m")  # a profile without its own 1B overrides
-    gates = {g.metric: g for g in resolve_gates("1B", profile)}
-    assert gates["consistency"].threshold == 0.2
-    assert gates["consistency"].source.startswith("profile gemma-270m")
-    assert "seed: consistency >= 0.6" in gates["consistency"].why
-    assert gates["math.accuracy"].source == "gates/phase1b.toml"
+def test_a_profile_cannot_set_a_threshold(tmp_path):
+    from cogumi.profile import ProfileError
+    with pytest.raises(ProfileError, match=r"gate_overrides.*threshold"):
+        profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\nmetric = "consistency"\n'
+                     'threshold = 0.2\nwhy = "fixture model cannot reach the seed figure"\n',
+                     base="gemma-270m")
 
 
-def test_override_of_an_ungated_metric_is_refused(tmp_path):
+def test_waiver_of_an_ungated_metric_is_refused(tmp_path):
     profile, path = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\n'
-                                 'metric = "consistancy"\nthreshold = 0.2\n'
+                                 'metric = "consistancy"\nwaive = true\n'
                                  'why = "a typo should not pass silently"\n', base="gemma-270m")
     appended = len(profile.gate_overrides)  # 1-based: the override added above is the last
     with pytest.raises(GateFileError,
@@ -112,16 +122,16 @@ def test_ge_and_lt_partition_every_value(value):
 
 
 def test_waiver_is_explicit_and_marked(tmp_path):
-    profile, _ = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\nmetric = "code.ties"\n'
-                              'waive = true\nwhy = "no code tasks in this profile yet"\n',
+    profile, _ = profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\nmetric = "consistency"\n'
+                              'waive = true\nwhy = "no diagnostic prompts in this profile"\n',
                               base="gemma-270m")
     gates = {g.metric: g for g in resolve_gates("1B", profile)}
-    assert gates["code.ties"].waived and "waiver" in gates["code.ties"].source
-    assert not gates["math.ties"].waived
+    assert gates["consistency"].waived and "waiver" in gates["consistency"].source
+    assert not gates["consistency.gain_lower"].waived
 
 
-def test_override_needs_threshold_or_waiver(tmp_path):
+def test_override_must_waive(tmp_path):
     from cogumi.profile import ProfileError
-    with pytest.raises(ProfileError, match="give either a threshold or waive"):
-        profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\nmetric = "code.ties"\n'
+    with pytest.raises(ProfileError, match="waive"):
+        profile_with(tmp_path, '[[gate_overrides]]\nphase = "1B"\nmetric = "consistency"\n'
                      'why = "neither given, which is a mistake"\n')

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cogumi.evaluation.paired import CHANCE, SUITE
 from cogumi.models import LoadedModel, load_base_model
 from cogumi.runner import PhaseContext, PhaseInputError
 
@@ -125,43 +126,49 @@ def save_tokenizer_and_info(loaded: LoadedModel, out_dir: Path, **info) -> None:
 # -------------------------------------------------------------------------------- retention
 
 
-CHANCE = {"math.accuracy": 0.0, "mmlu.accuracy": 0.25, "code.pass@1": 0.0}
-"""What guessing scores: MMLU is 4-option multiple choice; MATH answers and code are open."""
-
-
 def retention(after: dict, reference: dict, names=EVAL_METRICS) -> dict:
-    """How much of the reference's quality `after` keeps.
+    """How much of the reference's skill above chance `after` keeps.
 
-    Definition: for each metric m in `names`, ratio_m = after[m] / reference[m]; retention is
-    the arithmetic mean of ratio_m over the metrics whose reference value is above chance
-    (`CHANCE`: 0 for MATH and code, 0.25 for 4-option MMLU). A reference at or below chance
-    has no skill to retain — a ratio of two guesses is noise (a 4-option score of 0.175 ->
-    0.30 would read as 171 % retained) — so that metric is listed under `skipped`, never
-    counted as 100 %. A score that is missing after compression counts as 0. Ratios are not
-    capped at 1: a metric that improves beyond the reference is reported as such (`min` is
-    the worst metric, for the conservative view). If no metric qualifies, the mean is NaN,
-    which fails every gate.
+    Definition (issue 11): per metric m in `names`, with c_m its chance level (`CHANCE`: 0
+    for MATH and code, 0.25 for 4-option MMLU), ratio_m = min(1, (after_m - c_m) /
+    (reference_m - c_m)): the share of the reference's margin over guessing that is left,
+    capped at 1 so that one metric's gain cannot hide another's loss. A metric counts only
+    when its reference is above chance by more than the reference's standard error
+    (sqrt(p (1 - p) / n), n from ``<task>.n_items``): below that there is no measurable skill
+    to retain, and the metric is listed under `skipped` with the reason. A score missing
+    after compression counts as 0 retained. The retention is the minimum over the counted
+    metrics (`value`; `mean` is shown beside it); with none counted it is NaN, which fails
+    every gate.
     """
     per_metric: dict[str, float | None] = {}
     skipped: dict[str, str] = {}
     for name in names:
         ref, val = reference.get(name), after.get(name)
         chance = CHANCE.get(name, 0.0)
-        if not _finite(ref) or ref <= chance:
+        n = reference.get(f"{SUITE.get(name, name)}.n_items")
+        se = math.sqrt(ref * (1 - ref) / n) if _finite(ref) and _finite(n) and n > 0 else None
+        if not _finite(ref) or se is None:
             per_metric[name] = None
-            skipped[name] = f"reference {ref!r} is not above chance ({chance:g}): no ratio"
+            skipped[name] = f"reference {ref!r} on {n!r} items: no standard error, no ratio"
+        elif ref - chance <= se:
+            per_metric[name] = None
+            skipped[name] = (f"reference {ref:.3f} is not above chance ({chance:g}) by more "
+                             f"than its standard error ({se:.3f}, {int(n)} items): no skill "
+                             f"to retain")
         elif not _finite(val):
             per_metric[name] = 0.0  # a score that went missing is a loss, not an exclusion
         else:
-            per_metric[name] = val / ref
+            per_metric[name] = min(1.0, (val - chance) / (ref - chance))
     used = [v for v in per_metric.values() if v is not None]
     return {"per_metric": per_metric,
+            "value": min(used) if used else float("nan"),
             "mean": sum(used) / len(used) if used else float("nan"),
-            "min": min(used) if used else float("nan"),
             "used": [k for k, v in per_metric.items() if v is not None],
             "skipped": skipped,
-            "definition": "mean of after/reference (uncapped) over the metrics whose "
-                          "reference is above chance (MMLU 0.25, MATH and code 0)"}
+            "definition": "minimum over the suite's metrics of min(1, (score - chance) / "
+                          "(reference - chance)), counting the metrics whose reference is "
+                          "above chance (MMLU 0.25, MATH and code 0) by more than its "
+                          "standard error"}
 
 
 def _finite(x) -> bool:
@@ -182,7 +189,8 @@ def reference_for(ctx: PhaseContext, input_phase: str) -> Reference:
     if input_phase == "1B":
         path = folder / "metrics.json"
         metrics = json.loads(path.read_text())
-        return Reference("1B", {k: metrics[k] for k in EVAL_METRICS if k in metrics}, str(path))
+        keep = EVAL_METRICS + tuple(f"{SUITE[m]}.n_items" for m in EVAL_METRICS)
+        return Reference("1B", {k: metrics[k] for k in keep if k in metrics}, str(path))
     path = folder / RETENTION
     if not path.exists():
         raise PhaseInputError(f"{path}: missing; phase {input_phase} did not record the 1B "
@@ -218,23 +226,28 @@ def write_retention(out_dir: Path, reference: Reference, steps: list[dict]) -> N
 
 
 def retention_table(reference: Reference, steps: list[dict]) -> str:
-    """A markdown table for the report: the reference row, then each step."""
+    """Markdown for the report: each model's scores with, in brackets, the share of the
+    1B reference's margin over chance it keeps (capped at 1; "—" where the reference has no
+    measurable skill), then the retention per step and cumulative (the minimum)."""
     head = "| model | " + " | ".join(EVAL_METRICS) + " | per step | cumulative |"
     rows = [head, "|" + "---|" * (len(EVAL_METRICS) + 3),
             f"| {reference.phase} (reference) | " + " | ".join(
                 _fmt(reference.metrics.get(m)) for m in EVAL_METRICS) + " | | 1.000 |"]
     for s in steps:
-        rows.append(f"| {s['phase']} | " + " | ".join(_fmt(s['metrics'].get(m))
-                                                      for m in EVAL_METRICS)
-                    + f" | {_fmt(s['per_step']['mean'])} vs {s['previous_phase']} | "
-                      f"{_fmt(s['cumulative']['mean'])} |")
-    undefined = [f"- {s['phase']} {label}: undefined (a retention gate on it fails), because "
-                 + "; ".join(f"{m}: {why}" for m, why in s[key]["skipped"].items())
+        kept = s["cumulative"]["per_metric"]
+        rows.append(f"| {s['phase']} | " + " | ".join(
+            f"{_fmt(s['metrics'].get(m))} ({_fmt(kept.get(m))})" for m in EVAL_METRICS)
+                    + f" | {_fmt(s['per_step']['value'])} vs {s['previous_phase']} | "
+                      f"{_fmt(s['cumulative']['value'])} |")
+    skipped = sorted({f"- {m}: {why}" for s in steps
+                      for m, why in s["cumulative"]["skipped"].items()})
+    undefined = [f"- {s['phase']} {label}: undefined (a retention gate on it fails)"
                  for s in steps
                  for key, label in (("per_step", f"vs {s['previous_phase']}"),
                                     ("cumulative", f"vs {reference.phase}"))
-                 if not _finite(s[key]["mean"])]
-    return "\n".join(rows + ([""] + undefined if undefined else []))
+                 if not _finite(s[key]["value"])]
+    notes = (["", "Not counted in the cumulative retention:"] + skipped) if skipped else []
+    return "\n".join(rows + notes + ([""] + undefined if undefined else []))
 
 
 def _fmt(x) -> str:

@@ -98,3 +98,24 @@ def lm_eval_cross_check(ctx: PhaseContext, loaded: LoadedModel, report_dir: Path
         f"{name}: ours {e['ours']:.3f} vs lm-eval {e['lm_eval']:.3f} ± {e['lm_eval_stderr']:.3f}"
         f" ({len(e['disagreements'])} item differences)" for name, e in check.items()))
     return metrics
+
+
+def judge_against_input(ctx: PhaseContext, before_dir: Path, after_dir: Path,
+                        against: str) -> dict:
+    """The metrics every model-changing phase reports the same way, with their report tables:
+    the paired change of each suite score against its input on the same items
+    (``vs_input.*``; gate: not significantly worse) and whether each score is above chance
+    (``*.lower95_above_chance``; capability gates)."""
+    from cogumi.evaluation.paired import (
+        capability,
+        capability_table,
+        compare_with_input,
+        paired_table,
+    )
+
+    paired, rows = compare_with_input(before_dir, after_dir)
+    able, able_rows = capability(after_dir)
+    ctx.add_report_section(
+        f"### Against its input ({against}), item by item\n\n{paired_table(rows, against)}"
+        f"\n\n### Above chance?\n\n{capability_table(able_rows)}")
+    return {**paired, **able}

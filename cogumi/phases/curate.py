@@ -279,6 +279,13 @@ def run(ctx: PhaseContext) -> dict:
     judged = sum(n for c, n in kept_categories.items() if c != "undetermined")
     english_share = kept_categories["english"] / judged if judged else math.nan
 
+    # Accounting holds by construction; if it ever does not, that is a bug in this phase,
+    # not a measurement, so it stops the phase instead of appearing as a gate.
+    if unbalanced or misfiled:
+        raise RuntimeError(f"phase 0 accounting is broken: records in {records_in} != kept "
+                           f"{len(kept)} + removed {len(removed)} + quarantined "
+                           f"{len(quarantined)} (off by {unbalanced}), {misfiled} ids filed "
+                           f"other than once")
     metrics = {
         "records.in": records_in,
         "records.kept": len(kept),

@@ -41,7 +41,7 @@ from cogumi.evaluation import (
     evaluate,
 )
 from cogumi.models import model_location
-from cogumi.phases.common import eval_tasks
+from cogumi.phases.common import eval_tasks, judge_against_input
 from cogumi.runner import PhaseContext, PhaseInputError
 
 SHIPPED = "model.gguf"
@@ -214,8 +214,8 @@ def run(ctx: PhaseContext) -> dict:
         "gguf.intended_share": shipped_types["intended_share"],
         "gguf.fallback_tensors": shipped_types["fallback_tensors"],
         "gguf.bits_per_parameter": (out / SHIPPED).stat().st_size * 8 / params,
-        "retention": steps[-1]["cumulative"]["mean"],
-        "retention_vs_2e": steps[-1]["per_step"]["mean"],
+        "retention": steps[-1]["cumulative"]["value"],
+        "retention_vs_2e": steps[-1]["per_step"]["value"],
     })
     if ship["divergences"]:
         gaps = sorted(d["gap"] for d in ship["divergences"])
@@ -227,6 +227,9 @@ def run(ctx: PhaseContext) -> dict:
         metrics[f"gguf.{qtype}.tokenizer_agreement"] = c["tokenizer"]["agreement"]
         metrics[f"gguf.{qtype}.greedy_agreement"] = c["greedy"]["agreement"]
         metrics[f"gguf.{qtype}.intended_share"] = types[qtype]["intended_share"]
+    # The shipped file against the full-precision model it was exported from.
+    metrics.update(judge_against_input(ctx, ctx.input_dir("2E") / "eval", out / "eval_after",
+                                       "2E in transformers"))
     return metrics
 
 

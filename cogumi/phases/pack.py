@@ -34,6 +34,9 @@ def run(ctx: PhaseContext) -> dict:
     unpack(packed, check)
     roundtrip_ok = sha256_file(check) == sha256_file(src) == info["original_sha256"]
     check.unlink()
+    if not roundtrip_ok:
+        # Lossless by construction: a mismatch is a broken packer or disk, not a result.
+        raise RuntimeError(f"{packed}: unpacking does not give back {src} byte for byte")
 
     rows = carried_rows(ctx, "2C")
     params = next((r["parameters"] for r in rows if r.get("parameters")), None)

@@ -29,7 +29,7 @@ from cogumi.compression.common import (
 )
 from cogumi.compression.llmc import calibration_data, run_oneshot, sparsity_report
 from cogumi.compression.sizes import size_table, write_sizes
-from cogumi.phases.common import curated_records, evaluate_model
+from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
 from cogumi.runner import PhaseContext
 from cogumi.training.sft import encode_records, mean_loss, split_heldout
 
@@ -118,8 +118,8 @@ def run(ctx: PhaseContext) -> dict:
         "sparsity": sparsity["linear"],
         "sparsity.all_parameters": sparsity["all_parameters"],
         "sparsity.min_layer": sparsity["min_layer"],
-        "retention": step["cumulative"]["mean"],
-        "retention.min": step["cumulative"]["min"],
+        "retention": step["cumulative"]["value"],
+        "retention.mean": step["cumulative"]["mean"],
         "size_mb": rows[-1]["mb"],
         "calibration.records": accounting["used"],
         "prune.heldout_loss_1b": loss_1b,
@@ -128,4 +128,6 @@ def run(ctx: PhaseContext) -> dict:
     for name in EVAL_METRICS:
         metrics[f"before.{name}"] = reference.metrics.get(name, float("nan"))
     metrics.update(after)
+    metrics.update(judge_against_input(ctx, ctx.input_dir("1B") / "eval_after", out / "eval",
+                                       "1B"))
     return metrics

@@ -42,7 +42,7 @@ from cogumi.compression.llmc import (
     target_linears,
 )
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
-from cogumi.phases.common import curated_records, evaluate_model
+from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
 from cogumi.runner import PhaseContext
 
 SCHEME = "W4A16"
@@ -171,9 +171,9 @@ def run(ctx: PhaseContext) -> dict:
         "### Retention (evaluation suite)", "", retention_table(reference, steps), "",
         "### Sizes", "", size_table(rows), ""]))
     metrics = {
-        "retention": step["cumulative"]["mean"],
-        "retention.step": step["per_step"]["mean"],
-        "retention.min": step["cumulative"]["min"],
+        "retention": step["cumulative"]["value"],
+        "retention.step": step["per_step"]["value"],
+        "retention.mean": step["cumulative"]["mean"],
         "size_mb": rows[-1]["mb"],
         "bits_per_parameter": rows[-1]["bits_per_parameter"],
         "quantized.linear_share": share,
@@ -182,4 +182,5 @@ def run(ctx: PhaseContext) -> dict:
     for name in EVAL_METRICS:
         metrics[f"before.{name}"] = previous.get(name, float("nan"))
     metrics.update(after)
+    metrics.update(judge_against_input(ctx, ctx.input_dir("2E") / "eval", out / "eval", "2E"))
     return metrics

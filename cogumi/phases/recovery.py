@@ -31,7 +31,7 @@ from cogumi.compression.common import (
 )
 from cogumi.compression.llmc import apply_masks, sparsity_report, zero_masks
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
-from cogumi.phases.common import curated_records, evaluate_model
+from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.sft import (
     checkpoint_key,
@@ -156,8 +156,8 @@ def run(ctx: PhaseContext) -> dict:
         "### Sizes", "", size_table(rows), ""]))
     metrics = {
         "recovery.heldout_loss_1b": previous["prune.heldout_loss_1b"],
-        "retention_vs_2a": step["per_step"]["mean"],
-        "retention": step["cumulative"]["mean"],
+        "retention_vs_2a": step["per_step"]["value"],
+        "retention": step["cumulative"]["value"],
         "sparsity": sp["masked"],
         "sparsity.after_merge_before_mask": sp["merged_dense"],
         "recovery.heldout_loss_2a": loss["pruned"],
@@ -169,4 +169,5 @@ def run(ctx: PhaseContext) -> dict:
     for name in EVAL_METRICS:
         metrics[f"before.{name}"] = previous.get(name, float("nan"))
     metrics.update(after)
+    metrics.update(judge_against_input(ctx, ctx.input_dir("2A") / "eval", out / "eval", "2A"))
     return metrics

@@ -10,7 +10,7 @@ import json
 import random
 
 from cogumi.artifacts import sha256_file
-from cogumi.phases.common import evaluate_model
+from cogumi.phases.common import evaluate_model, judge_against_input
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.backends import load_for_training
 from cogumi.training.sft import (
@@ -85,4 +85,6 @@ def run(ctx: PhaseContext) -> dict:
     }
     metrics.update({f"before.{k}": v for k, v in before.items()})
     metrics.update(after)
+    metrics.update(judge_against_input(ctx, ctx.out_dir / "eval_before",
+                                       ctx.out_dir / "eval_after", "the base model"))
     return metrics

@@ -1,0 +1,127 @@
+"""The statistics behind every relative and capability gate (parameters: gates/statistics.toml).
+
+* ``paired_bootstrap(before, after)``: the same items scored twice; the mean per-item
+  difference (after - before) and its percentile interval from resampling items with
+  replacement. A gain gate reads the lower bound (> 0: better), a "not worse" gate the upper
+  bound (>= 0: no significant drop).
+* ``bootstrap_statistic``: the same resampling for a statistic that is not a mean of
+  per-item differences (ECE before minus after, computed on each resample).
+* ``wilson_interval(k, n)``: a share's interval; a capability is "above chance" when its
+  lower bound exceeds the chance level.
+
+Pure Python and numpy only, deterministic for a given seed: a gate's verdict never depends
+on the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+STATISTICS_FILE = Path(__file__).resolve().parent.parent / "gates" / "statistics.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    alpha: float
+    resamples: int
+    seed: int
+    capability_alpha: float
+
+
+@cache
+def settings(path: Path = STATISTICS_FILE) -> Settings:
+    try:
+        raw = tomllib.loads(path.read_text())
+        paired, capability = raw["paired"], raw["capability"]
+        return Settings(float(paired["alpha"]), int(paired["resamples"]), int(paired["seed"]),
+                        float(capability["alpha"]))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing; it fixes how relative gates are decided") from None
+    except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: invalid ({exc!r}); needs [paired] alpha, resamples, seed "
+                         f"and [capability] alpha") from None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its (1 - alpha) interval, and how it was computed."""
+    n: int
+    point: float
+    lower: float
+    upper: float
+    method: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _z(alpha: float) -> float:
+    # Two-sided normal quantile without scipy: inverse error function via statistics.
+    from statistics import NormalDist
+    return NormalDist().inv_cdf(1 - alpha / 2)
+
+
+def paired_bootstrap(before: Mapping[str, float], after: Mapping[str, float],
+                     cfg: Settings | None = None) -> Interval:
+    """Mean of (after - before) over the same items, with its paired bootstrap interval.
+
+    Both sides must score exactly the same item ids: a comparison on different items is not
+    paired, and silently intersecting them would hide lost items."""
+    cfg = cfg or settings()
+    if set(before) != set(after):
+        only_b = sorted(set(before) - set(after))[:3]
+        only_a = sorted(set(after) - set(before))[:3]
+        raise ValueError(f"paired comparison on different items: only before {only_b}, "
+                         f"only after {only_a}")
+    ids = sorted(before)
+    if not ids:
+        return Interval(0, math.nan, math.nan, math.nan, "paired bootstrap (no items)")
+    diffs = np.array([after[i] - before[i] for i in ids], dtype=float)
+    rng = np.random.default_rng(cfg.seed)
+    idx = rng.integers(0, len(diffs), size=(cfg.resamples, len(diffs)))
+    means = diffs[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [cfg.alpha / 2, 1 - cfg.alpha / 2])
+    return Interval(len(ids), float(diffs.mean()), float(lo), float(hi),
+                    f"paired bootstrap, {cfg.resamples} resamples, seed {cfg.seed}, "
+                    f"{100 * (1 - cfg.alpha):g}% percentile interval")
+
+
+def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float],
+                        cfg: Settings | None = None) -> Interval:
+    """``statistic(indices)`` on all n items and on resamples of them (same seed and count
+    as the paired bootstrap): for statistics like ECE that are not item means."""
+    cfg = cfg or settings()
+    if n == 0:
+        return Interval(0, math.nan, math.nan, math.nan, "bootstrap (no items)")
+    rng = np.random.default_rng(cfg.seed)
+    point = float(statistic(np.arange(n)))
+    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(cfg.resamples)])
+    lo, hi = np.quantile(values, [cfg.alpha / 2, 1 - cfg.alpha / 2])
+    return Interval(n, point, float(lo), float(hi),
+                    f"bootstrap over items, {cfg.resamples} resamples, seed {cfg.seed}, "
+                    f"{100 * (1 - cfg.alpha):g}% percentile interval")
+
+
+def wilson_interval(successes: float, n: int, cfg: Settings | None = None) -> Interval:
+    """Wilson score interval of a share (successes may be fractional: a mean over samples)."""
+    cfg = cfg or settings()
+    if n <= 0:
+        return Interval(0, math.nan, math.nan, math.nan, "Wilson (no items)")
+    z = _z(cfg.capability_alpha)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(n, p, max(0.0, centre - half), min(1.0, centre + half),
+                    f"Wilson score interval, {100 * (1 - cfg.capability_alpha):g}%")
+
+
+def mean_or_nan(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else math.nan

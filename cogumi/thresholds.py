@@ -1,0 +1,99 @@
+"""Threshold rules: a gate's threshold computed from what is known before its phase runs.
+
+A gate file may declare, beside the seed's number, one rule (``rule = "name"`` and its
+arguments); a profile with ``[gating] thresholds = "rules"`` gates on the rule's output.
+Every rule is a pure function of the profile and of artifacts that exist before the phase
+starts (an input phase's model), never of the phase's own results, so a threshold cannot
+follow a measurement.
+
+Rules:
+
+* ``format_budget_mb``: the size a model takes when stored in the target format, from its
+  parameters by kind (the input model's safetensors header: Linear weights, embeddings,
+  the rest): ``(linear x linear_bits + embedding x embedding_bits + other x other_bits) / 8``
+  bytes, plus its tokenizer files, in MB of 10^6 bytes. A bits value of ``"stored"`` keeps
+  that kind at the bits it is stored in (a format that leaves it alone). This is the seed's
+  size claim made checkable: its 600 MB for 8.03e9 parameters is 0.6 bits per parameter,
+  which no 4-6-bit format reaches, so the rule gates on what the format itself promises and
+  still fails a file that was not really quantized.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+MB = 1_000_000
+_DTYPE_BITS = {"F64": 64, "F32": 32, "BF16": 16, "F16": 16, "I64": 64, "I32": 32, "I16": 16,
+               "I8": 8, "U8": 8, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+class RuleError(ValueError):
+    """A rule that cannot be computed: one line naming the rule and what is missing."""
+
+
+def safetensors_tensors(model_dir: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) for every tensor in a folder's *.safetensors (header only)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise RuleError(f"{model_dir}: no *.safetensors to count parameters from")
+    out = {}
+    for f in files:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name != "__metadata__":
+                out[name] = (info["dtype"], info["shape"])
+    return out
+
+
+def parameter_split(model_dir: Path) -> dict[str, dict[str, float]]:
+    """Parameters and stored bits by kind: embedding (token embeddings, an untied LM head),
+    linear (every other 2-D weight), other (norms, biases)."""
+    split = {k: {"parameters": 0.0, "stored_bits": 0.0} for k in ("linear", "embedding", "other")}
+    for name, (dtype, shape) in safetensors_tensors(model_dir).items():
+        count = 1
+        for d in shape:
+            count *= d
+        kind = ("embedding" if ("embed_tokens" in name or "lm_head" in name)
+                else "linear" if len(shape) == 2 else "other")
+        split[kind]["parameters"] += count
+        split[kind]["stored_bits"] += count * _DTYPE_BITS.get(dtype, 32)
+    return split
+
+
+def format_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | str,
+                     embedding_bits: float | str, other_bits: float | str) -> tuple[float, str]:
+    model_dir = Path(runs_dir) / model_from / "model"
+    if not model_dir.is_dir():
+        raise RuleError(f"format_budget_mb: {model_dir} is missing (the rule counts phase "
+                        f"{model_from}'s parameters)")
+    split = parameter_split(model_dir)
+    bits = 0.0
+    parts = []
+    for kind, b in (("linear", linear_bits), ("embedding", embedding_bits),
+                    ("other", other_bits)):
+        p = split[kind]["parameters"]
+        kind_bits = split[kind]["stored_bits"] if b == "stored" else p * float(b)
+        bits += kind_bits
+        parts.append(f"{p:,.0f} {kind} x {b if b == 'stored' else f'{float(b):g}'} bits")
+    tokenizer = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES
+                    if (model_dir / f).exists())
+    mb = (bits / 8 + tokenizer) / MB
+    return mb, (f"{'; '.join(parts)} (phase {model_from}'s model) + tokenizer {tokenizer:,} "
+                f"bytes = {mb:.4g} MB")
+
+
+RULES: dict[str, Callable[..., tuple[float, str]]] = {"format_budget_mb": format_budget_mb}
+RULE_ARGS = {"format_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits"}}
+
+
+def compute(name: str, args: dict, runs_dir: Path) -> tuple[float, str]:
+    """(threshold, how it was computed) for a declared rule."""
+    if name not in RULES:
+        raise RuleError(f"unknown threshold rule {name!r} (known: {', '.join(RULES)})")
+    return RULES[name](runs_dir, **args)

@@ -1,0 +1,113 @@
+"""The threshold rule (issue 11): every threshold in force is the seed's number from gates/ or
+the output of the gate file's declared rule, computed from what exists before the phase runs;
+no shipped profile sets one, and none waives a capability gate."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import tomllib
+
+import pytest
+
+from cogumi import thresholds
+from cogumi.gates import _load_declared, gate_file_path, resolve_gates
+from cogumi.profile import load_profile, profile_names
+from cogumi.registry import get_phase, implemented_phases
+from cogumi.signoff import GateResult, signoff_entry
+
+from .conftest import ROOT
+
+
+def write_safetensors(path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """A header-only-valid safetensors file: the rule reads names, dtypes and shapes."""
+    sizes = {"F32": 4, "BF16": 2, "F16": 2}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        n = sizes[dtype] * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * offset)
+
+
+@pytest.fixture
+def runs_with_2e_model(tmp_path):
+    model = tmp_path / "2E" / "model"
+    model.mkdir(parents=True)
+    write_safetensors(model / "model.safetensors", {
+        "model.embed_tokens.weight": ("F32", [1000, 64]),
+        "model.layers.0.self_attn.q_proj.weight": ("F32", [64, 64]),
+        "model.layers.0.mlp.down_proj.weight": ("F32", [64, 256]),
+        "model.layers.0.input_layernorm.weight": ("F32", [64])})
+    (model / "tokenizer.json").write_text("x" * 1000)
+    return tmp_path
+
+
+def test_format_budget_is_computed_from_parameter_counts(runs_with_2e_model):
+    mb, how = thresholds.compute("format_budget_mb", {
+        "model_from": "2E", "linear_bits": 4.25, "embedding_bits": "stored",
+        "other_bits": "stored"}, runs_with_2e_model)
+    linear = 64 * 64 + 64 * 256
+    expected = (linear * 4.25 + 1000 * 64 * 32 + 64 * 32) / 8 / 1e6 + 1000 / 1e6
+    assert mb == pytest.approx(expected)
+    assert "64,000 embedding" in how and "tokenizer 1,000 bytes" in how
+
+
+def test_a_rule_that_cannot_be_computed_fails_its_gate(tmp_path):
+    profile = load_profile("tiny")
+    gates = {g.metric: g for g in resolve_gates("2B", profile, runs_dir=tmp_path)}
+    size = gates["size_mb"]
+    assert math.isnan(size.threshold) and "not computed" in size.source
+    assert not size.check(0.001)
+
+
+def _declared_by_metric(phase_id):
+    phase = get_phase(phase_id)
+    return {d.gate.metric: d for d in _load_declared(gate_file_path(phase), phase)}
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_every_threshold_in_force_is_the_seed_number_or_the_rule_output(name, runs_with_2e_model):
+    profile = load_profile(name)
+    raw = tomllib.loads((ROOT / profile.source_file).read_text())
+    for i, override in enumerate(raw.get("gate_overrides", []), start=1):
+        assert "threshold" not in override, f"{profile.source_file}: gate_overrides[{i}]"
+    for phase in implemented_phases():
+        declared = _declared_by_metric(phase.id)
+        for gate in resolve_gates(phase.id, profile, runs_dir=runs_with_2e_model):
+            d = declared[gate.metric]
+            if profile.gating.thresholds == "rules" and d.rule is not None:
+                args = {k: v for k, v in d.rule.items() if k != "name"}
+                expected, _ = thresholds.compute(d.rule["name"], args, runs_with_2e_model)
+            else:
+                expected = d.gate.threshold
+            assert gate.threshold == expected, (name, phase.id, gate.metric)
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_no_shipped_profile_waives_a_capability_gate(name):
+    profile = load_profile(name)
+    for phase in implemented_phases():
+        for gate in resolve_gates(phase.id, profile):
+            assert not (gate.capability and gate.waived), (name, phase.id, gate.metric)
+
+
+def test_a_waived_capability_gate_is_never_a_signoff(tmp_path):
+    def result(metric, passed, waived=False, capability=False):
+        return GateResult(metric, ">", 0.0, "test", "why", 1.0, passed, "", waived, capability)
+
+    folder = tmp_path / "1A"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"phase": "1A", "outputs": {},
+                                                   "profile_sha256": "0" * 64}))
+    profile = load_profile("tiny")
+    ok = signoff_entry(profile, "1A", tmp_path, [result("a", True),
+                                                  result("b", False, waived=True)], tmp_path)
+    assert ok["passed"] and ok["capability_absent"] == []
+    absent = signoff_entry(profile, "1A", tmp_path, [
+        result("a", True), result("math.accuracy.lower95_above_chance", False, waived=True,
+                                  capability=True)], tmp_path)
+    assert not absent["passed"]
+    assert absent["capability_absent"] == ["math.accuracy.lower95_above_chance"]
