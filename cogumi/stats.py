@@ -119,7 +119,11 @@ def wilson_interval(successes: float, n: int, cfg: Settings | None = None) -> In
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(n, p, max(0.0, centre - half), min(1.0, centre + half),
+    # At 0 (or n) successes the formula's bound is 0 (or 1) up to rounding; a rounding
+    # residue above 0 would read as "above chance" for a model that got nothing right.
+    lower = 0.0 if successes <= 0 else max(0.0, centre - half)
+    upper = 1.0 if successes >= n else min(1.0, centre + half)
+    return Interval(n, p, lower, upper,
                     f"Wilson score interval, {100 * (1 - cfg.capability_alpha):g}%")
 
 
