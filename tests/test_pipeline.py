@@ -112,7 +112,8 @@ def test_tiny_pipeline_through_1a(runs):
     assert (folder / "adapter" / "adapter_model.safetensors").exists()
     assert (folder / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     report = (runs / "tiny" / "reports" / "phase1a.md").read_text()
-    assert "Before and after" in report and "profile tiny (override" in report
+    assert "Before and after" in report and "Against its input (the base model)" in report
+    assert "95% interval" in report
 
 
 def test_force_rebuilds_a_tampered_phase(runs, capsys):
@@ -130,12 +131,12 @@ def test_changed_gate_regates_the_same_artifact_without_rebuilding(tmp_path, run
     assert _cogumi("run", "0", "--profile", str(path), "--runs", str(runs)) == 0
     manifest = (runs / profile.name / "0" / "manifest.json").read_bytes()
     path.write_text(path.read_text() + '\n[[gate_overrides]]\nphase = "0"\n'
-                    'metric = "records.kept"\nthreshold = 1e9\n'
-                    'why = "a stricter threshold than any fixture can meet"\n')
+                    'metric = "records.kept"\nwaive = true\n'
+                    'why = "a changed gate: the artifact is the same"\n')
     capsys.readouterr()
-    assert _cogumi("run", "0", "--profile", str(path), "--runs", str(runs)) == 1
+    assert _cogumi("run", "0", "--profile", str(path), "--runs", str(runs)) == 0
     out = capsys.readouterr().out
-    assert "re-gating the same" in out and "records.kept = 333 (needs > 1e+09)" in out
+    assert "re-gating the same" in out and "WAIVED" in out
     assert (runs / profile.name / "0" / "manifest.json").read_bytes() == manifest  # not rebuilt
 
 
@@ -148,9 +149,12 @@ def test_keep_going_measures_past_a_failed_gate_and_never_signs_off(tmp_path, ru
     from cogumi import runner
     from cogumi.gates import resolve_gates
 
-    profile, path = profile_with(tmp_path, '[[gate_overrides]]\nphase = "0"\n'
-                                 'metric = "records.kept"\nthreshold = 1e9\n'
-                                 'why = "a threshold no fixture can meet"\n')
+    profile, path = profile_with(tmp_path, "")
+    # Every record is now "too short": phase 0 keeps nothing and fails records.kept > 0.
+    path.write_text(path.read_text().replace("min_response_chars = 1",
+                                             "min_response_chars = 100000"))
+    from cogumi.profile import load_profile
+    profile = load_profile(str(path))
     nudge = {">=": 0, "<=": 0, ">": 1, "<": -1, "==": 0}
     passing = {g.metric: g.threshold + nudge[g.op] for g in resolve_gates("1A", profile)}
     real = runner._phase_function
