@@ -284,7 +284,7 @@ def _only_gates_changed(profile: Profile, phase: PhaseSpec, runs_dir: Path,
         return False
     if manifest.get("config_sha256") != config_digest(profile, phase.id):
         return False
-    now = [dataclasses.asdict(g) for g in resolve_gates(phase.id, profile)]
+    now = [dataclasses.asdict(g) for g in resolve_gates(phase.id, profile, runs_dir=runs_dir)]
     return _gate_key(now) != _gate_key(check.entry.get("gates", []))
 
 
