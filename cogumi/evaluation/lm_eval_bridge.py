@@ -8,15 +8,17 @@ same instruction as a Jinja ``doc_to_text`` and lm-eval's own chat-template hand
   ``gen_prefix: "The answer is"``: lm-eval's ``acc`` must equal our ``accuracy_loglik``
   and its per-option log-likelihoods ours.
 * MATH -> ``generate_until`` (greedy, the same stop strings): lm-eval's generations must
-  equal ours, and its ``exact_match`` (the final answer, found by lm-eval's own regex filter
-  with our extractor's rules, against the solution's boxed answer, extracted by Jinja) is
-  compared with our math-verify score.
+  equal ours. Its ``exact_match`` uses lm-eval's own shipped filter (gsm8k-cot's
+  "strict-match", "The answer is N.") against the solution's boxed answer, extracted by
+  Jinja; where its verdict and ours (our extractor, math-verify) differ on the same
+  generation, that is reported as an extraction difference, not hidden.
 * BOS: lm-eval asks the tokenizer to add it (``add_special_tokens``), so a profile with
   ``model.add_bos`` gets a tokenizer that adds it (cogumi.models.load_tokenizer).
 
-"Agrees" means what issue 3 asks: the two scores differ by at most one standard error of
-lm-eval's estimate (the sample standard error over the items, as lm-eval reports
-``*_stderr``; computed here because ``bootstrap_iters=0`` makes lm-eval skip it).
+The gated check is item level (``item_disagreements``, see :func:`cross_check`). Also
+reported: whether the two scores differ by at most one standard error of lm-eval's
+estimate (the sample standard error over the items, as lm-eval reports ``*_stderr``;
+computed here because ``bootstrap_iters=0`` makes lm-eval skip it).
 """
 
 from __future__ import annotations
@@ -34,15 +36,29 @@ _OPTIONS_JINJA = ("{% for c in choices %}{{ 'ABCDEFGHIJ'[loop.index0] }}. {{ c }
                   "{% if not loop.last %}\n{% endif %}{% endfor %}")
 
 
-_NUM = r"(-?[0-9][0-9,]*(?:\.[0-9]+)?(?:/[0-9]+)?)"
-#: The final answer as our extractor finds it (cogumi.evaluation.answers), in lm-eval's own
-#: regex filter: the last \boxed{N}; else the number after the last "answer is" / "answer:";
-#: else the last number in the text. One anchored match whose first non-empty group wins,
-#: so the branches keep that priority (a model that answers "52 - 17 = 35 marbles." is
-#: scored on 35 by both sides, not on a phrase it never writes).
-MATH_ANSWER_REGEX = (r"(?si)^(?:.*\\boxed\{\s*" + _NUM
-                     + r"|.*answer\s*(?:is|:)[ \t:]*\$?\s*" + _NUM
-                     + r"|.*(?<![0-9,.\-])" + _NUM + ")")
+#: lm-eval's own scoring of a final numeric answer, read from the task file lm-eval ships
+#: (not copied here): gsm8k-cot's "strict-match" filter, the regex "The answer is N." that
+#: matches our instruction's requested last line, and that task's exact_match settings.
+#: Where it and our extractor (cogumi.evaluation.answers) reach different verdicts on the
+#: same generation, cross_check reports it as an extraction difference: a finding about the
+#: two extractors, not a disagreement between the runs.
+MATH_SCORING_SOURCE = ("tasks/gsm8k/gsm8k-cot.yaml", "strict-match")
+
+
+def lm_eval_math_scoring() -> dict[str, Any]:
+    """The filter and metric list of :data:`MATH_SCORING_SOURCE`, from the installed lm-eval."""
+    import importlib.resources
+
+    import yaml
+
+    rel, filter_name = MATH_SCORING_SOURCE
+    path = importlib.resources.files("lm_eval").joinpath(rel)
+    spec = yaml.safe_load(path.read_text())
+    found = [f for f in spec.get("filter_list", []) if f.get("name") == filter_name]
+    if not found:
+        raise ValueError(f"{path}: no filter named {filter_name!r} in filter_list "
+                         f"(lm-eval changed its gsm8k-cot task?)")
+    return {"source": f"lm_eval/{rel}", "filter": found[0], "metric_list": spec["metric_list"]}
 
 
 def _q(s: str) -> str:
@@ -74,6 +90,7 @@ def task_yaml(task: Task, max_new_tokens: int, stop: tuple[str, ...] = ()) -> st
         ]
     elif task.kind == "math":
         text = MATH_INSTRUCTION.format(problem="{{ problem }}")
+        scoring = lm_eval_math_scoring()
         body = [
             "output_type: generate_until",
             f"doc_to_text: {_q(text)}",
@@ -84,15 +101,9 @@ def task_yaml(task: Task, max_new_tokens: int, stop: tuple[str, ...] = ()) -> st
             f"  max_gen_toks: {int(max_new_tokens)}",
             "  do_sample: false",
             "  temperature: 0.0",
-            "filter_list:",
-            "  - name: final_answer",
-            "    filter:",
-            "      - function: regex",
-            "        regex_pattern: " + _q(MATH_ANSWER_REGEX),
-            "      - function: take_first",
-            "metric_list:",
-            "  - metric: exact_match",
-            "    regexes_to_ignore: [\",\"]",
+            # JSON is YAML: lm-eval's own filter and metric settings, as it ships them.
+            f"filter_list: {json.dumps([scoring['filter']])}",
+            f"metric_list: {json.dumps(scoring['metric_list'])}",
         ]
     else:
         raise ValueError(f"no lm-eval form for {task.kind!r} tasks (code is scored by our sandbox)")
@@ -141,45 +152,99 @@ def sample_stderr(scores: list[float]) -> float:
     return math.sqrt(sum((x - mu) ** 2 for x in scores) / (n - 1) / n)
 
 
-def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = 1e-3) -> dict[str, Any]:
-    """Item by item, our report against lm-eval's samples. Returns per task: both scores,
-    the number of items compared, and every disagreement (prompt, log-likelihood,
-    generation) found."""
-    out: dict[str, Any] = {}
+#: Log-likelihoods are compared within this tolerance: the two sides batch and pad the
+#: same token ids differently, which moves float32 sums in their last digits.
+LOGLIK_ABS_TOL, LOGLIK_REL_TOL = 1e-3, 1e-4
+
+
+def _context(sample: dict[str, Any]) -> str:
+    args = sample["arguments"]
+    return args[0][0] if isinstance(args[0], (list, tuple)) else args["gen_args_0"]["arg_0"]
+
+
+def _first(x: Any) -> Any:
+    return x[0] if isinstance(x, (list, tuple)) else x
+
+
+def _argmax(xs: list[float]) -> int | None:
+    return max(range(len(xs)), key=lambda i: xs[i]) if xs else None
+
+
+def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = LOGLIK_ABS_TOL,
+                rtol: float = LOGLIK_REL_TOL) -> dict[str, Any]:
+    """Item by item, our report against lm-eval's samples.
+
+    An item *disagrees* when something that must be identical for the same checkpoint and
+    files is not: the rendered prompt; for MMLU each option's log-likelihood (within
+    ``atol``/``rtol``) and the chosen option; for MATH the greedy generation's text; or the
+    item is missing on one side. ``item_disagreements`` counts those items (the gate).
+
+    An *extraction difference* is a MATH item whose generation is identical on both sides
+    but whose verdict is not: lm-eval's filter (:data:`MATH_SCORING_SOURCE`) with its
+    exact_match, against our extractor with math-verify. Reported, not gated: it measures
+    the two extractors, not the two runs.
+
+    The scores and whether they are within one standard error of lm-eval's estimate are
+    reported per task as well."""
+    tasks: dict[str, Any] = {}
+    extraction: list[dict[str, Any]] = []
     for t in report.tasks:
+        if t["kind"] not in ("math", "mmlu"):
+            continue  # no lm-eval form (task_yaml)
         name = f"cogumi_{t['name']}"
-        if name not in lm_results.get("samples", {}):
-            continue
         ours = [r for r in report.records if r["task"] == t["name"] and r.get("prompt") is not None]
-        samples = sorted(lm_results["samples"][name], key=lambda s: s["doc_id"])
-        diffs: list[str] = []
-        res = lm_results["results"][name]
-        entry: dict[str, Any] = {"items": min(len(ours), len(samples))}
+        # A task lm-eval did not run is every one of its items missing there, not a pass.
+        samples = sorted(lm_results.get("samples", {}).get(name, []), key=lambda s: s["doc_id"])
+        res = lm_results.get("results", {}).get(name, {})
+        disagreements: list[dict[str, Any]] = []
         for rec, s in zip(ours, samples, strict=False):
-            args = s["arguments"]
+            why: list[str] = []
             if t["kind"] == "mmlu":
-                ctx = args[0][0] if isinstance(args[0], (list, tuple)) else args["gen_args_0"]["arg_0"]
-                if ctx != rec.get("loglik_context"):
-                    diffs.append(f"{rec['item_id']}: prompt differs")
-                lm_ll = [float(r[0][0]) if isinstance(r[0], (list, tuple)) else float(r[0])
+                if _context(s) != rec.get("loglik_context"):
+                    why.append("prompt differs")
+                lm_ll = [float(_first(r[0]) if isinstance(r[0], (list, tuple)) else r[0])
                          for r in s["resps"]]
-                for i, (a, b) in enumerate(zip(rec.get("loglik", []), lm_ll, strict=False)):
-                    if not math.isclose(a, b, abs_tol=atol, rel_tol=1e-4):
-                        diffs.append(f"{rec['item_id']}: option {i} log-likelihood {a:.5f} vs {b:.5f}")
+                our_ll = list(rec.get("loglik", []))
+                if len(our_ll) != len(lm_ll):
+                    why.append(f"{len(our_ll)} option log-likelihoods vs {len(lm_ll)}")
+                for i, (a, b) in enumerate(zip(our_ll, lm_ll, strict=False)):
+                    if not math.isclose(a, b, abs_tol=atol, rel_tol=rtol):
+                        why.append(f"option {i} log-likelihood {a:.5f} vs {b:.5f}")
+                a_best, b_best = _argmax(our_ll), _argmax(lm_ll)
+                if a_best != b_best:
+                    why.append(f"chosen option {a_best} vs {b_best}")
             else:
-                ctx = args[0][0] if isinstance(args[0], (list, tuple)) else args["gen_args_0"]["arg_0"]
-                if ctx != rec["prompt"]:
-                    diffs.append(f"{rec['item_id']}: prompt differs")
-                gen = s["resps"][0][0] if isinstance(s["resps"][0], list) else s["resps"][0]
-                if gen != rec["generations"][0]:
-                    diffs.append(f"{rec['item_id']}: generation differs: {gen[:60]!r} vs "
-                                 f"{rec['generations'][0][:60]!r}")
+                if _context(s) != rec["prompt"]:
+                    why.append("prompt differs")
+                gen = _first(s["resps"][0])
+                ours_gen = rec["generations"][0] if rec["generations"] else None
+                if gen != ours_gen:
+                    why.append(f"generation differs: {str(gen)[:60]!r} vs {str(ours_gen)[:60]!r}")
+                elif float(s.get("exact_match", 0.0)) != float(bool(rec["verdicts"][0])):
+                    extraction.append({
+                        "task": t["name"], "item_id": rec["item_id"], "generation": gen,
+                        "lm_eval_extracted": _first(s.get("filtered_resps")),
+                        "lm_eval_target": s.get("target"),
+                        "lm_eval_correct": bool(float(s.get("exact_match", 0.0))),
+                        "ours_extracted": rec["extracted"][0],
+                        "ours_rule": rec["extraction_rules"][0],
+                        "ours_reference": rec.get("reference"),
+                        "ours_correct": bool(rec["verdicts"][0])})
+            if why:
+                disagreements.append({"item_id": rec["item_id"], "differences": why})
+        for rec in ours[len(samples):]:
+            disagreements.append({"item_id": rec["item_id"], "differences": ["not in lm-eval's samples"]})
+        for s in samples[len(ours):]:
+            disagreements.append({"item_id": f"lm-eval doc {s['doc_id']}",
+                                  "differences": ["not in our records"]})
+        entry: dict[str, Any] = {"items": min(len(ours), len(samples)),
+                                 "items_ours": len(ours), "items_lm_eval": len(samples)}
         if t["kind"] == "mmlu":
             entry["ours"] = report.metrics.get(f"{t['name']}.accuracy_loglik")
             entry["lm_eval_metric"], per_item = "acc,none", [s.get("acc") for s in samples]
         else:
             entry["ours"] = report.metrics.get(f"{t['name']}.accuracy")
-            entry["lm_eval_metric"] = "exact_match,final_answer"
+            entry["lm_eval_metric"] = f"exact_match,{MATH_SCORING_SOURCE[1]}"
             per_item = [s.get("exact_match") for s in samples]
         entry["lm_eval"] = res.get(entry["lm_eval_metric"])
         entry["lm_eval_stderr"] = sample_stderr([float(x) for x in per_item if x is not None])
@@ -189,6 +254,15 @@ def cross_check(report: EvalReport, lm_results: dict[str, Any], atol: float = 1e
         entry["within_one_stderr"] = bool(
             entry["ours"] is not None and entry["lm_eval"] is not None
             and abs(entry["ours"] - entry["lm_eval"]) <= entry["lm_eval_stderr"] + 1e-12)
-        entry["disagreements"] = diffs
-        out[t["name"]] = entry
-    return out
+        entry["item_disagreements"] = len(disagreements)
+        entry["disagreements"] = disagreements
+        tasks[t["name"]] = entry
+    return {
+        "item_disagreements": sum(e["item_disagreements"] for e in tasks.values()),
+        "loglik_tolerance": {"abs": atol, "rel": rtol},
+        "math_scoring": {"lm_eval": f"lm_eval/{MATH_SCORING_SOURCE[0]}, filter "
+                                    f"{MATH_SCORING_SOURCE[1]!r}, exact_match",
+                         "ours": "cogumi.evaluation.answers.extract_math_answer, math-verify"},
+        "extraction_differences": {"count": len(extraction), "items": extraction},
+        "tasks": tasks,
+    }

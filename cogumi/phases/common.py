@@ -69,8 +69,10 @@ def evaluate_model(ctx: PhaseContext, loaded: LoadedModel, out_dir: Path) -> dic
 def lm_eval_cross_check(ctx: PhaseContext, loaded: LoadedModel, report_dir: Path,
                         out_file: Path) -> dict:
     """lm-eval on the same checkpoint and the same files as the evaluation in `report_dir`:
-    item-by-item differences and whether each score is within one standard error of ours
-    (cogumi.evaluation.lm_eval_bridge). Code has no lm-eval form: our sandbox scores it."""
+    items that disagree (prompt, log-likelihoods, chosen option, generation), MATH items
+    the two extractors score differently, and whether each score is within one standard
+    error of ours (cogumi.evaluation.lm_eval_bridge). Code has no lm-eval form: our sandbox
+    scores it."""
     from cogumi.evaluation.lm_eval_bridge import cross_check, run_lm_eval
 
     cfg = ctx.profile.eval
@@ -87,16 +89,22 @@ def lm_eval_cross_check(ctx: PhaseContext, loaded: LoadedModel, report_dir: Path
                           stop=tuple(ctx.profile.model.stop))
     check = cross_check(EvalReport.load(report_dir), results)
     out_file.write_text(json.dumps(check, indent=2))
+    per_task = check["tasks"]
     metrics = {}
-    for name, entry in check.items():
+    for name, entry in per_task.items():
         metrics[f"lm_eval.{name}.score"] = entry["lm_eval"]
         metrics[f"lm_eval.{name}.stderr"] = entry["lm_eval_stderr"]
-        metrics[f"lm_eval.{name}.item_disagreements"] = len(entry["disagreements"])
-    metrics["lm_eval.agreement"] = (sum(e["within_one_stderr"] for e in check.values())
-                                    / len(check)) if check else float("nan")
+        metrics[f"lm_eval.{name}.item_disagreements"] = entry["item_disagreements"]
+    metrics["lm_eval.item_disagreements"] = check["item_disagreements"]
+    metrics["lm_eval.math_extraction_differences"] = check["extraction_differences"]["count"]
+    metrics["lm_eval.scores_within_one_stderr"] = (
+        sum(e["within_one_stderr"] for e in per_task.values()) / len(per_task)
+    ) if per_task else float("nan")
     ctx.notes.append("lm-eval cross-check (lm_eval_crosscheck.json): " + "; ".join(
         f"{name}: ours {e['ours']:.3f} vs lm-eval {e['lm_eval']:.3f} ± {e['lm_eval_stderr']:.3f}"
-        f" ({len(e['disagreements'])} item differences)" for name, e in check.items()))
+        f" ({e['item_disagreements']} items disagree)" for name, e in per_task.items())
+        + f"; {check['extraction_differences']['count']} MATH items scored differently by "
+        f"lm-eval's filter ({check['math_scoring']['lm_eval']}) and ours on the same generation")
     return metrics
 
 
