@@ -397,7 +397,13 @@ def teacher_forced_agreement(model, sequences: list[list[int]], gguf_path: Path,
     """
     per_seq, worst, error = [], [], None
     n_batch = 1 if quantized else 512
-    with LlamaCppLogits(gguf_path, n_ctx=n_ctx, threads=threads, n_batch=n_batch,
+    longest = max(map(len, sequences))
+    if longest > n_ctx:
+        raise GGUFExportError(f"{Path(gguf_path).name}: a teacher-forced sequence of {longest} "
+                              f"tokens does not fit n_ctx = {n_ctx} ([gguf] n_ctx)")
+    # llama-cpp-python keeps n_ctx x vocabulary float32 scores with logits_all: a context of
+    # the longest sequence, not [gguf] n_ctx (2 GB for Gemma's 262k vocabulary at 2048).
+    with LlamaCppLogits(gguf_path, n_ctx=longest, threads=threads, n_batch=n_batch,
                         kv_f32=not quantized, log_path=log_path) as gguf:
         for k, ids in enumerate(sequences):
             try:

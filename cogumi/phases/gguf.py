@@ -71,12 +71,16 @@ def _prompts(ctx: PhaseContext, tokenizer, n: int) -> list[tuple[dict, ...]]:
     return out
 
 
-def shipped_settings(ctx: PhaseContext) -> GenerationSettings:
-    """Greedy evaluation of the shipped file, with the profile's stop strings as every other
-    phase's evaluation has them (a base model without them runs on into the next question)."""
-    ev = ctx.profile.eval
-    return GenerationSettings(max_new_tokens=ev.max_new_tokens, temperature=0.0, seed=ctx.seed,
-                              samples=1, stop=tuple(ctx.profile.model.stop))
+def evaluate_shipped(ctx: PhaseContext, path: Path):
+    """The shipped file on the evaluation suite in llama.cpp: greedy, with the profile's stop
+    strings as every other phase's evaluation has them (a base model without them runs on
+    into the next question, and its answer is scored from the wrong text)."""
+    cfg, ev = ctx.profile.gguf, ctx.profile.eval
+    # n_batch=1: the batched-decoding crash of quantized models (see step 4).
+    backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, n_batch=1)
+    settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, temperature=0.0,
+                                  seed=ctx.seed, samples=1, stop=tuple(ctx.profile.model.stop))
+    return evaluate(backend, eval_tasks(ctx), settings, limit=ev.limit)
 
 
 def run(ctx: PhaseContext) -> dict:
@@ -172,8 +176,7 @@ def run(ctx: PhaseContext) -> dict:
     # 5. The shipped file on the evaluation suite.
     ctx.console.print(f"2C.5 evaluate {SHIPPED} in llama.cpp")
     ev = ctx.profile.eval
-    shipped = LlamaCppBackend(out / SHIPPED, n_ctx=cfg.n_ctx, n_threads=cfg.threads, n_batch=1)
-    report = evaluate(shipped, eval_tasks(ctx), shipped_settings(ctx), limit=ev.limit)
+    report = evaluate_shipped(ctx, out / SHIPPED)
     report.write(out / "eval_after")
     if ev.limit is not None:
         ctx.notes.append(f"reduced evaluation sample: at most {ev.limit} items per task "
