@@ -171,7 +171,9 @@ class GGUFConfig(_Strict):
     """Evaluation prompts (chat-formatted) tokenized by both sides, plus fixed hard texts."""
     greedy_prompts: int = Field(default=20, gt=0)
     greedy_tokens: int = Field(default=16, gt=0)
-    """Greedy agreement: the first N tokens of each prompt's continuation must match."""
+    """Teacher-forced agreement: `greedy_prompts` evaluation prompts, each followed by the HF
+    model's greedy continuation of at most `greedy_tokens` tokens; every position of those
+    ids is compared between transformers and llama.cpp (top-1 agreement, KL)."""
     threads: int = Field(default=2, gt=0)
     n_ctx: int = Field(default=2048, gt=0)
 

@@ -171,3 +171,28 @@ def test_real_gemma_gguf_through_llama_cpp():
     assert got["same"] and got["text"].strip()  # greedy is deterministic
     assert all(x < 0 for x in got["ll"]) and got["ll"][0] > got["ll"][1]  # " 4" beats " banana"
     assert got["n"] == 1.0
+
+
+def test_phase_2c_evaluates_the_shipped_file_with_the_profiles_stop_strings(tmp_path, monkeypatch):
+    """Every phase's evaluation ends a base model's answer at the profile's stop strings;
+    2C's evaluation of model.gguf must too, or its retention is scored from other text."""
+    from rich.console import Console
+
+    from cogumi.phases import gguf as phase
+    from cogumi.profile import load_profile
+    from cogumi.registry import get_phase
+    from cogumi.runner import PhaseContext
+
+    stop = ["\nQuestion:", "\nProblem:"]
+    profile = load_profile("tiny")
+    profile = profile.model_copy(update={
+        "model": profile.model.model_copy(update={"stop": stop}),
+        "eval": profile.eval.model_copy(update={"limit": 1})})
+    fake = FakeLlama()
+    monkeypatch.setattr(phase, "LlamaCppBackend",
+                        lambda *a, **kw: LlamaCppBackend(llama=fake, add_bos=True))
+    ctx = PhaseContext(profile=profile, phase=get_phase("2C"), out_dir=tmp_path,
+                       runs_dir=tmp_path, console=Console(quiet=True))
+    phase.evaluate_shipped(ctx, tmp_path / "model.gguf")
+    assert fake.calls, "the evaluation generated nothing"
+    assert all(c["stop"] == stop for c in fake.calls), [c["stop"] for c in fake.calls]

@@ -9,8 +9,9 @@
   need rows that are a multiple of 256 wide; llama.cpp otherwise quantizes the tensor to
   another type and only says so in its log. A file is never reported as Q5_K_M without the
   share of its weights that really is in Q5_K_M's types.
-- `tokenizer_agreement`, `greedy_agreement`: the GGUF, run by llama.cpp, against the HF
-  tokenizer and model it came from.
+- `tokenizer_agreement`: the GGUF's tokenizer in llama.cpp against the HF tokenizer.
+- `teacher_forced_agreement`: the same token ids fed to the HF model and to the GGUF in
+  llama.cpp; at every position, whether the two argmaxes agree and KL(HF || GGUF).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHILD = Path(__file__).with_name("_convert_child.py")
+LOGITS_CHILD = Path(__file__).with_name("_logits_child.py")
 QK_K = 256
 """Super-block width of every K-quant: a row must be a multiple of it."""
 
@@ -249,72 +251,178 @@ def tokenizer_agreement_gguf(gguf_path: Path, reference_gguf: Path, texts: list[
             "agreement": same / len(texts) if texts else float("nan")}
 
 
-def divergence_point(model, tokenizer, prompt_ids: list[int], hf_text: str, gguf_text: str,
-                     eos_id: int) -> dict | None:
-    """Where two greedy continuations part, and how close the HF model was to a tie there.
+# ------------------------------------------------------------- teacher-forced agreement
 
-    Returns the HF model's probabilities of its own next token and of the GGUF's at the first
-    differing position (the GGUF's is EOS if it stopped). A small gap means the quantized
-    file took the runner-up of a near-tie: rounding, not a broken export.
+
+def next_token_agreement(hf_logits, gguf_logits) -> dict:
+    """Per position, the two next-token distributions of the same token ids compared.
+
+    `hf_logits`, `gguf_logits`: (positions, vocabulary) arrays of raw logits. Returns
+    `same_top1` (both argmaxes equal) and `kl`: KL(HF || GGUF) = sum_v p_HF(v) (log p_HF(v) -
+    log p_GGUF(v)) in nats, softmax over the full vocabulary, in float64 (the direction of
+    llama.cpp's perplexity tool: the unquantized model is the reference distribution).
     """
+    import numpy as np
+
+    p = np.asarray(hf_logits, dtype=np.float64)
+    q = np.asarray(gguf_logits, dtype=np.float64)
+    if p.ndim != 2 or p.shape != q.shape:
+        raise ValueError(f"next_token_agreement needs two (positions, vocabulary) arrays of one "
+                         f"shape; got {p.shape} (HF) and {q.shape} (GGUF)")
+    lp = _log_softmax(p)
+    lq = _log_softmax(q)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
+    return {"same_top1": p.argmax(axis=1) == q.argmax(axis=1), "kl": kl,
+            "hf_top1": p.argmax(axis=1), "gguf_top1": q.argmax(axis=1),
+            "hf_p_top1": np.exp(lp.max(axis=1))}
+
+
+def _log_softmax(x):
+    import numpy as np
+
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+
+
+def summarize_agreement(per_sequence: list[dict]) -> dict:
+    """Pooled over every position of every sequence: top-1 agreement (share of positions
+    whose argmaxes agree), mean / median / max KL(HF || GGUF) in nats."""
+    import numpy as np
+
+    same = np.concatenate([r["same_top1"] for r in per_sequence]) if per_sequence else []
+    kl = np.concatenate([r["kl"] for r in per_sequence]) if per_sequence else np.array([])
+    n = len(kl)
+    return {"sequences": len(per_sequence), "positions": n,
+            "top1_agreement": float(np.mean(same)) if n else float("nan"),
+            "top1_disagreements": int(n - np.sum(same)) if n else 0,
+            "mean_kl": float(kl.mean()) if n else float("nan"),
+            "median_kl": float(np.median(kl)) if n else float("nan"),
+            "max_kl": float(kl.max()) if n else float("nan")}
+
+
+class LlamaCppCrashed(GGUFExportError):
+    """The llama.cpp child process died (a SIGSEGV is a negative exit code) or sent no data."""
+
+
+class LlamaCppLogits:
+    """A GGUF's logits at every position of a token sequence, computed in a child process
+    (`_logits_child.py` says why). `n_batch`: tokens per decode call (1 for quantized files,
+    see the llama.cpp backend); `kv_f32`: an F32 KV cache instead of llama.cpp's F16 one."""
+
+    def __init__(self, path: Path, *, n_ctx: int, threads: int, n_batch: int, kv_f32: bool,
+                 log_path: Path) -> None:
+        self.path, self.log_path, self.n_ctx = Path(path), Path(log_path), n_ctx
+        self._log = open(log_path, "wb")
+        self._proc = subprocess.Popen(
+            [sys.executable, str(LOGITS_CHILD), str(path), str(n_ctx), str(threads),
+             str(n_batch), "f32" if kv_f32 else "default"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
+
+    def __call__(self, ids: list[int]):
+        import numpy as np
+
+        if len(ids) > self.n_ctx:
+            raise GGUFExportError(f"{self.path.name}: a teacher-forced sequence of {len(ids)} "
+                                  f"tokens does not fit n_ctx = {self.n_ctx} ([gguf] n_ctx)")
+        try:
+            self._proc.stdin.write((json.dumps([int(i) for i in ids]) + "\n").encode())
+            self._proc.stdin.flush()
+            head = self._proc.stdout.read(8)
+            rows, vocab = (np.frombuffer(head, dtype="<i4") if len(head) == 8 else (0, 0))
+            body = self._proc.stdout.read(int(rows) * int(vocab) * 4) if rows else b""
+        except BrokenPipeError:
+            head, body, rows, vocab = b"", b"", 0, 0
+        if len(head) != 8 or len(body) != int(rows) * int(vocab) * 4 or rows != len(ids):
+            raise LlamaCppCrashed(self._died())
+        return np.frombuffer(body, dtype="<f4").reshape(int(rows), int(vocab))
+
+    def _died(self) -> str:
+        try:
+            rc = self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            rc = self._proc.wait()
+        self._log.flush()
+        tail = "\n".join(self.log_path.read_text(errors="replace").strip().splitlines()[-4:])
+        how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
+        return (f"llama.cpp died computing logits of {self.path.name} ({how}; log "
+                f"{self.log_path}){': ' + tail if tail else ''}")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> LlamaCppLogits:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def hf_greedy_sequence(model, prompt_ids: list[int], max_new_tokens: int,
+                       pad_id: int | None) -> list[int]:
+    """The prompt's ids followed by the HF model's greedy continuation (up to and including
+    EOS if it stops first): the sequence both models are then fed, token for token."""
     import torch
 
-    a = tokenizer.encode(hf_text, add_special_tokens=False)
-    b = tokenizer.encode(gguf_text, add_special_tokens=False)
-    k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-    if k >= len(a) and k >= len(b):
-        return None  # the same tokens: nothing parted
     with torch.inference_mode():
-        logits = model(torch.tensor([prompt_ids + a[:k]])).logits[0, -1].float()
-    p = torch.softmax(logits, dim=-1)
-    # A continuation that ended there ended with EOS (both had the same token budget).
-    own = a[k] if k < len(a) else eos_id
-    theirs = b[k] if k < len(b) else eos_id
-    return {"position": k, "p_hf_token": float(p[own]), "p_gguf_token": float(p[theirs]),
-            "gap": float(p[own] - p[theirs]),
-            "gguf_token_rank": int((p > p[theirs]).sum())}
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad_id,
+                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long))
+    return [int(t) for t in out[0]]
 
 
-NEAR_TIE = 0.05
-"""Where the HF model's own next token leads the GGUF's pick by less than this probability,
-a quantized file may take either: that divergence is rounding at a near-tie."""
+def hf_logits(model, ids: list[int]):
+    """The HF model's logits at every position of `ids`, float32, (positions, vocabulary)."""
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].float().cpu().numpy()
 
 
-def beyond_near_ties(identical: int, prompts: int, parted: list[dict]) -> float:
-    """Share of prompts whose continuations are identical or part only at a near-tie.
+def teacher_forced_agreement(model, sequences: list[list[int]], gguf_path: Path, *, n_ctx: int,
+                             threads: int, quantized: bool, log_path: Path) -> dict:
+    """The same token ids through transformers and llama.cpp; every position compared.
 
-    A quantized file perturbs every logit a little; greedy decoding turns a perturbed
-    near-tie into a different continuation. A broken file (wrong tokenizer, wrong weights,
-    wrong rope) also departs where the HF model is sure, and that is what this counts."""
-    ties = sum(1 for d in parted if d["gap"] < NEAR_TIE)
-    return (identical + ties) / prompts if prompts else float("nan")
-
-
-def greedy_agreement(gguf_outputs: list[str], hf_outputs: list[str], hf_tokenizer) -> dict:
-    """Greedy continuations of the same prompts by llama.cpp and by transformers.
-
-    `agreement`: share of prompts whose whole greedy continuation (the first N tokens, N =
-    the budget both were given) is identical. `prefix_share`: mean share of the HF
-    continuation's tokens that the GGUF reproduces before the first difference — how far
-    the two stay together when they do part.
+    Quantized files are decoded one token per call (the batched-decoding crash); an
+    unquantized file in batches of 512 with an F32 KV cache, so that only rounding separates
+    it from the HF model. A crash is returned as `error` with NaN figures (what was compared
+    before it is kept), so it fails the gates instead of ending the phase.
     """
-    if len(gguf_outputs) != len(hf_outputs):
-        raise ValueError("greedy_agreement needs one GGUF output per HF output")
-    same, prefixes, examples = 0, [], []
-    for ours, theirs in zip(gguf_outputs, hf_outputs, strict=True):
-        if ours == theirs:
-            same += 1
-            prefixes.append(1.0)
-            continue
-        a = hf_tokenizer.encode(ours, add_special_tokens=False)
-        b = hf_tokenizer.encode(theirs, add_special_tokens=False)
-        common = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                      min(len(a), len(b)))
-        prefixes.append(common / max(len(b), 1))
-        if len(examples) < 3:
-            examples.append({"llama_cpp": ours[:160], "hf": theirs[:160]})
-    n = len(hf_outputs)
-    return {"prompts": n, "identical": same,
-            "agreement": same / n if n else float("nan"),
-            "prefix_share": sum(prefixes) / n if n else float("nan"),
-            "disagreements": examples}
+    per_seq, worst, error = [], [], None
+    n_batch = 1 if quantized else 512
+    longest = max(map(len, sequences))
+    if longest > n_ctx:
+        raise GGUFExportError(f"{Path(gguf_path).name}: a teacher-forced sequence of {longest} "
+                              f"tokens does not fit n_ctx = {n_ctx} ([gguf] n_ctx)")
+    # llama-cpp-python keeps n_ctx x vocabulary float32 scores with logits_all: a context of
+    # the longest sequence, not [gguf] n_ctx (2 GB for Gemma's 262k vocabulary at 2048).
+    with LlamaCppLogits(gguf_path, n_ctx=longest, threads=threads, n_batch=n_batch,
+                        kv_f32=not quantized, log_path=log_path) as gguf:
+        for k, ids in enumerate(sequences):
+            try:
+                theirs = gguf(ids)
+            except LlamaCppCrashed as exc:
+                error = str(exc)
+                break
+            r = next_token_agreement(hf_logits(model, ids), theirs)
+            per_seq.append(r)
+            i = int(r["kl"].argmax())
+            worst.append({"sequence": k, "position": i, "tokens": len(ids),
+                          "kl": float(r["kl"][i]), "hf_top1": int(r["hf_top1"][i]),
+                          "gguf_top1": int(r["gguf_top1"][i]),
+                          "hf_p_top1": float(r["hf_p_top1"][i])})
+    summary = summarize_agreement(per_seq)
+    summary.update({"n_batch": n_batch, "kv_cache": "F16 (llama.cpp default)" if quantized
+                    else "F32", "worst_positions": sorted(worst, key=lambda w: -w["kl"])[:3]})
+    if error is not None:
+        summary.update({"error": error, "sequences_compared": len(per_seq),
+                        "top1_agreement": float("nan"), "mean_kl": float("nan"),
+                        "median_kl": float("nan"), "max_kl": float("nan")})
+    return summary

@@ -8,7 +8,9 @@
 3. Read every file's tensor types back and record any fallback (row widths that are not a
    multiple of 256 cannot be K-quants; llama.cpp then uses another type).
 4. Per file, in llama.cpp: tokenization identical to the HF tokenizer on evaluation prompts
-   and hard texts; greedy continuations identical to the HF model's.
+   and hard texts; and teacher-forced agreement: each prompt followed by the HF model's
+   greedy continuation, the same token ids fed to both, and at every position whether the
+   two top next tokens agree and KL(HF || GGUF) over the full vocabulary.
 5. The shipped file on the evaluation suite (llama.cpp backend): retention against 2E (per
    step) and against the uncompressed 1B model (cumulative).
 """
@@ -34,7 +36,6 @@ from cogumi.compression.common import (
 )
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
 from cogumi.evaluation import (
-    GenerationRequest,
     GenerationSettings,
     LlamaCppBackend,
     TransformersBackend,
@@ -68,6 +69,18 @@ def _prompts(ctx: PhaseContext, tokenizer, n: int) -> list[tuple[dict, ...]]:
             if i < len(p) and len(out) < n:
                 out.append(p[i])
     return out
+
+
+def evaluate_shipped(ctx: PhaseContext, path: Path):
+    """The shipped file on the evaluation suite in llama.cpp: greedy, with the profile's stop
+    strings as every other phase's evaluation has them (a base model without them runs on
+    into the next question, and its answer is scored from the wrong text)."""
+    cfg, ev = ctx.profile.gguf, ctx.profile.eval
+    # n_batch=1: the batched-decoding crash of quantized models (see step 4).
+    backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, n_batch=1)
+    settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, temperature=0.0,
+                                  seed=ctx.seed, samples=1, stop=tuple(ctx.profile.model.stop))
+    return evaluate(backend, eval_tasks(ctx), settings, limit=ev.limit)
 
 
 def run(ctx: PhaseContext) -> dict:
@@ -129,29 +142,25 @@ def run(ctx: PhaseContext) -> dict:
     hf_backend = TransformersBackend(loaded.model, tok, batch_size=ctx.profile.eval.batch_size,
                                      add_bos=loaded.add_bos)
     texts = [hf_backend.render(m) for m in prompts[:cfg.tokenizer_texts]] + list(HARD_TEXTS)
-    requests = [GenerationRequest(messages=m, max_new_tokens=cfg.greedy_tokens)
-                for m in prompts[:cfg.greedy_prompts]]
-    ctx.console.print(f"2C.4 verify: {len(texts)} texts tokenized, {len(requests)} prompts × "
-                      f"{cfg.greedy_tokens} greedy tokens, per file")
-    hf_out = [o.text for o in hf_backend.generate(requests)]
-    prompt_ids = [hf_backend.encode(hf_backend.render(r.messages)) for r in requests]
-    eos = tok.eos_token_id
+    sequences = [G.hf_greedy_sequence(loaded.model, hf_backend.encode(hf_backend.render(m)),
+                                      cfg.greedy_tokens, tok.pad_token_id)
+                 for m in prompts[:cfg.greedy_prompts]]
+    ctx.console.print(f"2C.4 verify: {len(texts)} texts tokenized; {len(sequences)} prompts + "
+                      f"≤ {cfg.greedy_tokens} HF greedy tokens ({sum(map(len, sequences))} "
+                      f"positions) teacher-forced, per file")
     checks = {}
     for qtype, path in files.items():
+        agreement = G.teacher_forced_agreement(
+            loaded.model, sequences, path, n_ctx=cfg.n_ctx, threads=cfg.threads,
+            quantized=qtype in G.QUANT_TYPES, log_path=logs / f"teacher-forced-{qtype}.log")
+        if "error" in agreement:
+            ctx.notes.append(f"{qtype}: {agreement['error']}")
         # n_batch=1: llama-cpp-python 0.3.36 crashes in batched prompt decoding of quantized
         # models on this CPU (see cogumi/evaluation/README.md).
         backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, n_batch=1)
-        gguf_out = [o.text for o in backend.generate(requests)]
-        parted = [G.divergence_point(loaded.model, tok, ids, h, g, eos)
-                  for ids, h, g in zip(prompt_ids, hf_out, gguf_out, strict=True) if h != g]
-        parted = [d for d in parted if d is not None]
-        greedy = G.greedy_agreement(gguf_out, hf_out, tok)
-        greedy["beyond_near_ties"] = G.beyond_near_ties(greedy["identical"], greedy["prompts"],
-                                                        parted)
         checks[qtype] = {
             "tokenizer": G.tokenizer_agreement(path, tok, texts),
-            "greedy": greedy,
-            "divergences": parted,
+            "teacher_forced": agreement,
             "chat_template_in_gguf": backend.template == tok.chat_template,
             "add_bos_in_gguf": backend.add_bos,
         }
@@ -167,10 +176,7 @@ def run(ctx: PhaseContext) -> dict:
     # 5. The shipped file on the evaluation suite.
     ctx.console.print(f"2C.5 evaluate {SHIPPED} in llama.cpp")
     ev = ctx.profile.eval
-    shipped = LlamaCppBackend(out / SHIPPED, n_ctx=cfg.n_ctx, n_threads=cfg.threads, n_batch=1)
-    report = evaluate(shipped, eval_tasks(ctx),
-                      GenerationSettings(max_new_tokens=ev.max_new_tokens, temperature=0.0,
-                                         seed=ctx.seed, samples=1), limit=ev.limit)
+    report = evaluate_shipped(ctx, out / SHIPPED)
     report.write(out / "eval_after")
     if ev.limit is not None:
         ctx.notes.append(f"reduced evaluation sample: at most {ev.limit} items per task "
@@ -197,35 +203,41 @@ def run(ctx: PhaseContext) -> dict:
     write_sizes(out, rows)
 
     gguf_report = {"source": str(src), "base_type": cfg.base_type, "ship_type": cfg.ship_type,
-                   "pre_tokenizer": decision, "files": {
+                   "pre_tokenizer": decision, "sequences": len(sequences),
+                   "continuation_tokens": cfg.greedy_tokens,
+                   "kl_direction": "KL(HF || GGUF), nats, full-vocabulary softmax",
+                   "files": {
                        q: {"path": str(p.relative_to(out)), "bytes": p.stat().st_size,
                            "types": types[q], **checks[q]} for q, p in files.items()}}
     (out / "gguf_report.json").write_text(json.dumps(gguf_report, indent=2, default=str) + "\n")
     ctx.write_report(_report_md(gguf_report, rows, reference, steps, params))
 
     ship = checks[cfg.ship_type]
+    base_check = checks[cfg.base_type]["teacher_forced"]
     metrics = {k: after[k] for k in after}
     metrics.update({
         "size_mb": (out / SHIPPED).stat().st_size / MB,
         "gguf.tokenizer_agreement": ship["tokenizer"]["agreement"],
-        "gguf.greedy_agreement": ship["greedy"]["agreement"],
-        "gguf.greedy_prefix_share": ship["greedy"]["prefix_share"],
-        "gguf.greedy_agreement_beyond_near_ties": ship["greedy"]["beyond_near_ties"],
+        "gguf.top1_agreement": ship["teacher_forced"]["top1_agreement"],
+        "gguf.mean_kl": ship["teacher_forced"]["mean_kl"],
+        "gguf.max_kl": ship["teacher_forced"]["max_kl"],
+        "gguf.base.top1_agreement": base_check["top1_agreement"],
+        "gguf.base.mean_kl": base_check["mean_kl"],
+        "gguf.base.max_kl": base_check["max_kl"],
         "gguf.intended_share": shipped_types["intended_share"],
         "gguf.fallback_tensors": shipped_types["fallback_tensors"],
         "gguf.bits_per_parameter": (out / SHIPPED).stat().st_size * 8 / params,
         "retention": steps[-1]["cumulative"]["value"],
         "retention_vs_2e": steps[-1]["per_step"]["value"],
     })
-    if ship["divergences"]:
-        gaps = sorted(d["gap"] for d in ship["divergences"])
-        metrics["gguf.divergence_median_prob_gap"] = gaps[len(gaps) // 2]
     if vocab_gguf is not None:
         metrics["gguf.tokenizer_agreement_source_gguf"] = \
             ship["tokenizer_vs_source_gguf"]["agreement"]
     for qtype, c in checks.items():
         metrics[f"gguf.{qtype}.tokenizer_agreement"] = c["tokenizer"]["agreement"]
-        metrics[f"gguf.{qtype}.greedy_agreement"] = c["greedy"]["agreement"]
+        metrics[f"gguf.{qtype}.top1_agreement"] = c["teacher_forced"]["top1_agreement"]
+        metrics[f"gguf.{qtype}.mean_kl"] = c["teacher_forced"]["mean_kl"]
+        metrics[f"gguf.{qtype}.max_kl"] = c["teacher_forced"]["max_kl"]
         metrics[f"gguf.{qtype}.intended_share"] = types[qtype]["intended_share"]
     # The shipped file against the full-precision model it was exported from.
     metrics.update(judge_against_input(ctx, ctx.input_dir("2E") / "eval", out / "eval_after",
@@ -240,31 +252,32 @@ def _tokenizer_line(rep: dict) -> str:
     return f"pre-tokenizer `{d['pre_tokenizer']}` from the {d['source']}"
 
 
-def _gaps(parted: list[dict]) -> str:
-    if not parted:
-        return "—"
-    gaps = sorted(d["gap"] for d in parted)
-    return f"{gaps[len(gaps) // 2]:.3f}, {gaps[-1]:.3f} (n = {len(gaps)})"
-
-
 def _report_md(rep: dict, rows: list[dict], reference, steps: list[dict], params: int) -> str:
     lines = [f"Exported `{rep['source']}` ({params:,} parameters) with llama.cpp's converter "
              f"to {rep['base_type']}, quantized with llama.cpp's quantizer; shipped: "
              f"**{rep['ship_type']}** as `model.gguf`. Tokenizer: {_tokenizer_line(rep)}.",
              "", "### GGUF files, verified in llama.cpp", "",
+             f"Teacher-forced: {rep['sequences']} prompts, each followed by the HF model's "
+             f"greedy continuation of at most {rep['continuation_tokens']} tokens; the same "
+             f"token ids are fed to transformers and to llama.cpp, and at every position "
+             f"(prompt and continuation) the next-token distributions are compared: top-1 "
+             f"agreement is the share of positions whose argmaxes agree, KL is KL(HF ‖ GGUF) "
+             f"in nats, softmax over the full vocabulary (llama.cpp's perplexity tool's "
+             f"direction). Quantized files: one token per decode call, llama.cpp's default "
+             f"F16 KV cache; the {rep['base_type']} file: batches of 512, F32 KV cache.", "",
              "| file | type | MB | in intended types | fallback tensors | tokenizer agreement "
-             "| greedy agreement | greedy prefix share | HF p(own) − p(GGUF's) where they part "
-             f"(median, max) | agreement beyond near-ties (gap < {G.NEAR_TIE}) |",
+             "| top-1 agreement (positions) | mean KL | median KL | max KL |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for q, f in rep["files"].items():
-        t = f["types"]
+        t, a = f["types"], f["teacher_forced"]
         share = "n/a (unquantized)" if t["intended_types"] is None else f"{t['intended_share']:.1%}"
+        agree = ("**crashed** (see notes)" if "error" in a else
+                 f"{a['top1_agreement']:.4f} ({a['positions'] - a['top1_disagreements']}/"
+                 f"{a['positions']})")
         lines.append(f"| `{f['path']}` | {q} | {f['bytes'] / MB:.3f} | {share} | "
                      f"{t['fallback_tensors']} | {f['tokenizer']['agreement']:.3f} "
-                     f"({f['tokenizer']['identical']}/{f['tokenizer']['texts']}) | "
-                     f"{f['greedy']['agreement']:.3f} ({f['greedy']['identical']}/"
-                     f"{f['greedy']['prompts']}) | {f['greedy']['prefix_share']:.3f} | "
-                     f"{_gaps(f['divergences'])} | {f['greedy']['beyond_near_ties']:.3f} |")
+                     f"({f['tokenizer']['identical']}/{f['tokenizer']['texts']}) | {agree} | "
+                     f"{a['mean_kl']:.3g} | {a['median_kl']:.3g} | {a['max_kl']:.3g} |")
     lines += ["", "Tensor types by file (count):", ""]
     lines += [f"- {q}: " + ", ".join(f"{k} × {v}" for k, v in f["types"]["count_by_type"].items())
               + (f" — {G.describe_types(f['types'])}" if f["types"]["fallback_tensors"] else "")
