@@ -417,6 +417,10 @@ def snapshot(profile_name: str, runs_dir: Path) -> dict | None:
             skipped.append(f"{phase.id}: its artifact has no gate run")
             continue
         check = ledger.check_signoff(runs_dir, phase.id, config_digest(profile, phase.id))
+        if check.state in (ledger.State.STALE, ledger.State.TAMPERED):
+            # Not what the shipped profile would build now: never quoted as its result.
+            skipped.append(f"{phase.id}: {check.reason}")
+            continue
         files = {}
         for out in phase.outputs:
             path = folder / out
