@@ -11,8 +11,6 @@ from cogumi import cli, provenance, summary
 from cogumi.profile import ProfileError, load_profile
 from cogumi.summary import Results, SummaryError, parse_blocks, render
 
-from .conftest import profile_with
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -222,9 +220,16 @@ def test_plan_rejects_a_typed_estimate_and_names_a_bad_measurement(tmp_path):
 
 # --------------------------------------------------------------------------- snapshots
 
-def test_snapshot_copies_the_gated_run_and_renders_from_it(tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def phase0_runs(tmp_path_factory):
+    """One real phase-0 run on tiny (a few seconds), shared by the snapshot tests."""
+    runs = tmp_path_factory.mktemp("summary") / "runs"
     assert cli.main(["run", "0", "--runs", str(runs)]) == 0
+    return runs
+
+
+def test_snapshot_copies_the_gated_run_and_renders_from_it(tmp_path, phase0_runs):
+    runs = phase0_runs
     results = tmp_path / "results"
     results.mkdir()
     written = summary.write_snapshots(runs, results)
@@ -245,10 +250,10 @@ def test_snapshot_copies_the_gated_run_and_renders_from_it(tmp_path):
         summary.gates_table(Results(results), "tiny", "1A")
 
 
-def test_a_run_under_other_settings_than_the_shipped_profile_is_not_snapshotted(tmp_path):
-    profile, path = profile_with(tmp_path, "")
-    path.write_text(path.read_text().replace("min_response_chars = 1", "min_response_chars = 2"))
-    runs = tmp_path / "runs"
-    assert cli.main(["run", "0", "--profile", str(path), "--runs", str(runs)]) == 0
-    assert summary.write_snapshots(runs, tmp_path) == []
-    assert summary.snapshot("tiny", runs / "tiny") is None
+def test_a_run_under_other_settings_than_the_shipped_profile_is_not_snapshotted(
+        tmp_path, phase0_runs, monkeypatch):
+    import cogumi.runner
+    # As if tiny.toml's [data] had changed since the run: the artifact is stale.
+    monkeypatch.setattr(cogumi.runner, "config_digest", lambda profile, phase_id: "other")
+    assert summary.write_snapshots(phase0_runs, tmp_path) == []
+    assert summary.snapshot("tiny", phase0_runs / "tiny") is None
