@@ -328,17 +328,20 @@ def pipeline_phases(r: Results, profile: str) -> str:
         gates = p["gates"]
         passed = sum(g["passed"] for g in gates)
         waived = sum(bool(g.get("waived")) for g in gates)
+        commit = str(p["git_commit"])
+        wall = p["wall_time_s"]
         lines.append(f"| {pid} | {_verdict(p)} | {passed}/{len(gates)}"
-                     f"{f' ({waived} waived)' if waived else ''} | {p['wall_time_s']:.0f} s | "
-                     f"{str(p['git_commit'])[:10]} |")
+                     f"{f' ({waived} waived)' if waived else ''} | "
+                     f"{wall:.{1 if wall < 10 else 0}f} s | "
+                     f"{commit[:10]}{'+dirty' * commit.endswith('+dirty')} |")
     return "\n".join(lines)
 
 
 def phase0_accounting(r: Results, profile: str) -> str:
     from cogumi.data.quality import REMOVAL_RULES
     m = _phase(r, profile, "0")["metrics"]
-    removed = [f"{rule.replace('_', ' ')} {int(m[f'removed.{rule}'])}" for rule in REMOVAL_RULES
-               if m.get(f"removed.{rule}")]
+    removed = [f"{rule.replace('_', ' ').replace('non english', 'non-English')} "
+               f"{int(m[f'removed.{rule}'])}" for rule in REMOVAL_RULES if m.get(f"removed.{rule}")]
     text = (f"records in {int(m['records.in'])} = kept {int(m['records.kept'])} + removed "
             f"{int(m['records.removed'])} ({', '.join(removed)}) + quarantined "
             f"{int(m['records.quarantined'])}; English share {m['english.share']:.3f}")
