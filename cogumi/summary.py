@@ -359,30 +359,32 @@ def phase1a_before_after(r: Results, profile: str) -> str:
 
 
 def phase1b_figures(r: Results, profile: str) -> str:
-    p = _phase(r, profile, "1B")
-    m = p["metrics"]
-    text = (f"consistency {_g(m['before.consistency'])} → {_g(m['consistency'])}, greedy MATH "
-            f"{_g(m['before.math.accuracy'])} → {_g(m['math.accuracy'])}; "
+    m = _phase(r, profile, "1B")["metrics"]
+    diffs = int(m["lm_eval.math.item_disagreements"] + m["lm_eval.mmlu.item_disagreements"])
+    return (f"consistency {_g(m['before.consistency'])} → {_g(m['consistency'])} of the prompts "
+            f"whose sampled answers all agree (math alone "
+            f"{_g(m['before.diagnostic.math.consistency'])} → "
+            f"{_g(m['diagnostic.math.consistency'])}); greedy MATH "
+            f"{_g(m['before.math.accuracy'])} → {_g(m['math.accuracy'])}; lm-eval on the same "
+            f"checkpoint and files: MATH {m['lm_eval.math.score']:.3f} ± "
+            f"{m['lm_eval.math.stderr']:.3f}, MMLU {m['lm_eval.mmlu.score']:.3f} ± "
+            f"{m['lm_eval.mmlu.stderr']:.3f}, {diffs} item-level differences; "
             f"{int(m['distill.kept'])} verified generations kept, {int(m['distill.dropped'])} "
             f"dropped with their reasons")
-    check = p.get("files", {}).get("lm_eval_crosscheck.json")
-    if check is not None:
-        text += f"; lm-eval agreement {_g(m['lm_eval.agreement'])}"
-    return text
 
 
 def phase2_chain(r: Results, profile: str) -> str:
     steps = [s for s in ("1B", "2A", "2E", "2B") if s in r.get(SNAPSHOT.format(profile=profile),
                                                                    "phases")]
     walls = ", ".join(f"{s} {_phase(r, profile, s)['wall_time_s']:.0f} s" for s in steps[1:])
-    math_chain = " → ".join(f"{_g(_metric(r, profile, s, 'math.accuracy'))} ({s})"
+    math_chain = " → ".join(f"{_metric(r, profile, s, 'math.accuracy'):.3f} ({s})"
                             for s in steps)
     text = (f"{walls}; sparsity {_metric(r, profile, '2A', 'sparsity'):.3f}, MATH "
             f"{math_chain}")
     if "2B" in steps:
         text += (f", {_metric(r, profile, '2A', 'size_mb'):.1f} MB → "
-                 f"{_metric(r, profile, '2B', 'size_mb'):.1f} MB "
-                 f"({_metric(r, profile, '2B', 'bits_per_parameter'):.1f} bits per parameter)")
+                 f"{_metric(r, profile, '2B', 'size_mb'):.1f} MB, "
+                 f"{_metric(r, profile, '2B', 'bits_per_parameter'):.1f} bits per parameter")
     return text
 
 
