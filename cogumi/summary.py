@@ -32,9 +32,9 @@ from cogumi.gates import repo_root
 
 RESULTS = Path("benchmarks/results")
 SNAPSHOT = "pipeline_{profile}.json"
-SNAPSHOT_FILE_LIMIT = 64_000
-"""A phase's JSON outputs up to this size go into the snapshot (reports' tables); larger
-ones (per-tensor listings) stay in runs/."""
+SNAPSHOT_FILE_LIMIT = 8_000
+"""A phase's JSON outputs up to this size go into the snapshot (sizes, retention, the lm-eval
+cross-check); larger ones (per-tensor listings, training logs) stay in runs/."""
 
 _MARKER = re.compile(r"<!-- (/?)cogumi:summary:([^ ]*) -->")
 
