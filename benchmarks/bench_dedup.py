@@ -35,11 +35,9 @@ import hashlib
 import json
 import multiprocessing
 import os
-import platform
 import random
 import re
 import resource
-import shlex
 import sys
 import sysconfig
 import threading
@@ -55,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from cogumi.data import dedup  # noqa: E402
 from cogumi.data.dedup import DedupConfig, near_duplicates, normalise  # noqa: E402
+from cogumi.provenance import provenance  # noqa: E402
 
 DOMAINS = ("code", "math", "reasoning", "science", "conversation", "creative")
 SEED_RECORDS = 640_637
@@ -449,22 +448,6 @@ def quality(declared: set, cluster_of: dict[str, str], removed: set, truth: set,
     }
 
 
-def machine() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import datasketch
-    return {"nproc": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "cpu_model": model, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "datasketch": datasketch.__version__, "platform": platform.platform()}
-
-
 # --------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -644,8 +627,7 @@ def main() -> None:
     projected_long = SEED_RECORDS / long_throughput
     removed_domains = Counter(by_id[r["id"]]["domain"] for r in ours["result"].removed)
     report = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "machine": machine(),
+        **provenance(("numpy", "datasketch", "psutil")),
         "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "corpus": corpus_info,
         "ours": ours["summary"],

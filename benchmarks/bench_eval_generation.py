@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -56,6 +55,7 @@ def main() -> None:
     import torch
 
     from cogumi.evaluation import GenerationRequest, TransformersBackend
+    from cogumi.provenance import provenance
 
     model, tok, origin = load_model()
     backend = TransformersBackend(model, tok, batch_size=args.batch)
@@ -75,13 +75,13 @@ def main() -> None:
         }
     torch.set_num_threads(default_threads)
     result = {
+        **provenance(("torch", "transformers")),
         "benchmark": "batched vs one-at-a-time generation (TransformersBackend)",
         "model": origin,
         "params": sum(p.numel() for p in model.parameters()),
         "prompts": args.prompts, "max_new_tokens": args.max_new, "batch_size": args.batch,
         "runs": runs,
         "target_speedup": 5.0,
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

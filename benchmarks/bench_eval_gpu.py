@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -275,16 +274,17 @@ def main() -> None:
     ap.add_argument("--skip-random", action="store_true")
     args = ap.parse_args()
     import torch
-    import transformers
 
     from cogumi.evaluation.testing import tiny_tokenizer
+    from cogumi.provenance import provenance
 
     if args.device.startswith("cuda"):
         assert torch.cuda.is_available(), "needs a CUDA device (or --device cpu --smoke)"
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     result = {
-        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "command": "python " + shlex.join([sys.argv[0].replace(str(ROOT) + "/", "")] + sys.argv[1:]),
+        **provenance(("torch", "transformers", "gguf"),
+                     device=None if device == "cpu" else device),
+        "device": device,
         "smoke": args.smoke,
         "note": "speedup = batched tokens/s over one-request-at-a-time tokens/s, same backend, "
                 "same requests, same run; peak_gib = torch.cuda.max_memory_allocated over the "

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     from cogumi.evaluation import Sandbox, build_program, load_task
+    from cogumi.provenance import provenance
 
     task = load_task("humaneval")
     programs = [build_program(it, it.fields["canonical_solution"]) for it in task.items]
@@ -44,6 +45,7 @@ def main() -> None:
         }
     per_item_inproc = 1000 * inproc_s / len(programs)
     result = {
+        **provenance(()),
         "benchmark": "sandbox overhead per HumanEval item",
         "items": len(programs),
         "isolation": sb.describe(),

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -232,17 +231,15 @@ def main() -> None:
             "rss_growth": shipped["rss_growth_mb"] / hf_run["rss_growth_mb"],
             "peak_rss": shipped["peak_rss_mb"] / hf_run["peak_rss_mb"],
         }
-    command = "python -m benchmarks.bench_gguf " + " ".join(sys.argv[1:])
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": THREADS,
-               "python": platform.python_version(),
-               "load_average_1_5_15_at_start": LOAD_AT_START,
-               "load_average_1_5_15_at_end_of_speed_runs": list(os.getloadavg())}
-    import importlib.metadata as md
-    versions = {p: md.version(p) for p in ("torch", "transformers", "llama_cpp_python", "gguf")}
+    from cogumi.provenance import provenance
+    prov = provenance(("torch", "transformers", "llama_cpp_python", "gguf"))
+    prov["machine"].update({"threads": THREADS,
+                            "load_average_1_5_15_at_start": LOAD_AT_START,
+                            "load_average_1_5_15_at_end_of_speed_runs": list(os.getloadavg())})
     inference = {
+        **prov,
         "benchmark": "CPU inference: shipped GGUF in llama.cpp vs uncompressed model in "
-                     "transformers", "profile": args.profile, "command": command,
-        "machine": machine, "versions": versions, "shipped_type": ship,
+                     "transformers", "profile": args.profile, "shipped_type": ship,
         "prompt_tokens": PROMPT_TOKENS, "generated_tokens": GEN_TOKENS,
         "runs": runs, "ratios_shipped_gguf_over_transformers": ratios,
         "notes": ["llama.cpp prompts of quantized files are decoded with n_batch=1 (batched "
@@ -288,8 +285,8 @@ def main() -> None:
             "accuracy": scores[q], "retained_vs_F32": retained,
             "retained_mean": sum(used) / len(used) if used else None})
     kquants = {
+        **prov,
         "benchmark": "K-quant trade-off: size, tokens/s, accuracy retained", "profile": args.profile,
-        "command": command, "machine": machine, "versions": versions,
         "quality": {"tasks": [t.name for t in tasks], "limit_per_task": limit,
                     "max_new_tokens": new_tokens, "reference": f"{base_type} GGUF, same runtime",
                     "metrics": "mmlu.accuracy_loglik (option log-likelihood), math.accuracy "

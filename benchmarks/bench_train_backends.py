@@ -25,16 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cogumi.provenance import command as command_line  # noqa: E402 - needs ROOT on the path
+from cogumi.provenance import provenance  # noqa: E402
 
 BACKEND_NAMES = ("peft-lora", "qlora-bnb", "unsloth")
 SEED_PROFILE = "llama-3.1-8b"
@@ -183,15 +184,8 @@ def worker(backend: str, model_dir: Path, params: int, batch: int, seq: int, war
 
 # --- the parent: build, run each backend, summarise -----------------------------------------
 
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "unsloth",
-                 "unsloth_zoo", "trl", "triton", "xformers", "flash-attn", "datasets"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "unsloth",
+              "unsloth_zoo", "trl", "triton", "xformers", "flash-attn", "datasets")
 
 
 def _device() -> dict:
@@ -227,6 +221,7 @@ def summarise(model_result: dict) -> dict:
     """Ratios against plain peft + bitsandbytes QLoRA, and the seed's 1A run projected from
     each measured throughput."""
     from cogumi.profile import load_profile
+    from cogumi.registry import get_phase
     p = load_profile(SEED_PROFILE)
     t = p.training
     steps = math.ceil(640_637 * t.epochs / (t.batch_size * t.grad_accum))
@@ -236,7 +231,7 @@ def summarise(model_result: dict) -> dict:
     measured = {b: r for b, r in model_result["backends"].items() if "tokens_per_s" in r}
     summary = {"seed": {"steps": steps, "sequences_per_step": seqs_per_step,
                         "seq_len": t.max_seq_len, "price_usd_per_h": price,
-                        "seed_cost_usd": 220, "plan_tokens": plan_tokens}}
+                        "seed_cost_usd": float(get_phase("1A").seed_cost_usd), "plan_tokens": plan_tokens}}
     if measured:
         fastest = max(measured, key=lambda b: measured[b]["tokens_per_s"])
         summary["fastest"] = fastest
@@ -294,9 +289,10 @@ def main() -> None:
 
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
-    command = " ".join([Path(sys.executable).name, *sys.argv])
+    command = command_line()
     report.update({
         "command": command,
+        "provenance_in": "models",
         "setup": report.get("setup", "GPU packages missing from the machine (bitsandbytes, "
                             "unsloth and its dependencies) installed with pip --no-deps"),
         "method": __doc__.split("\n\n")[2].replace("\n", " "),
@@ -316,7 +312,9 @@ def main() -> None:
                 continue
         params = int((model_dir / "COMPLETE").read_text())
         device = _device()
-        entry = {"command": command, "device": device, "versions": _versions(), "params": params,
+        # Each section records its own provenance: the file merges runs on different cards.
+        entry = {**provenance(_LIBRARIES, device=device["name"]), "device": device,
+                 "params": params,
                  "shape": SHAPES[shape], "batch": args.batch, "seq_len": args.seq,
                  "warmup_steps": args.warmup, "timed_steps": args.steps, "backends": {}}
         # One section per model and card: numbers from different cards are never mixed.

@@ -14,7 +14,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import uuid
 from importlib import metadata
@@ -86,16 +85,8 @@ def library_versions() -> dict[str, str]:
 
 def git_commit(root: Path) -> str:
     """The commit the code ran at, with '+dirty' when the work tree had changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return "unknown (no commit)"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown (git not available)"
+    from cogumi.provenance import git_commit as commit  # one definition for results too
+    return commit(root)
 
 
 def peak_rss_mb() -> float:

@@ -114,6 +114,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
+    if args.summary or args.check:
+        return _summary(args)
     profile = _load(args)
     folder = reports_dir(_runs_dir(args, profile))
     phases = [get_phase(args.phase)] if args.phase else [p for p in PHASES if p.implemented]
@@ -125,6 +127,33 @@ def cmd_report(args) -> int:
             shown += 1
     if not shown:
         console.print(f"no sign-off reports yet in {folder}; run `cogumi run PHASE` first")
+    return 0
+
+
+def _summary(args) -> int:
+    """--summary: snapshot runs/ into benchmarks/results/pipeline_<profile>.json, then
+    regenerate README.md's generated blocks from benchmarks/results/ (--check: compare)."""
+    from cogumi.summary import SummaryError, summarise
+    root = repo_root()
+    runs = Path(args.runs) if args.runs else root / "runs"
+    try:
+        written, changed = summarise(root / "README.md", root / "benchmarks" / "results",
+                                     runs, check=args.check)
+    except SummaryError as exc:
+        console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
+        return 2
+    for path in written:
+        console.print(f"snapshot: {path.relative_to(root)}")
+    names = ", ".join(f"{b.name} (line {b.line})" for b in changed)
+    if args.check:
+        if changed:
+            console.print(f"[red bold]README.md drifted from benchmarks/results/:[/] {names}; "
+                          f"run `cogumi report --summary`", soft_wrap=True)
+            return 1
+        console.print("README.md matches benchmarks/results/")
+        return 0
+    console.print(f"README.md: regenerated {names}" if changed else "README.md: up to date",
+                  soft_wrap=True)
     return 0
 
 
@@ -142,7 +171,7 @@ def cmd_plan(args) -> int:
     table = Table(title=f"plan — {profile.name}")
     for col in ("phase", "title", "status", "gates", "hardware", "est. h", "est. $", "seed $"):
         table.add_column(col, overflow="fold", no_wrap=col == "status")
-    bases = []
+    bases, measured, unmeasured = [], [], []
     total_hours = total_cost = seed_total = 0.0
     for phase in PHASES:
         status = "implemented" if phase.implemented else "[yellow]not implemented"
@@ -150,20 +179,38 @@ def cmd_plan(args) -> int:
         step = profile.plan.get(phase.id)
         hw = hours = cost = ""
         if step is not None:
-            h = step.estimated_hours
-            c = h * profile.price_of(step.hardware) + step.extra_usd
-            total_hours += h
-            total_cost += c
-            seed_total += _seed_dollars(phase.seed_cost_usd)
-            hw, hours, cost = step.hardware, f"{h:.1f}", f"{c:,.0f}"
-            bases.append(f"{phase.id}: {step.basis}")
+            hw = step.hardware
+            api = f" + ${step.api_usd:,.0f} API" if step.api_tokens else ""
+            api_note = (f"; API: {step.api_tokens:.3g} tokens at ${step.api_price_usd_per_mtok:g}"
+                        f" per 1M (a price) = ${step.api_usd:,.0f}" if step.api_tokens else "")
+            if step.throughput is not None:
+                # A measurement, read from its result file each time: never a typed copy.
+                tps, where = step.throughput.read(repo_root())
+                h = step.tokens / tps / 3600
+                c = h * profile.price_of(step.hardware) + step.api_usd
+                total_hours += h
+                total_cost += c
+                seed_total += _seed_dollars(phase.seed_cost_usd)
+                measured.append(phase.id)
+                hours, cost = f"{h:.1f}", f"{c:,.0f}"
+                device = where.get("device") or where.get("cpu") or "machine unrecorded"
+                bases.append(f"{phase.id}: {step.tokens:.3g} tokens / {tps:,.0f} tokens/s "
+                             f"measured on {device} ({step.throughput.file}: "
+                             f"{' > '.join(step.throughput.key)}) at "
+                             f"${profile.price_of(step.hardware)}/h (a price){api_note}; "
+                             f"{step.basis}")
+            else:
+                unmeasured.append(phase.id)
+                hours, cost = "not measured", "not measured" + api
+                bases.append(f"{phase.id}: time not measured{api_note}; {step.basis}")
         table.add_row(phase.id, phase.title, status, n_gates, hw, hours, cost,
                       phase.seed_cost_usd)
     console.print(table)
     if profile.plan:
-        console.print(f"estimated total for the planned phases: {total_hours:,.1f} h, "
-                      f"${total_cost:,.0f}; the seed's figures for the same phases: "
-                      f"${seed_total:,.0f} (seed MVP total: $1,717)")
+        console.print(f"estimated total for the measured phases ({', '.join(measured) or 'none'}):"
+                      f" {total_hours:,.1f} h, ${total_cost:,.0f}; the seed's figures for the "
+                      f"same phases: ${seed_total:,.0f} (seed MVP total: $1,717); not measured: "
+                      f"{', '.join(unmeasured) or 'none'}")
         console.print("basis of each estimate:")
         for line in bases:
             console.print(f"  {line}", soft_wrap=True)
@@ -203,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_status)
     report = sub.add_parser("report", parents=[common], help="show sign-off reports")
     report.add_argument("phase", nargs="?")
+    report.add_argument("--summary", action="store_true",
+                        help="snapshot runs/ into benchmarks/results/pipeline_<profile>.json "
+                             "and regenerate the README's figures from benchmarks/results/")
+    report.add_argument("--check", action="store_true",
+                        help="with --summary: only compare; exit 1 naming each drifted block")
     report.set_defaults(func=cmd_report)
     sub.add_parser("plan", parents=[common], help="phases, hardware, time and cost").set_defaults(
         func=cmd_plan)

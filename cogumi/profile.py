@@ -254,29 +254,61 @@ class HardwareConfig(_Strict):
     price_per_hour_usd: float = Field(ge=0)
 
 
+class Measurement(_Strict):
+    """A figure read from a committed benchmark result file, never typed into a profile:
+    `file` (repository-relative) and the `key` path to the number inside its JSON."""
+    file: str
+    key: list[str] = Field(min_length=1)
+
+    def read(self, root: Path) -> tuple[float, dict]:
+        """The number, and the `machine` of the innermost object on the key path that
+        records one (the file's, or a section's), so the plan can say where it was measured."""
+        path = root / self.file
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ProfileError(f"{self.file}: missing (named by a plan's measurement)") from None
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{self.file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        value, machine = data, data.get("machine") if isinstance(data, dict) else None
+        for i, key in enumerate(self.key):
+            if not isinstance(value, dict) or key not in value:
+                raise ProfileError(f"{self.file}: no key {'.'.join(self.key[: i + 1])!r}")
+            value = value[key]
+            if isinstance(value, dict) and isinstance(value.get("machine"), dict):
+                machine = value["machine"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProfileError(f"{self.file}: {'.'.join(self.key)!r} is not a number")
+        return float(value), machine or {}
+
+
 class PlanStep(_Strict):
-    """How `cogumi plan` estimates one phase: either tokens / throughput, or stated hours."""
+    """How `cogumi plan` estimates one phase. Time is `tokens` (the workload, an input)
+    over a measured `throughput`; a phase with no measurement is "not measured", never a
+    typed estimate. Prices are inputs (the profile's price table)."""
     hardware: str
-    tokens: float | None = None
-    throughput_tokens_per_s: float | None = None
-    hours: float | None = None
-    extra_usd: float = 0.0
-    """Costs that are not machine time, e.g. a teacher model's API tokens."""
+    tokens: float | None = Field(default=None, gt=0)
+    throughput: Measurement | None = None
+    """Tokens per second, read from a benchmark result file."""
+    api_tokens: float | None = Field(default=None, gt=0)
+    """Tokens bought from a model API (a teacher), priced at api_price_usd_per_mtok."""
+    api_price_usd_per_mtok: float | None = Field(default=None, ge=0)
     basis: str
-    """Where the numbers come from, so the estimate can be checked."""
+    """What the workload is and where its numbers come from, so the plan can be checked."""
 
     @model_validator(mode="after")
-    def _one_way(self) -> PlanStep:
-        by_tokens = self.tokens is not None and self.throughput_tokens_per_s is not None
-        if by_tokens == (self.hours is not None):
-            raise ValueError("give either tokens and throughput_tokens_per_s, or hours")
+    def _pairs(self) -> PlanStep:
+        if self.throughput is not None and self.tokens is None:
+            raise ValueError("a throughput measurement needs the step's tokens")
+        if (self.api_tokens is None) != (self.api_price_usd_per_mtok is None):
+            raise ValueError("give both api_tokens and api_price_usd_per_mtok, or neither")
         return self
 
     @property
-    def estimated_hours(self) -> float:
-        if self.hours is not None:
-            return self.hours
-        return self.tokens / self.throughput_tokens_per_s / 3600  # type: ignore[operator]
+    def api_usd(self) -> float:
+        if self.api_tokens is None:
+            return 0.0
+        return self.api_tokens / 1e6 * self.api_price_usd_per_mtok  # type: ignore[operator]
 
 
 class GateOverride(_Strict):

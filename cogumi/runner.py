@@ -28,7 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from cogumi import artifacts, ledger
+from cogumi import artifacts, ledger, provenance
 from cogumi.gates import repo_root, resolve_gates
 from cogumi.ledger import State
 from cogumi.profile import Profile
@@ -222,6 +222,7 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
         "wall_time_s": round(wall, 2),
         "peak_rss_mb": artifacts.peak_rss_mb(),
         "hardware": profile.hardware.name,
+        "machine": provenance.machine(),
         "estimated_cost_usd": round(hours * profile.hardware.price_per_hour_usd, 6),
         "notes": ctx.notes,
         "figures": ctx.figures,
