@@ -249,6 +249,12 @@ def _file_changes(signed: dict, now: dict) -> list[str]:
     return out
 
 
+def _short(changes: list[str]) -> list[str]:
+    """'a.py changed' -> 'a.py' inside "code changed (...)"; 'added' and 'missing' stay."""
+    return [path if what == "changed" else f"{path} {what}"
+            for path, what in (c.rsplit(" ", 1) for c in changes)]
+
+
 def build_changes(manifest: dict, now: dict) -> list[str]:
     """What differs, between the manifest and now, in what the artifact was built from;
     empty when nothing does. Each item is short and names the file."""
@@ -267,9 +273,7 @@ def build_changes(manifest: dict, now: dict) -> list[str]:
         else:
             out.append(f"{name} changed")
     if manifest["code_sha256"] != now["code_sha256"]:
-        changed = [path if what == "changed" else f"{path} {what}" for path, what in
-                   (c.rsplit(" ", 1) for c in _file_changes(manifest["code_files"],
-                                                            now["code_files"]))]
+        changed = _short(_file_changes(manifest["code_files"], now["code_files"]))
         out.append(f"cogumi code changed ({_listed(changed) or 'file list differs'})")
     return out
 
@@ -278,6 +282,6 @@ def gate_changes(signed: dict | None, now: dict) -> list[str]:
     """What differs in the gate files since the gate run that made the sign-off."""
     if signed is None:
         return ["gates changed (the gate run recorded no gate-file digests)"]
-    changed = _file_changes(signed, now)
+    changed = _short(_file_changes(signed, now))
     return [f"gates changed ({_listed(changed)})"] if changed else []
 

@@ -148,6 +148,13 @@ def current_binding(profile: Profile, phase_id: str, runs_dir: Path) -> dict:
     return provenance.binding(profile, get_phase(phase_id).id, repo_root(), runs_dir)
 
 
+def _binding_if_built(profile: Profile, phase_id: str, runs_dir: Path) -> dict | None:
+    # Hashing is only worth it where there is a manifest to compare with.
+    if not (runs_dir / phase_id / artifacts.MANIFEST).exists():
+        return None
+    return current_binding(profile, phase_id, runs_dir)
+
+
 def check_phase(profile: Profile, phase_id: str, runs_dir: Path,
                 _memo: dict | None = None) -> ledger.SignoffCheck:
     """check_signoff against the profile now (settings, named files, code, gates), and over
@@ -160,7 +167,7 @@ def check_phase(profile: Profile, phase_id: str, runs_dir: Path,
     if phase_id in memo:
         return memo[phase_id]
     check = ledger.check_signoff(runs_dir, phase_id, config_digest(profile, phase_id),
-                                 current_binding(profile, phase_id, runs_dir))
+                                 _binding_if_built(profile, phase_id, runs_dir))
     if check.ok or check.regate:
         for input_id in get_phase(phase_id).inputs:
             upstream_check = check_phase(profile, input_id, runs_dir, memo)
@@ -406,7 +413,7 @@ def _run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: C
         # Not check_phase: upstream comes first in the chain and is settled by then; with
         # --keep-going a phase built on a failed input is reused as it is.
         check = ledger.check_signoff(runs_dir, phase.id, config_digest(profile, phase.id),
-                                     current_binding(profile, phase.id, runs_dir))
+                                     _binding_if_built(profile, phase.id, runs_dir))
         if force and phase is target:
             console.print(f"[yellow]•[/] --force: rebuilding phase {phase.id} from scratch, "
                           f"no checkpoint resumed ({check.reason})")
