@@ -162,24 +162,23 @@ def check_phase(profile: Profile, phase_id: str, runs_dir: Path,
     cause named ("phase 1A is stale: upstream phase 0 is stale: <file> changed"). An upstream
     whose last gate run failed is not propagated here: what was built on it says so itself
     (built_on_failed_inputs), and the runner rebuilds in chain order anyway."""
-    memo = {} if _memo is None else _memo
+    memo = {} if _memo is None else _memo  # phase id -> (check, the root cause's reason)
     phase_id = get_phase(phase_id).id
-    if phase_id in memo:
-        return memo[phase_id]
-    check = ledger.check_signoff(runs_dir, phase_id, config_digest(profile, phase_id),
-                                 _binding_if_built(profile, phase_id, runs_dir))
-    if check.ok or check.regate:
-        for input_id in get_phase(phase_id).inputs:
-            upstream_check = check_phase(profile, input_id, runs_dir, memo)
-            if upstream_check.state in (State.STALE, State.TAMPERED, State.MISSING) and not (
-                    upstream_check.regate):
-                cause = upstream_check.reason.split("upstream ", 1)[-1]
-                check = ledger.SignoffCheck(phase_id, State.STALE,
-                                            f"phase {phase_id} is stale: upstream {cause}",
-                                            check.entry)
-                break
-    memo[phase_id] = check
-    return check
+    if phase_id not in memo:
+        check = ledger.check_signoff(runs_dir, phase_id, config_digest(profile, phase_id),
+                                     _binding_if_built(profile, phase_id, runs_dir))
+        cause = check.reason
+        if check.ok or check.regate:
+            for input_id in get_phase(phase_id).inputs:
+                up = check_phase(profile, input_id, runs_dir, memo)
+                if up.state in (State.STALE, State.TAMPERED, State.MISSING) and not up.regate:
+                    cause = memo[up.phase][1]
+                    check = ledger.SignoffCheck(phase_id, State.STALE,
+                                                f"phase {phase_id} is stale: upstream {cause}",
+                                                check.entry)
+                    break
+        memo[phase_id] = (check, cause)
+    return memo[phase_id][0]
 
 
 def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path,
@@ -416,7 +415,7 @@ def _run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: C
                                      _binding_if_built(profile, phase.id, runs_dir))
         if force and phase is target:
             console.print(f"[yellow]•[/] --force: rebuilding phase {phase.id} from scratch, "
-                          f"no checkpoint resumed ({check.reason})")
+                          f"no checkpoint resumed ({check.reason})", soft_wrap=True)
             build_and_gate(phase, fresh=True)
             continue
         if check.state is State.TAMPERED:
@@ -438,7 +437,8 @@ def _run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: C
             not_signed.append(check.reason)
             continue
         if check.state is not State.MISSING:
-            console.print(f"[yellow]•[/] {check.reason}: running it again")
+            # soft_wrap: a reason names files, and a path folded mid-name cannot be found
+            console.print(f"[yellow]•[/] {check.reason}: running it again", soft_wrap=True)
         build_and_gate(phase)
     return not_signed
 
