@@ -20,6 +20,8 @@ import uuid
 from importlib import metadata
 from pathlib import Path
 
+from cogumi.locking import pid_alive
+
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 # Libraries whose versions decide what a phase computes; recorded in every manifest.
@@ -160,7 +162,6 @@ def clean_stale_staging(parent: Path) -> None:
     """Remove leftovers of killed runs (staging and swapped-out folders): those of a process
     that is no longer alive, and this process's own (a phase of this run that failed).
     Another live run's folders are left alone."""
-    from cogumi.locking import pid_alive
     if not parent.exists():
         return
     for p in parent.iterdir():
