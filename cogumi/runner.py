@@ -70,6 +70,8 @@ class PhaseContext:
     """Images in the artifact that the report embeds ({"path", "caption"}); see add_figure."""
     work_key: str = ""
     """provenance.work_key: what the work folder's checkpoints were made from."""
+    code_sha256: str = ""
+    """provenance's digest of cogumi's source as the phase started (keys the eval cache)."""
 
     def write_report(self, markdown: str) -> None:
         """What the phase did, in numbers and tables: the sign-off report shows it under
@@ -263,7 +265,8 @@ def _execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Con
     _prepare_work(runs_dir, phase.id, key, fresh)
     artifacts.clean_stale_staging(runs_dir)
     stage = artifacts.staging_dir(final)
-    ctx = PhaseContext(profile, phase, stage, runs_dir, console, work_key=key)
+    ctx = PhaseContext(profile, phase, stage, runs_dir, console, work_key=key,
+                       code_sha256=bound["code_sha256"])
     _seed_everything(profile.seed)
     console.rule(f"phase {phase.id}: {phase.title} [{profile.name}]")
     start = time.perf_counter()
