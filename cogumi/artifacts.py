@@ -19,6 +19,8 @@ import uuid
 from importlib import metadata
 from pathlib import Path
 
+from cogumi.locking import pid_alive
+
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 # Libraries whose versions decide what a phase computes; recorded in every manifest.
@@ -113,10 +115,15 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def _run_tag() -> str:
+    # The pid names the run a leftover belongs to, so cleaning never takes a live run's work.
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def staging_dir(final: Path) -> Path:
-    """A fresh folder beside `final` for a phase to write into."""
+    """A fresh folder beside `final` for a phase to write into, named after this run."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
+    stage = final.parent / f".{final.name}.staging-{_run_tag()}"
     stage.mkdir()
     return stage
 
@@ -129,17 +136,28 @@ def commit_staged(stage: Path, final: Path) -> None:
     """
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        old = final.parent / f".{final.name}.old-{_run_tag()}"
         os.replace(final, old)
     os.replace(stage, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _owner_pid(name: str) -> int | None:
+    tag = name.rsplit(".staging-", 1)[-1] if ".staging-" in name else name.rsplit(".old-", 1)[-1]
+    head = tag.split("-", 1)[0]
+    return int(head) if "-" in tag and head.isdigit() else None
+
+
 def clean_stale_staging(parent: Path) -> None:
-    """Remove leftovers of killed runs (staging and swapped-out folders)."""
+    """Remove leftovers of killed runs (staging and swapped-out folders): those of a process
+    that is no longer alive, and this process's own (a phase of this run that failed).
+    Another live run's folders are left alone."""
     if not parent.exists():
         return
     for p in parent.iterdir():
         if p.is_dir() and p.name.startswith(".") and (".staging-" in p.name or ".old-" in p.name):
-            shutil.rmtree(p, ignore_errors=True)
+            pid = _owner_pid(p.name)
+            # No pid in the name: made before runs were named, so by no run alive now.
+            if pid is None or pid == os.getpid() or not pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)

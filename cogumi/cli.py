@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from cogumi import artifacts, ledger
+from cogumi import artifacts, locking
 from cogumi.artifacts import ManifestError
 from cogumi.gates import GateFileError, repo_root, resolve_gates, validate_overrides
 from cogumi.ledger import LedgerError, State
@@ -23,7 +23,7 @@ from cogumi.runner import (
     GateFailed,
     PhaseInputError,
     PhaseRefused,
-    config_digest,
+    check_phase,
     gate_phase,
     run_pipeline_to,
 )
@@ -52,17 +52,26 @@ def _import_unsloth_first(profile: Profile) -> None:
             import unsloth  # noqa: F401
 
 
+def _lock(args, runs: Path):
+    """One run at a time per profile (cogumi.locking); --wait queues behind the holder."""
+    def waiting(holder: str) -> None:
+        console.print(f"[yellow]•[/] {runs} is in use by another run ({holder}); waiting",
+                      soft_wrap=True)
+    return locking.profile_lock(runs, wait=args.wait, on_wait=waiting)
+
+
 def cmd_run(args) -> int:
     profile = _load(args)
     _import_unsloth_first(profile)
     runs = _runs_dir(args, profile)
     not_signed: list[str] = []
-    for phase_id in args.phases:
-        for reason in run_pipeline_to(profile, phase_id, runs, console,
-                                      with_inputs=not args.no_inputs, force=args.force,
-                                      keep_going=args.keep_going):
-            if reason not in not_signed:
-                not_signed.append(reason)
+    with _lock(args, runs):
+        for phase_id in args.phases:
+            for reason in run_pipeline_to(profile, phase_id, runs, console,
+                                          with_inputs=not args.no_inputs, force=args.force,
+                                          keep_going=args.keep_going):
+                if reason not in not_signed:
+                    not_signed.append(reason)
     if not_signed:
         raise GateFailed(f"--keep-going: {len(not_signed)} phase(s) not signed off:\n  "
                          + "\n  ".join(not_signed))
@@ -71,7 +80,9 @@ def cmd_run(args) -> int:
 
 def cmd_gate(args) -> int:
     profile = _load(args)
-    gate_phase(profile, get_phase(args.phase).id, _runs_dir(args, profile), console)
+    runs = _runs_dir(args, profile)
+    with _lock(args, runs):
+        gate_phase(profile, get_phase(args.phase).id, runs, console)
     return 0
 
 
@@ -86,11 +97,15 @@ def cmd_status(args) -> int:
     # No titles here (`cogumi plan` has them): one row per phase fits 80 columns.
     for col in ("phase", "state", "gates", "size", "wall time", "cost"):
         table.add_column(col, no_wrap=True)
+    why: list[str] = []
+    memo: dict = {}
     for phase in PHASES:
         if not phase.implemented:
             table.add_row(phase.id, "[dim]not implemented", "", "", "", "")
             continue
-        check = ledger.check_signoff(runs, phase.id, config_digest(profile, phase.id))
+        check = check_phase(profile, phase.id, runs, memo)
+        if check.state in (State.STALE, State.TAMPERED, State.FAILED):
+            why.append(check.reason)
         colour = {State.VALID: "green", State.MISSING: "dim", State.FAILED: "red",
                   State.STALE: "yellow", State.TAMPERED: "red"}[check.state]
         gates = size = wall = cost = ""
@@ -110,6 +125,8 @@ def cmd_status(args) -> int:
                 wall = "manifest corrupted"
         table.add_row(phase.id, f"[{colour}]{check.state.value}", gates, size, wall, cost)
     console.print(table)
+    for line in why:  # below the table, which stays 80 columns wide
+        console.print(f"  {line}", soft_wrap=True, highlight=False)
     return 0
 
 
@@ -238,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun the phase even if signed off")
     run.add_argument("--no-inputs", action="store_true",
                      help="never run inputs; refuse if one lacks a valid sign-off")
+    run.add_argument("--wait", action="store_true",
+                     help="if another run holds this profile, wait for it instead of refusing")
     run.add_argument("--keep-going", action="store_true",
                      help="measure past failed gates: later phases run on a failed phase's "
                           "artifact, are gated and reported, and are never signed off "
@@ -245,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     gate = sub.add_parser("gate", parents=[common], help="run a phase's gates and sign off")
     gate.add_argument("phase")
+    gate.add_argument("--wait", action="store_true",
+                      help="if another run holds this profile, wait for it instead of refusing")
     gate.set_defaults(func=cmd_gate)
     sub.add_parser("status", parents=[common], help="the pipeline at a glance").set_defaults(
         func=cmd_status)
@@ -269,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red bold]gate failed:[/] {exc}")
         return 1
     except (PhaseRefused, PhaseInputError, ProfileError, GateFileError, ManifestError,
-            LedgerError, UnknownPhase, FileNotFoundError) as exc:
+            LedgerError, UnknownPhase, FileNotFoundError, locking.ProfileBusy) as exc:
         console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
         return 2
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cogumi import binding as bindings
 from cogumi.artifacts import MANIFEST, ManifestError, read_manifest, sha256_bytes, sha256_file
 
 LEDGER = "ledger.jsonl"
@@ -77,16 +78,21 @@ class SignoffCheck:
     state: State
     reason: str
     entry: dict | None = None
+    regate: bool = False
+    """Stale only because the gate files changed since its gate run: re-gate the artifact,
+    do not rebuild it."""
 
     @property
     def ok(self) -> bool:
         return self.state is State.VALID
 
 
-def check_signoff(runs_dir: Path, phase_id: str, config_sha256: str) -> SignoffCheck:
+def check_signoff(runs_dir: Path, phase_id: str, config_sha256: str,
+                  binding: dict | None = None) -> SignoffCheck:
     """Does `phase_id` have a sign-off that matches the bytes on disk now, made under the
     same profile settings (`config_sha256`: the tables the phase reads, see
-    Profile.config_digest)?"""
+    Profile.config_digest)? With `binding` (cogumi.binding.binding: the named input files, the
+    code and the gate files as they are now), also over the same inputs, code and gates."""
     entry = latest(runs_dir, phase_id)
     folder = runs_dir / phase_id
     if entry is None:
@@ -130,12 +136,22 @@ def check_signoff(runs_dir: Path, phase_id: str, config_sha256: str) -> SignoffC
                             f"phase {phase_id} was signed off under different profile settings "
                             f"(config sha256 {signed_config[:12]} != {config_sha256[:12]})",
                             entry)
+    changed = bindings.build_changes(manifest, binding) if binding is not None else []
+    if changed:
+        return SignoffCheck(phase_id, State.STALE,
+                            f"phase {phase_id} is stale: {'; '.join(changed)}", entry)
     for input_id, recorded in manifest.get("inputs", {}).items():
         upstream = latest(runs_dir, input_id)
         if upstream is None or upstream.get("manifest_sha256") != recorded["manifest_sha256"]:
             return SignoffCheck(phase_id, State.STALE,
                                 f"phase {phase_id} was built from an earlier run of "
                                 f"phase {input_id}", entry)
+    changed = (bindings.gate_changes(entry.get("gates_files"), binding["gates_files"])
+               if binding is not None else [])
+    if changed:
+        return SignoffCheck(phase_id, State.STALE,
+                            f"phase {phase_id} is stale: {'; '.join(changed)} since its gate "
+                            f"run", entry, regate=True)
     return SignoffCheck(phase_id, State.VALID, f"phase {phase_id} signed off", entry)
 
 

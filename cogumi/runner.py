@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from cogumi import artifacts, ledger, provenance
+from cogumi import artifacts, binding, ledger, locking, provenance
 from cogumi.gates import repo_root, resolve_gates
 from cogumi.ledger import State
 from cogumi.profile import Profile
@@ -71,6 +72,10 @@ class PhaseContext:
     """Tables every model-changing phase adds the same way (the paired comparison with its
     input, capability): kept apart from the phase's own text so either may come first."""
     _report_text: str = ""
+    work_key: str = ""
+    """binding.work_key: what the work folder's checkpoints were made from."""
+    code_sha256: str = ""
+    """cogumi.binding's digest of cogumi's source as the phase started (keys the eval cache)."""
 
     def write_report(self, markdown: str) -> None:
         """What the phase did, in numbers and tables: the sign-off report shows it under
@@ -105,8 +110,12 @@ class PhaseContext:
 
     @property
     def work_dir(self) -> Path:
-        """Scratch space that survives a killed run (checkpoints), outside the artifact."""
+        """Scratch space that survives a killed run (checkpoints), outside the artifact. It is
+        keyed by the phase's inputs and code (work_key), so a resumed run only ever continues
+        a checkpoint made from the same upstream artifacts, named files, settings and code."""
         path = self.runs_dir / ".work" / self.phase.id
+        if self.work_key:
+            path = path / self.work_key
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -150,14 +159,56 @@ def config_digest(profile: Profile, phase_id: str) -> str:
     return profile.config_digest(get_phase(phase_id).config)
 
 
+def current_binding(profile: Profile, phase_id: str, runs_dir: Path) -> dict:
+    """The named input files, code and gate files as they are now (binding.binding)."""
+    return binding.binding(profile, get_phase(phase_id).id, repo_root(), runs_dir)
+
+
+def _binding_if_built(profile: Profile, phase_id: str, runs_dir: Path) -> dict | None:
+    # Hashing is only worth it where there is a manifest to compare with.
+    if not (runs_dir / phase_id / artifacts.MANIFEST).exists():
+        return None
+    return current_binding(profile, phase_id, runs_dir)
+
+
+def check_phase(profile: Profile, phase_id: str, runs_dir: Path,
+                _memo: dict | None = None) -> ledger.SignoffCheck:
+    """check_signoff against the profile now (settings, named files, code, gates), and over
+    the whole chain: a phase whose upstream is stale, changed or gone is stale too, with the
+    cause named ("phase 1A is stale: upstream phase 0 is stale: <file> changed"). An upstream
+    whose last gate run failed is not propagated here: what was built on it says so itself
+    (built_on_failed_inputs), and the runner rebuilds in chain order anyway."""
+    memo = {} if _memo is None else _memo  # phase id -> (check, the root cause's reason)
+    phase_id = get_phase(phase_id).id
+    if phase_id not in memo:
+        check = ledger.check_signoff(runs_dir, phase_id, config_digest(profile, phase_id),
+                                     _binding_if_built(profile, phase_id, runs_dir))
+        cause = check.reason
+        if check.ok or check.regate:
+            for input_id in get_phase(phase_id).inputs:
+                up = check_phase(profile, input_id, runs_dir, memo)
+                if up.state in (State.STALE, State.TAMPERED, State.MISSING) and not up.regate:
+                    cause = memo[up.phase][1]
+                    check = ledger.SignoffCheck(phase_id, State.STALE,
+                                                f"phase {phase_id} is stale: upstream {cause}",
+                                                check.entry)
+                    break
+        memo[phase_id] = (check, cause)
+    return memo[phase_id][0]
+
+
 def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path,
                           keep_going: bool = False) -> dict:
     """Refuse unless every input's sign-off matches the bytes on disk now. With
     `keep_going`, an input whose gates failed is accepted if its artifact is intact, and
     recorded as such: whatever is built on it can never be signed off (gate_phase)."""
     recorded = {}
+    memo: dict = {}
     for input_id in phase.inputs:
-        check = ledger.check_signoff(runs_dir, input_id, config_digest(profile, input_id))
+        check = check_phase(profile, input_id, runs_dir, memo)
+        if check.regate:
+            raise PhaseRefused(f"refusing phase {phase.id}: input {check.reason}; re-gate it "
+                               f"first (cogumi gate {input_id})")
         if keep_going and check.state is State.FAILED and _failed_but_intact(
                 profile, input_id, runs_dir, check):
             recorded[input_id] = {"manifest_sha256": check.entry["manifest_sha256"],
@@ -179,16 +230,38 @@ def _failed_but_intact(profile: Profile, phase_id: str, runs_dir: Path,
     except artifacts.ManifestError:
         return False
     if (check.entry is None or ledger.manifest_digest(folder) != check.entry["manifest_sha256"]
-            or manifest.get("config_sha256") != config_digest(profile, phase_id)):
+            or manifest.get("config_sha256") != config_digest(profile, phase_id)
+            or binding.build_changes(manifest, current_binding(profile, phase_id, runs_dir))):
         return False
     return all((folder / rel).is_file() and artifacts.sha256_file(folder / rel) == digest
                for rel, digest in manifest["outputs"].items())
 
 
 def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
-                  keep_going: bool = False) -> Path:
+                  keep_going: bool = False, fresh: bool = False) -> Path:
     """Run one phase function into a staging folder and move it into place, sealed.
-    `keep_going`: see run_pipeline_to."""
+    `keep_going`: see run_pipeline_to. `fresh` (--force): discard the phase's work folder,
+    checkpoints included, so nothing is resumed."""
+    with locking.profile_lock(runs_dir):
+        return _execute_phase(profile, phase_id, runs_dir, console, keep_going, fresh)
+
+
+def _prepare_work(runs_dir: Path, phase_id: str, key: str, fresh: bool) -> None:
+    """Drop work folders made from other inputs or code (they can never be resumed), or all
+    of them with `fresh`. Only under the profile's lock: no other run can be using them."""
+    root = runs_dir / ".work" / phase_id
+    if not root.is_dir() or not locking.is_held_here(runs_dir):
+        return
+    for p in root.iterdir():
+        if fresh or p.name != key:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
+                   keep_going: bool, fresh: bool) -> Path:
     phase = get_phase(phase_id)
     if not phase.implemented:
         raise PhaseRefused(f"refusing phase {phase.id}: not implemented yet "
@@ -199,13 +272,23 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
     inputs = _require_inputs_valid(profile, phase, runs_dir, keep_going)
     resolve_gates(phase.id, profile)  # a broken gate file should fail before hours of work
     final = runs_dir / phase.id
+    # Bound at the start: what the phase reads is what is on disk as it begins.
+    bound = current_binding(profile, phase.id, runs_dir)
+    config = config_digest(profile, phase.id)
+    key = binding.work_key(config, inputs, bound)
+    _prepare_work(runs_dir, phase.id, key, fresh)
     artifacts.clean_stale_staging(runs_dir)
     stage = artifacts.staging_dir(final)
-    ctx = PhaseContext(profile, phase, stage, runs_dir, console)
+    ctx = PhaseContext(profile, phase, stage, runs_dir, console, work_key=key,
+                       code_sha256=bound["code_sha256"])
     _seed_everything(profile.seed)
     console.rule(f"phase {phase.id}: {phase.title} [{profile.name}]")
     start = time.perf_counter()
-    metrics = _phase_function(phase)(ctx)
+    try:
+        metrics = _phase_function(phase)(ctx)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # this run's own staging, nobody else's
+        raise
     wall = time.perf_counter() - start
     artifacts.write_json(stage / artifacts.METRICS, metrics)
     hours = wall / 3600
@@ -213,8 +296,9 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
         "phase": phase.id,
         "profile": profile.name,
         "profile_sha256": profile.sha256,
-        "config_sha256": config_digest(profile, phase.id),
+        "config_sha256": config,
         "inputs": inputs,
+        **bound,
         "outputs": artifacts.digest_tree(stage),
         "git_commit": artifacts.git_commit(repo_root()),
         "versions": artifacts.library_versions(),
@@ -236,6 +320,11 @@ def execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Cons
 
 def gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console) -> dict:
     """Run the phase's gates as pytest, write the report, append the ledger line."""
+    with locking.profile_lock(runs_dir):
+        return _gate_phase(profile, phase_id, runs_dir, console)
+
+
+def _gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console) -> dict:
     phase = get_phase(phase_id)
     folder = runs_dir / phase.id
     manifest = artifacts.read_manifest(folder)
@@ -244,8 +333,10 @@ def gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Console
         if artifacts.sha256_file(folder / rel) != digest:
             raise PhaseRefused(f"refusing to gate phase {phase.id}: {folder / rel} differs "
                                f"from its manifest")
+    gates_files = binding.gates_files(phase.id)  # before the run: what judged it
     results, junit = run_gate_tests(profile, phase.id, runs_dir)
     entry = signoff_entry(profile, phase.id, runs_dir, results, junit)
+    entry["gates_files"] = gates_files
     failed_inputs = sorted(i for i, rec in manifest.get("inputs", {}).items()
                            if rec.get("gates_failed"))
     if failed_inputs:
@@ -274,9 +365,11 @@ def _gate_key(gates) -> set:
 
 def _only_gates_changed(profile: Profile, phase: PhaseSpec, runs_dir: Path,
                         check: ledger.SignoffCheck) -> bool:
-    """True when the artifact is intact and built under the same settings, but the gates in
-    force (gate files, profile overrides) differ from those of its last gate run: then the
-    artifact is re-gated, not rebuilt."""
+    """True when the artifact is intact and built under the same settings, inputs and code,
+    but the gates in force (gate files, profile overrides) differ from those of its last gate
+    run: then the artifact is re-gated, not rebuilt."""
+    if check.regate:
+        return True
     if check.state not in (State.VALID, State.FAILED) or check.entry is None:
         return False
     try:
@@ -285,8 +378,14 @@ def _only_gates_changed(profile: Profile, phase: PhaseSpec, runs_dir: Path,
         return False
     if manifest.get("config_sha256") != config_digest(profile, phase.id):
         return False
+    bound = current_binding(profile, phase.id, runs_dir)
+    if check.state is State.FAILED and (binding.build_changes(manifest, bound)
+                                        or not _upstream_unchanged(runs_dir, phase)):
+        return False
     now = [dataclasses.asdict(g) for g in resolve_gates(phase.id, profile, runs_dir=runs_dir)]
-    return _gate_key(now) != _gate_key(check.entry.get("gates", []))
+    return (_gate_key(now) != _gate_key(check.entry.get("gates", []))
+            or bool(binding.gate_changes(check.entry.get("gates_files"),
+                                            bound["gates_files"])))
 
 
 def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
@@ -303,12 +402,19 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
     reported, but marked as built on a failed input and never signed off. Returns why each
     phase in the chain was not signed off (empty without `keep_going`: a failure raises).
     """
+    with locking.profile_lock(runs_dir):
+        return _run_pipeline_to(profile, phase_id, runs_dir, console, with_inputs, force,
+                                keep_going)
+
+
+def _run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
+                     with_inputs: bool, force: bool, keep_going: bool) -> list[str]:
     target = get_phase(phase_id)
     chain = (upstream(target.id) if with_inputs else []) + [target]
     not_signed: list[str] = []
 
-    def build_and_gate(phase: PhaseSpec) -> None:
-        execute_phase(profile, phase.id, runs_dir, console, keep_going)
+    def build_and_gate(phase: PhaseSpec, fresh: bool = False) -> None:
+        execute_phase(profile, phase.id, runs_dir, console, keep_going, fresh)
         gate(phase)
 
     def gate(phase: PhaseSpec) -> None:
@@ -321,10 +427,14 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
             not_signed.append(str(exc))
 
     for phase in chain:
-        check = ledger.check_signoff(runs_dir, phase.id, config_digest(profile, phase.id))
+        # Not check_phase: upstream comes first in the chain and is settled by then; with
+        # --keep-going a phase built on a failed input is reused as it is.
+        check = ledger.check_signoff(runs_dir, phase.id, config_digest(profile, phase.id),
+                                     _binding_if_built(profile, phase.id, runs_dir))
         if force and phase is target:
-            console.print(f"[yellow]•[/] --force: rebuilding phase {phase.id} ({check.reason})")
-            build_and_gate(phase)
+            console.print(f"[yellow]•[/] --force: rebuilding phase {phase.id} from scratch, "
+                          f"no checkpoint resumed ({check.reason})", soft_wrap=True)
+            build_and_gate(phase, fresh=True)
             continue
         if check.state is State.TAMPERED:
             raise PhaseRefused(f"refusing phase {target.id}: {check.reason}; "
@@ -345,7 +455,8 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
             not_signed.append(check.reason)
             continue
         if check.state is not State.MISSING:
-            console.print(f"[yellow]•[/] {check.reason}: running it again")
+            # soft_wrap: a reason names files, and a path folded mid-name cannot be found
+            console.print(f"[yellow]•[/] {check.reason}: running it again", soft_wrap=True)
         build_and_gate(phase)
     return not_signed
 

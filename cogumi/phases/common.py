@@ -35,8 +35,9 @@ def curated_records(ctx: PhaseContext) -> list[dict]:
 
 def eval_cache(ctx: PhaseContext) -> Path:
     """One evaluation cache per profile, shared by its phases: a result is reused only for
-    the same weights, tokenizer, task bytes and generation settings (see evaluate())."""
-    return ctx.runs_dir / ".eval-cache"
+    the same weights, tokenizer, task bytes and generation settings (see evaluate()), and
+    the same cogumi code: a rebuild after a code change evaluates again."""
+    return ctx.runs_dir / ".eval-cache" / (ctx.code_sha256[:16] or "unbound")
 
 
 def eval_tasks(ctx: PhaseContext) -> list:
