@@ -185,7 +185,7 @@ def serve_calls(fn, read_frame, violations):
             send("raise", cid, type(e).__name__[:100], text, len(violations))
             continue
         try:
-            reply = '["ok",%d,%s,%d]\n' % (cid, C.dumps(value), len(violations))
+            reply = f'["ok",{cid:d},{C.dumps(value)},{len(violations):d}]\n'
         except C.NotData as e:
             send("nondata", cid, str(e)[:300], len(violations))
             continue
@@ -224,7 +224,7 @@ def main():
             raise OSError("could not drop to the sandbox uid/gid")
     set_limits(job["limits"])
     keep = sorted({0, 1, 2, IN_FD, OUT_FD})
-    for lo, hi in zip(keep, keep[1:] + [1 << 20]):
+    for lo, hi in zip(keep, keep[1:] + [1 << 20], strict=True):
         os.closerange(lo + 1, hi)
     os.chdir(job["workdir"])
     violations = []

@@ -465,12 +465,11 @@ class Sandbox:
         t0 = time.monotonic()
         ns: dict[str, Any] = {"__name__": "__cogumi_judge__", "__builtins__": builtins}
         try:
+            tests = compile(job.tests, "<task tests>", "exec")
             exec(compile(job.prelude, "<task prelude>", "exec"), ns)
-            exec(compile(job.tests, "<task tests>", "exec"), ns)
-            check = ns[job.check]
         except Exception as e:  # noqa: BLE001 - the benchmark's code, not the model's
             return self._run_program(job.program, why=f"the task's prelude/tests do not load "
-                                     f"on their own ({type(e).__name__}: {e})", t0=t0)
+                                     f"on their own ({type(e).__name__}: {e})")
         started = self._start(t0)
         if isinstance(started, SandboxResult):
             return started
@@ -494,17 +493,20 @@ class Sandbox:
                 proxy = _Candidate(ch, calls)
                 ns[job.entry_point] = proxy
                 try:
-                    check(proxy)
+                    # Tests without a check() (asserts at module level) are judged by running.
+                    exec(tests, ns)
+                    if callable(ns.get(job.check)):
+                        ns[job.check](proxy)
                     outcome = ("passed", "")
                 except _Failed:
                     raise
                 except _NotProxyable:
                     raise
                 except AssertionError as e:
-                    outcome = ("wrong_answer", _describe(e))
+                    outcome = ("wrong_answer", _describe(e) + _test_line(e, job.tests))
                 except Exception as e:  # noqa: BLE001
                     by = " (raised by the candidate)" if getattr(e, "_cogumi_candidate", False) else ""
-                    outcome = ("exception", _describe(e) + by)
+                    outcome = ("exception", _describe(e) + by + _test_line(e, job.tests))
                 if ch.failed:  # the test swallowed a failure
                     raise ch.failed
                 if outcome[0] == "passed" or ch.violations:
@@ -519,7 +521,7 @@ class Sandbox:
                     result = self._result(ch, t0, *outcome, calls=calls[0])
         except _NotProxyable as e:
             cleanup()
-            return self._run_program(job.program, why=str(e), t0=t0)
+            return self._run_program(job.program, why=str(e))
         except _Failed as e:
             result = self._result(ch, t0, e.reason, e.detail, calls=calls[0])
         finally:
@@ -746,6 +748,20 @@ class _Candidate:
 
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:500]
+
+
+def _test_line(e: BaseException, tests: str) -> str:
+    """Where in the (trusted) tests the failure surfaced: ' at tests line N: <source>'."""
+    tb, line = e.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<task tests>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    if line is None:
+        return ""
+    lines = tests.splitlines()
+    src = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    return f" at tests line {line}: {src}"[:300]
 
 
 def _tail(buf: bytes | bytearray, n: int) -> str:
