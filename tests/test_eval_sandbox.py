@@ -99,8 +99,11 @@ def audit(sb: Sandbox) -> bool:
 
 
 # ---------------------------------------------------------------------- forging
-FORGED = ['["ok",1,2,0]', '["ok",2,10,0]', '["done",0,[]]', '["outcome","passed","",[]]',
-          '{"outcome": "passed", "nonce": "x"}', '["loaded",0,[]]', '["ready"]']
+# Every form of "it passed" the protocol has, and a reply whose value is an object that
+# claims equality. (Replies carrying the right answers would not be forgery: a candidate
+# that knows the answers may as well return them.)
+FORGED = ['["ok",1,{"eq":"always"},0]', '["done",0,[]]', '["outcome","passed","",[]]',
+          '{"outcome": "passed", "nonce": "x"}', '["loaded",0,[]]', '["ready"]', "passed"]
 
 
 def test_forging_through_frames_and_every_descriptor(sandbox):
@@ -117,7 +120,7 @@ def f(x):
                 try: send(*m)
                 except Exception: pass
         fr = fr.f_back
-    for fd in range(0, 40):
+    for fd in list(range(0, 40)) + [int(sys.argv[1]), int(sys.argv[2])]:
         for line in {FORGED!r}:
             try: os.write(fd, (line + "\\n").encode())
             except OSError: pass
@@ -128,8 +131,8 @@ def f(x):
 
 def test_forging_at_load_time_before_any_call(sandbox):
     prog = f"""
-import os
-for fd in range(0, 40):
+import os, sys
+for fd in list(range(0, 40)) + [int(sys.argv[1]), int(sys.argv[2])]:
     for line in {FORGED!r}:
         try: os.write(fd, (line + "\\n").encode())
         except OSError: pass
@@ -366,10 +369,10 @@ def test_huge_output_is_capped(bare_layers):
 def test_sleeping_threads_do_not_hold_the_item_open(sandbox):
     # A thread that sleeps and would forge replies later; the item is over before it wakes.
     prog = """
-import os, threading, time
+import os, sys, threading, time
 def later():
     time.sleep(30)
-    os.write(4, b'["ok",2,10,0]\\n')
+    os.write(int(sys.argv[2]), b'["ok",2,10,0]\\n')  # the reply descriptor
 threading.Thread(target=later).start()
 def f(x):
     return 2 * x if x == 1 else 0
@@ -518,3 +521,10 @@ def test_codec_refuses_anything_else(line):
 def test_codec_caps_message_size():
     with pytest.raises(codec.NotData, match="cap"):
         codec.decode(b'["ok", "' + b"x" * 2000 + b'"]\n', 1000)
+
+
+def test_a_flood_of_unasked_for_replies_is_a_channel_error_not_harness_memory():
+    prog = ("import os, sys\nline = b'[\"ok\",1,2,0]\\n' * 100000\nwhile True:\n"
+            "    os.write(int(sys.argv[2]), line)\ndef f(x):\n    return 0\n")
+    r = Sandbox(LIMITS).run(job(prog))
+    contained(r, {"channel_error"})

@@ -312,8 +312,9 @@ class _Channel:
             buf = self.open[fd]
             if fd == self.rep_r:
                 buf.extend(chunk)
-                if len(buf) > _MAX_REPLY and b"\n" not in buf:
-                    raise self.fail("channel_error", f"a reply longer than {_MAX_REPLY} bytes")
+                if len(buf) > _MAX_REPLY:  # one huge reply, or a flood of unasked-for ones
+                    raise self.fail("channel_error", f"more than {_MAX_REPLY} bytes of replies "
+                                    "pending")
                 continue
             buf.extend(chunk[: max(0, self.cap + 1 - len(buf))])
             if len(self.out) + len(self.err) > self.cap:
@@ -626,6 +627,8 @@ class Sandbox:
                  "--ro-bind", str(CODEC), f"{_SANDBOX_HARNESS}/_sandbox_codec.py"]
         for dev in ("null", "zero", "random", "urandom"):
             args += ["--dev-bind", f"/dev/{dev}", f"/dev/{dev}"]
+        # No ld.so.cache inside: the loader is told where the bound libraries are.
+        args += ["--setenv", "LD_LIBRARY_PATH", ":".join(lay["lib_dirs"])]
         args += ["--perms", "01777", "--size", str(self.limits.tmpfs_mb * 1024 * 1024),
                  "--tmpfs", _SANDBOX_WORKDIR, "--chdir", _SANDBOX_WORKDIR]
         if seccomp_fd is not None:
@@ -653,8 +656,6 @@ class Sandbox:
             fds.append(seccomp_fd)
         env = {"PATH": "/nonexistent", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "PYTHONHASHSEED": "0", "HOME": workdir, "TMPDIR": workdir}
-        if ns:
-            env["LD_LIBRARY_PATH"] = ":".join(self.probe["layout"]["lib_dirs"])
         try:
             proc = subprocess.Popen(
                 self._command(req_r, rep_w, seccomp_fd), stdin=subprocess.DEVNULL,
