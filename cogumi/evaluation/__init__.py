@@ -15,8 +15,16 @@ from .backends.llamacpp_backend import LlamaCppBackend
 from .backends.openai_backend import OpenAIBackend
 from .backends.transformers_backend import TransformersBackend
 from .compare import Comparison, compare_judged, compare_verified
-from .runner import DEFINITIONS, REASONS, EvalReport, build_program, evaluate, run_cache_key
-from .sandbox import Sandbox, SandboxLimits, SandboxResult
+from .runner import (
+    DEFINITIONS,
+    REASONS,
+    EvalReport,
+    build_job,
+    build_program,
+    evaluate,
+    run_cache_key,
+)
+from .sandbox import CodeJob, Sandbox, SandboxLimits, SandboxResult
 from .settings import (
     GenerationOutput,
     GenerationRequest,
@@ -30,6 +38,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BenchmarkFormatError",
+    "CodeJob",
     "Comparison",
     "DEFINITIONS",
     "EvalReport",
@@ -47,6 +56,7 @@ __all__ = [
     "SandboxResult",
     "Task",
     "TransformersBackend",
+    "build_job",
     "build_program",
     "compare_judged",
     "compare_verified",

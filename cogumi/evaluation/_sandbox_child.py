@@ -1,135 +1,48 @@
 """The process that runs untrusted code. Started by cogumi.evaluation.sandbox, never imported.
 
-Runs as ``python -I -S _sandbox_child.py`` (inside ``unshare --net --mount --pid`` when the
-machine allows), reads its job as JSON from stdin, and:
+Runs as ``python -S -s -B -P _sandbox_child.py IN_FD OUT_FD`` inside bubblewrap (namespace
+mode) or as a plain subprocess (the opt-in weak mode). It reads ``marshal`` frames from
+IN_FD and writes replies to OUT_FD, one JSON array per line (``_sandbox_codec``):
 
-1. (namespace mode, still privileged) joins the per-run pids cgroup, mounts a size-limited
-   tmpfs as the working directory, replaces /dev by a tmpfs holding only null/zero/random/
-   urandom, and remounts every other mount read-only;
-2. forks the worker. This process stays as the reaper (pid 1 of the namespace): when it
-   exits, the kernel kills everything left in the namespace;
-3. the worker sets rlimits (CPU, address space, file size, open files, processes, core),
-   drops every capability and sets no_new_privs, installs an audit hook that refuses
-   writes outside the working directory, deletes, process creation, signals, sockets,
-   ctypes and rlimit changes (audit hooks cannot be removed once added), then executes the
-   program;
-4. the worker reports the outcome on fd 3 with the job's nonce; the reaper reports the
-   worker's exit status on fd 3 as its last line.
+1. ``["job", {...}]``: the program, the entry point, the limits. The child drops to the
+   given unprivileged uid/gid (when started as root), sets rlimits, closes every other
+   descriptor, installs the audit hook, answers ``["ready"]`` and only then runs the
+   program (the candidate's code without its tests), answering ``["loaded", n, [...]]``
+   or ``["load_error", reason, detail, [...]]`` (n and the list: violations so far).
+2. ``["call", id, args, kwargs]``: calls the entry point; answers ``["ok", id, value, n]``,
+   ``["raise", id, type_name, message, n]``, ``["nondata", id, what, n]`` or
+   ``["exit", id, detail, n]``.
+3. ``["done"]``: answers ``["done", n, [...]]`` and exits.
+
+In the in-sandbox path (tests that cannot be called through the channel), the program
+holds its tests and the child answers ``["outcome", reason, detail, [...]]`` once: that
+verdict comes from the untrusted process and is marked as such by the harness.
+
+Nothing here is trusted by the harness except ``["ready"]``, which is written before any
+untrusted code runs: every later line may be forged, and the harness reads it as data only.
 """
 
-import json
+import marshal
 import os
 import resource
-import signal
 import sys
 
-RESULT_FD = 3  # replaced by the job's result_fd
+IN_FD, OUT_FD = int(sys.argv[1]), int(sys.argv[2])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _sandbox_codec as C  # noqa: E402  (next to this file, inside the sandbox too)
+
+_out = OUT_FD
 
 
-def _emit(obj):
-    data = (json.dumps(obj) + "\n").encode()
-    try:
-        os.write(RESULT_FD, data)
-    except OSError:
-        pass
+def send(*message):
+    send_bytes((C.dumps(list(message)) + "\n").encode("ascii"))
 
 
-# ------------------------------------------------------------------ namespace setup
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-
-
-def _libc():
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-    return ctypes, libc
-
-
-def _mount(libc, ctypes, src, target, fstype, flags, data=None):
-    rc = libc.mount(
-        src.encode() if src else None,
-        target.encode(),
-        fstype.encode() if fstype else None,
-        flags,
-        data.encode() if data else None,
-    )
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
-
-
-def _mountpoints():
-    points = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 4:
-                continue
-            mp = parts[1].encode().decode("unicode_escape")  # \040 etc.
-            opts = parts[3].split(",")
-            points.append((mp, opts))
-    return points
-
-
-def setup_namespace(job):
-    ctypes, libc = _libc()
-    errors = []
-    for cg in job.get("cgroups", []):
-        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-            f.write("0")
-    _mount(libc, ctypes, None, "/", None, MS_REC | MS_PRIVATE)
-    workdir = job["workdir"]
-    # Everything already mounted becomes read-only (the new tmpfs mounts come after).
-    for mp, opts in _mountpoints():
-        if mp == workdir:
-            continue
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for name, bit in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC)):
-            if name in opts:
-                flags |= bit
-        if mp != "/dev":
-            flags |= MS_NOSUID | MS_NODEV
-        try:
-            _mount(libc, ctypes, None, mp, None, flags)
-        except OSError as e:
-            if mp == "/":
-                raise
-            errors.append(str(e))
-    size = int(job["limits"]["tmpfs_mb"])
-    _mount(libc, ctypes, "tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={size}m,mode=0777")
-    if job.get("private_dev", True):
-        # A /dev with only harmless character devices: no disks, no ttys, no /dev/shm.
-        _mount(libc, ctypes, "tmpfs", "/dev", "tmpfs", MS_NOSUID, "size=64k,mode=0755")
-        for name, minor in (("null", 3), ("zero", 5), ("random", 8), ("urandom", 9)):
-            os.mknod(f"/dev/{name}", 0o666 | 0o020000, os.makedev(1, minor))
-        _mount(libc, ctypes, None, "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
-    return errors
-
-
-def drop_privileges():
-    """No capabilities (so no mount, no raw devices, no ptrace of others), no new privs."""
-    ctypes, libc = _libc()
-    PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
-    PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
-    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    for cap in range(64):
-        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
-
-    hdr = Header(0x20080522, 0)
-    data = (Data * 2)()
-    if libc.capset(ctypes.byref(hdr), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset failed")
+def send_bytes(data):
+    view = memoryview(data)
+    while view:
+        n = os.write(_out, view)
+        view = view[n:]
 
 
 def set_limits(limits):
@@ -142,14 +55,12 @@ def set_limits(limits):
         (resource.RLIMIT_FSIZE, (fsize, fsize)),
         (resource.RLIMIT_NOFILE, (int(limits["open_files"]),) * 2),
         (resource.RLIMIT_CORE, (0, 0)),
-        # Not enforced for uid 0; the pids cgroup and the audit hook are the real guards.
+        # Counted per user namespace (or per uid: each run has its own) and enforced because
+        # the program never runs as uid 0 of the host.
         (resource.RLIMIT_NPROC, (int(limits["max_procs"]),) * 2),
     ]
     for which, value in table:
-        try:
-            resource.setrlimit(which, value)
-        except (ValueError, OSError):
-            pass
+        resource.setrlimit(which, value)
 
 
 # ------------------------------------------------------------------ audit hook
@@ -158,6 +69,8 @@ class SandboxViolation(Exception):
 
 
 def install_audit_hook(workdir, violations):
+    """A tripwire, not a boundary (code that finds this closure through gc can turn it
+    off): it names what a program tried, so the item fails with reason ``forbidden``."""
     import os.path as osp
 
     workdir = osp.realpath(workdir)
@@ -221,94 +134,128 @@ def install_audit_hook(workdir, violations):
     sys.addaudithook(hook)
 
 
-# ------------------------------------------------------------------ worker
-def run_worker(job, nonce, violations):
-    workdir = job["workdir"]
-    path = os.path.join(workdir, "main.py")
-    source = job["program"]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(source)
+# ------------------------------------------------------------------ running code
+def _describe(e):
     try:
-        code = compile(source, path, "exec")
+        return f"{type(e).__name__}: {e}"[:500]
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        return type(e).__name__
+
+
+def run_program(source, glb):
+    """(reason, detail) after executing ``source``; reason "passed" when it ran to the end."""
+    try:
+        code = compile(source, "main.py", "exec")
     except (SyntaxError, ValueError) as e:
-        return {"outcome": "syntax_error", "detail": f"{type(e).__name__}: {e}"}
-    glb = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
+        return "syntax_error", _describe(e)
     try:
         exec(code, glb)
     except SystemExit as e:
-        return {"outcome": "exited_early", "detail": f"SystemExit({e.code!r}) before the tests finished"}
+        return "exited_early", f"SystemExit({e.code!r}) while the program was loading"[:500]
     except MemoryError:
-        return {"outcome": "memory", "detail": "MemoryError"}
+        return "memory", "MemoryError"
     except AssertionError as e:
-        return {"outcome": "wrong_answer", "detail": f"AssertionError: {e}"[:500]}
+        return "wrong_answer", _describe(e)
     except SandboxViolation as e:
-        return {"outcome": "forbidden", "detail": str(e)[:500]}
+        return "forbidden", str(e)[:500]
     except BaseException as e:  # noqa: BLE001 - anything the program raises is its failure
+        return "exception", _describe(e)
+    return "passed", ""
+
+
+def serve_calls(fn, read_frame, violations):
+    while True:
+        msg = read_frame()
+        if msg is None:
+            return
+        if msg[0] == "done":
+            send("done", len(violations), violations[:20])
+            return
+        _, cid, args, kwargs = msg
         try:
-            detail = f"{type(e).__name__}: {e}"[:500]
-        except BaseException:  # noqa: BLE001 - a hostile __str__
-            detail = type(e).__name__
-        return {"outcome": "exception", "detail": detail}
-    return {"outcome": "passed", "detail": ""}
+            value = fn(*args, **kwargs)
+        except SystemExit as e:
+            send("exit", cid, f"SystemExit({e.code!r}) inside the call"[:500], len(violations))
+            continue
+        except BaseException as e:  # noqa: BLE001 - the candidate's failure, reported as data
+            try:
+                text = str(e)[:500]
+            except BaseException:  # noqa: BLE001
+                text = ""
+            send("raise", cid, type(e).__name__[:100], text, len(violations))
+            continue
+        try:
+            reply = f'["ok",{cid:d},{C.dumps(value)},{len(violations):d}]\n'
+        except C.NotData as e:
+            send("nondata", cid, str(e)[:300], len(violations))
+            continue
+        except (ValueError, RecursionError) as e:
+            send("nondata", cid, f"unprintable: {type(e).__name__}", len(violations))
+            continue
+        send_bytes(reply.encode("ascii"))
 
 
 def main():
-    global RESULT_FD
-    job = json.loads(sys.stdin.read())
-    os.close(0)
-    RESULT_FD = int(job["result_fd"])
-    nonce = job.pop("nonce")
-    setup_errors = []
-    if job["mode"] == "namespaces":
-        setup_errors = setup_namespace(job)
+    def read_exact(n):
+        chunks = []
+        while n:
+            chunk = os.read(IN_FD, min(n, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def read_frame():
+        head = read_exact(4)
+        if head is None:
+            return None
+        body = read_exact(int.from_bytes(head, "big"))
+        return None if body is None else marshal.loads(body)
+
+    job = read_frame()[1]
+    drop = job.get("drop_to")
+    if drop is not None:
+        uid, gid = drop
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+            raise OSError("could not drop to the sandbox uid/gid")
+    set_limits(job["limits"])
+    keep = sorted({0, 1, 2, IN_FD, OUT_FD})
+    for lo, hi in zip(keep, keep[1:] + [1 << 20], strict=True):
+        os.closerange(lo + 1, hi)
     os.chdir(job["workdir"])
+    violations = []
+    if job["audit_hooks"]:
+        install_audit_hook(job["workdir"], violations)
+    send("ready")
 
-    pid = os.fork()
-    if pid == 0:
-        violations = []
-        try:
-            if job["mode"] == "namespaces":
-                drop_privileges()
-            set_limits(job["limits"])
-            for mod in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
-                del sys.modules[mod]
-            if job.get("audit_hooks", True):
-                install_audit_hook(job["workdir"], violations)
-            result = run_worker(job, nonce, violations)
-        except MemoryError:
-            result = {"outcome": "memory", "detail": "MemoryError"}
-        if violations and result["outcome"] != "forbidden":
-            result = {"outcome": "forbidden", "detail": "sandbox refused " + violations[0],
-                      "masked": result["outcome"]}
-        result["nonce"] = nonce
-        result["violations"] = violations[:20]
-        _emit(result)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-    # Reaper: wait for the worker (and adopt any orphans), then report how it ended.
-    status = None
-    while True:
-        try:
-            wpid, st = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if wpid == pid:
-            status = st
-            break
-    report = {"reaper": True, "setup_errors": setup_errors}
-    if status is not None:
-        if os.WIFSIGNALED(status):
-            report["signal"] = os.WTERMSIG(status)
-        else:
-            report["exit_code"] = os.WEXITSTATUS(status)
-    _emit(report)
-    os._exit(0)
+    glb = {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__}
+    reason, detail = run_program(job["program"], glb)
+    if job["kind"] == "program":  # the in-sandbox path: the program holds its tests
+        send("outcome", reason, detail, violations[:20])
+        return
+    if reason != "passed":
+        send("load_error", reason, detail, violations[:20])
+        return
+    fn = glb.get(job["entry"])
+    if not callable(fn):
+        send("load_error", "exception",
+             f"NameError: the program defines no function {job['entry']!r}", violations[:20])
+        return
+    send("loaded", len(violations), violations[:20])
+    serve_calls(fn, read_frame, violations)
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    main()
+    try:
+        main()
+    except BaseException as e:  # noqa: BLE001 - the harness reads this as setup failure
+        try:
+            send("child_error", _describe(e))
+        except BaseException:  # noqa: BLE001
+            pass
+        os._exit(70)
+    os._exit(0)

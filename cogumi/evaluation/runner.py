@@ -26,7 +26,7 @@ from . import answers as A
 from .backends.base import Backend
 from .metrics import agreement, majority, mean, pass_at_k
 from .sandbox import REASONS as SANDBOX_REASONS
-from .sandbox import Sandbox
+from .sandbox import CodeJob, Sandbox
 from .settings import (
     GenerationOutput,
     GenerationRequest,
@@ -37,7 +37,9 @@ from .settings import (
 from .tasks import MC_ANSWER_PREFIX, Item, Task
 
 #: Bump when scoring changes: part of the run cache key.
-SCORING_VERSION = "2"  # 2: the MMLU answer prefix is rendered inside the assistant turn
+# 2: the MMLU answer prefix is rendered inside the assistant turn; 3: code tests are judged
+# in the harness, the candidate called over a plain-data channel
+SCORING_VERSION = "3"
 
 #: Why a generation can fail, besides the sandbox's reasons.
 REASONS = {
@@ -77,6 +79,12 @@ DEFINITIONS = {
     "consistency": "samples >= 2: share of all items, pooled over every task in the run, "
     "whose k sampled final answers all agree (the per-task rule above).",
     "{task}.failure_rate/{reason}": "share of generations that failed for this reason.",
+    "{task}.verdicts_unverified": "code: share of generations whose verdict is not verified: "
+    "decided by tests that ran inside the sandbox (tasks whose tests pass the candidate "
+    "non-data arguments or inspect it; the program could forge that verdict) or run under "
+    "the opt-in 'weak-unsafe' isolation. 0 means every verdict came from the trusted judge.",
+    "{task}.pass@k_unverified": "code under 'weak-unsafe' isolation only: what pass@k would "
+    "read. {task}.pass@k itself is then undefined (NaN), so gates on it fail.",
 }
 
 
@@ -127,6 +135,12 @@ class EvalReport:
             summary=meta.get("summary", {}), definitions=meta.get("definitions", {}),
             reasons=meta.get("reasons", {}),
         )
+
+    def limits(self) -> list[str]:
+        """What a reader of these numbers must be told (code verdicts that are unverified),
+        one line per task; every report that uses the numbers states them."""
+        return [line for v in self.summary.values() if isinstance(v, dict)
+                for line in v.get("limits", [])]
 
     def task_records(self, task: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r["task"] == task]
@@ -280,6 +294,25 @@ def build_program(item: Item, code: str) -> str:
     return f"{body}\n\n{f['test']}\n\ncheck({entry})\n"
 
 
+def build_job(item: Item, code: str) -> CodeJob:
+    """What the sandbox judges: the candidate (the program of :func:`build_program` without
+    its tests) runs in the sandbox; the prelude (the prompt before the entry point's stub:
+    imports and the helpers some tests call, e.g. HumanEval/32's ``poly``) and the tests run
+    in the harness. Both come from the benchmark file, never from the model."""
+    f = item.fields
+    entry = f["entry_point"]
+    prompt = f["prompt"]
+    def_re = re.compile(rf"^[ \t]*def\s+{re.escape(entry)}\s*\(", re.MULTILINE)
+    stubs = list(def_re.finditer(prompt))
+    prelude = prompt[: stubs[-1].start()] if stubs else ""
+    if def_re.search(code):
+        candidate = (prelude if stubs else prompt + "\n") + code
+    else:
+        candidate = prompt + code
+    return CodeJob(candidate=candidate, tests=f["test"], entry_point=entry, prelude=prelude,
+                   program=build_program(item, code))
+
+
 def _evaluate_task(backend, task, settings, limit, sandbox, workers, use_ll):
     items = task.items if limit is None else task.items[:limit]
     k = settings.samples
@@ -363,7 +396,9 @@ def _evaluate_task(backend, task, settings, limit, sandbox, workers, use_ll):
             else:
                 verdicts.append(False)  # decided by the sandbox below
                 reasons.append("pending")
-                programs.append((len(records), s, build_program(it, ex.answer)))
+                programs.append((len(records), s, build_job(it, ex.answer)))
+        if task.kind == "code":
+            rec["judges"] = [None] * len(gens)
         rec.update(generations=texts, extracted=extracted, extraction_rules=rules,
                    verdicts=verdicts, reasons=reasons, details=details,
                    finish_reasons=[o.finish_reason for o in gens],
@@ -385,13 +420,31 @@ def _evaluate_task(backend, task, settings, limit, sandbox, workers, use_ll):
             rec["verdicts"][s] = res.passed
             rec["reasons"][s] = res.reason
             rec["details"][s] = res.detail
+            rec["judges"][s] = res.judge if res.verified else f"{res.judge}, unverified"
     sandbox_s = time.monotonic() - ts
 
     metrics = _task_metrics(task, records, k, settings)
+    limits = []
+    if task.kind == "code" and records:
+        judged = [(r, s) for r in records for s, j in enumerate(r.get("judges") or []) if j]
+        unverified = [(r, s) for r, s in judged if "unverified" in r["judges"][s]]
+        metrics[f"{task.name}.verdicts_unverified"] = len(unverified) / max(1, len(judged))
+        if sandbox is not None and not sandbox.verified:
+            limits.append(f"{task.name}: code ran under '{sandbox.isolation}' isolation: every "
+                          "verdict is unverified and pass@k is reported as undefined")
+            for key in [m for m in metrics if m.startswith(f"{task.name}.pass@")]:
+                metrics[key + "_unverified"] = metrics[key]
+                metrics[key] = float("nan")
+        elif unverified:
+            ids = sorted({r["item_id"] for r, _ in unverified})
+            limits.append(f"{task.name}: {len(unverified)} of {len(judged)} verdicts were "
+                          "reported by the sandboxed program itself, which could forge them "
+                          "(its tests pass the candidate non-data arguments or inspect it): "
+                          + ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else ""))
     reasons = Counter(r for rec in records for r in rec["reasons"])
     summ = {
         "n_items": len(items), "n_malformed": len(items) - len(valid), "samples": k,
-        "reasons": dict(reasons),
+        "reasons": dict(reasons), "limits": limits,
         "generation_s": gen_s, "sandbox_s": sandbox_s,
         "prompt_tokens": sum(o.prompt_tokens for o in outs),
         "completion_tokens": sum(o.completion_tokens for o in outs),

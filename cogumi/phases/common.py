@@ -64,6 +64,9 @@ def evaluate_model(ctx: PhaseContext, loaded: LoadedModel, out_dir: Path) -> dic
     with generation_backend(ctx, loaded) as backend:
         report = evaluate(backend, tasks, settings, limit=cfg.limit, cache_dir=eval_cache(ctx))
     report.write(out_dir)
+    for note in report.limits():
+        if note not in ctx.notes:
+            ctx.notes.append(note)
     return dict(report.metrics)
 
 

@@ -122,7 +122,12 @@ def run(ctx: PhaseContext) -> dict:
         prompt = messages_of[(rec["task"], rec["item_id"])][0]["content"]
         row = {"id": rec["item_id"], "task": rec["task"], "instruction": prompt,
                "response": rec["generations"][0] if rec["generations"] else ""}
-        if rec["verdicts"] and rec["verdicts"][0]:
+        # A code verdict the sandboxed program reported itself (tests that cannot be called
+        # over the data channel) could be forged: not trusted as training data.
+        trusted = rec["kind"] != "code" or (rec.get("judges") or [None])[0] == "trusted"
+        if rec["verdicts"] and rec["verdicts"][0] and not trusted:
+            dropped.append({**row, "reason": "unverified_verdict"})
+        elif rec["verdicts"] and rec["verdicts"][0]:
             kept.append({**row, "verified_by": "math-verify" if rec["kind"] == "math"
                          else "tests in the sandbox", "temperature": 0.0})
         else:
@@ -170,6 +175,9 @@ def run(ctx: PhaseContext) -> dict:
     with generation_backend(ctx, loaded) as backend:
         after = evaluate(backend, tasks, diagnostic, limit=profile.eval.limit)
     after.write(ctx.out_dir / "diagnostic_after")
+    for note in before.limits() + generated.limits() + after.limits():
+        if note not in ctx.notes:
+            ctx.notes.append(note)
     greedy_after = evaluate_model(ctx, loaded, ctx.out_dir / "eval_after")
     cross = lm_eval_cross_check(ctx, loaded, ctx.out_dir / "eval_after",
                                 ctx.out_dir / "lm_eval_crosscheck.json")
