@@ -14,11 +14,8 @@ versions and the load average (the machine is shared: run it when it is quiet).
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -40,9 +37,8 @@ def _git(*args: str) -> str:
 
 
 def main() -> None:
+    from cogumi.evaluation import Sandbox, build_job, build_program, load_task
     from cogumi.provenance import provenance
-from cogumi.provenance import provenance  # noqa: E402
-from cogumi.evaluation import Sandbox, build_job, build_program, load_task
 
     load_start = [round(x, 2) for x in os.getloadavg()]
     uptime_start = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

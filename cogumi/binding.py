@@ -177,6 +177,11 @@ def code_files() -> dict[str, str]:
                 or rel.parts[0].endswith(".egg-info")):
             continue
         out[f"cogumi/{rel.as_posix()}"] = sha256_file(path)
+    # The paired and capability statistics are computed while the phase runs (its metrics
+    # carry the intervals), so their settings bind the build like code, not the gate run.
+    from cogumi.stats import STATISTICS_FILE
+    if STATISTICS_FILE.is_file():
+        out["gates/statistics.toml"] = sha256_file(STATISTICS_FILE)
     return out
 
 
@@ -194,6 +199,8 @@ def gates_files(phase_id: str) -> dict[str, str]:
                 part.startswith(".") for part in rel.parts):
             continue
         if rel.name.startswith("phase") and rel.suffix == ".toml" and rel.name != own:
+            continue
+        if rel.name == "statistics.toml":  # bound with the code (code_files)
             continue
         out[f"gates/{rel.as_posix()}"] = sha256_file(path)
     return out

@@ -137,7 +137,7 @@ def test_changed_code_file_makes_every_phase_stale(tmp_path, runs, capsys, monke
                                                    tiny_profile):
     code = tmp_path / "cogumi"
     shutil.copytree(ROOT / "cogumi", code, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(provenance, "CODE_ROOT", code)
+    monkeypatch.setattr(binding, "CODE_ROOT", code)
     _fake_phases(monkeypatch, tiny_profile, phases=("1A",))
     assert _cogumi("run", "1A", "--runs", str(runs)) == 0
     assert "stale" not in _status(capsys, "--runs", str(runs))
@@ -160,7 +160,7 @@ def test_changed_code_file_makes_every_phase_stale(tmp_path, runs, capsys, monke
 def test_changed_gate_file_regates_without_rebuilding(tmp_path, runs, capsys, monkeypatch):
     gates = tmp_path / "gates"
     shutil.copytree(ROOT / "gates", gates, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(provenance, "GATES_ROOT", gates)
+    monkeypatch.setattr(binding, "GATES_ROOT", gates)
     assert _cogumi("run", "0", "--runs", str(runs)) == 0
     manifest = (runs / "tiny" / "0" / "manifest.json").read_bytes()
     (gates / "phase1a.toml").write_text((gates / "phase1a.toml").read_text() + "\n# edit\n")
@@ -298,17 +298,17 @@ def test_work_key_covers_inputs_code_and_settings():
 
 
 def test_large_files_are_hashed_once_per_size_and_mtime(tmp_path, monkeypatch):
-    monkeypatch.setattr(provenance, "LARGE_FILE", 10)
-    monkeypatch.setattr(provenance, "_memo", {})
+    monkeypatch.setattr(binding, "LARGE_FILE", 10)
+    monkeypatch.setattr(binding, "_memo", {})
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 100)
     calls = []
-    real = provenance.sha256_file
-    monkeypatch.setattr(provenance, "sha256_file", lambda p: calls.append(p) or real(p))
-    hasher = provenance._Hasher(tmp_path)
+    real = binding.sha256_file
+    monkeypatch.setattr(binding, "sha256_file", lambda p: calls.append(p) or real(p))
+    hasher = binding._Hasher(tmp_path)
     first = hasher.sha256(big)
     hasher.save()
-    monkeypatch.setattr(provenance, "_memo", {})
-    assert provenance._Hasher(tmp_path).sha256(big) == first and len(calls) == 1  # from disk
+    monkeypatch.setattr(binding, "_memo", {})
+    assert binding._Hasher(tmp_path).sha256(big) == first and len(calls) == 1  # from disk
     big.write_bytes(b"y" * 101)
-    assert provenance._Hasher(tmp_path).sha256(big) != first and len(calls) == 2
+    assert binding._Hasher(tmp_path).sha256(big) != first and len(calls) == 2

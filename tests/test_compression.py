@@ -4,9 +4,8 @@ generates, and widths the quantizer cannot group fail with the tensor named."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
