@@ -216,7 +216,8 @@ def test_exact_duplicates_first_and_normalised():
     assert len(exact_removed) == 2
     assert all(r["estimated_jaccard"] == 1.0 for r in exact_removed)
     # Instruction and response are compared apart for exact duplicates.
-    split = near_duplicates([record("x", "a b", "c"), record("y", "a", "b c")])
+    split = near_duplicates([record("x", "a b", "c"), record("y", "a", "b c"),
+                             record("z", "", "a b c"), record("w", "a b c", "")])
     assert split.stats["exact_duplicates_removed"] == 0
 
 

@@ -11,8 +11,9 @@ The pipeline, in order:
 1. Normalise. A record's text is its instruction and response, lowercased, whitespace
    collapsed to single spaces. Records are processed in id order, so the result does not
    depend on the order they were given in.
-2. Exact duplicates first: a 128-bit BLAKE2b digest of the normalised instruction and
-   response (kept apart, so "a b" + "c" is not "a" + "b c"). Each group of identical records
+2. Exact duplicates first: records whose normalised instruction and normalised response are
+   both equal (compared apart, so "a b" + "c" is not "a" + "b c": the key is the joined text
+   and where the instruction ends in it). Each group of identical records
    is represented by its smallest id for the rest of the pipeline; only those go into LSH.
 3. MinHash signatures by rensa (R-MinHash, in Rust): every shingle (word n-gram or
    character n-gram, as a string; a text shorter than n is one shingle, the whole text) of a
@@ -47,7 +48,6 @@ The pipeline, in order:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -137,13 +137,12 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _record_text(instruction: str, response: str) -> tuple[str, bytes]:
-    """(text to shingle, exact-duplicate digest) for one record."""
+def _record_text(instruction: str, response: str) -> tuple[str, int]:
+    """(text to shingle, length of the normalised instruction) for one record. The pair is
+    the exact-duplicate key: with the instruction's length, the text gives back both parts
+    (an empty part adds no space), and it costs no hashing beyond Python's own."""
     inst, resp = normalise(instruction or ""), normalise(response or "")
-    digest = hashlib.blake2b(f"{inst}\0{resp}".encode("utf-8", "surrogatepass"),
-                             digest_size=16).digest()
-    text = f"{inst} {resp}" if inst and resp else inst or resp
-    return text, digest
+    return (f"{inst} {resp}" if inst and resp else inst or resp), len(inst)
 
 
 def shingles(text: str, shingle: str = "word", n: int = 3) -> list[str]:
@@ -156,7 +155,7 @@ def shingles(text: str, shingle: str = "word", n: int = 3) -> list[str]:
         words = text.split()
         if len(words) <= n:
             return [" ".join(words)]
-        return list(map(" ".join, zip(*(words[k:] for k in range(n)), strict=False)))
+        return list(map(" ".join, zip(*[words[k:] for k in range(n)], strict=False)))
     if shingle == "char":
         if len(text) <= n:
             return [text]
@@ -353,12 +352,12 @@ def _deduplicate(records: list[dict], config: DedupConfig, rensa, stats: dict, l
 
     # Exact duplicates: every record points at its group's first (smallest id) member.
     texts: list[str] = []
-    first_with: dict[bytes, int] = {}
+    first_with: dict[tuple[str, int], int] = {}
     canonical = np.empty(n, dtype=np.int64)
     for index, r in enumerate(records):
-        text, digest = _record_text(r.get("instruction") or "", r.get("response") or "")
-        texts.append(text)
-        canonical[index] = first_with.setdefault(digest, index)
+        key = _record_text(r.get("instruction") or "", r.get("response") or "")
+        texts.append(key[0])
+        canonical[index] = first_with.setdefault(key, index)
     del first_with
     unique = np.flatnonzero(canonical == np.arange(n))
     position = np.full(n, -1, dtype=np.int64)  # record index -> its row among `unique`
