@@ -743,8 +743,10 @@ def git_commit() -> dict:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
                               check=False).stdout.strip()
+    # The result files are left out: this run is about to overwrite one of them.
     return {"commit": git("rev-parse", "HEAD"),
-            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no",
+                                            "--", ".", ":!benchmarks/results"))}
 
 
 # --------------------------------------------------------------------------- main
