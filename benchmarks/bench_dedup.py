@@ -1,48 +1,70 @@
-"""Benchmark near-duplicate removal: our pipeline against a plain datasketch pipeline, with
-exact Jaccard as ground truth, on a corpus of real text with planted near-duplicates.
+"""Benchmark near-duplicate removal: what phase 0 ships against three maintained MinHash
+libraries at their fastest, in one run on one corpus, with exact Jaccard as ground truth.
 
-    /work/venv/bin/python benchmarks/bench_dedup.py            # writes benchmarks/results/dedup.json
+    python benchmarks/bench_dedup.py            # writes benchmarks/results/dedup.json
 
 The corpus: docstrings of every module, class and function in the Python standard library and
 the installed packages (parsed with ast, never imported), in sorted file order, turned into
 instruction-response records (a docstring's first paragraph is the instruction and the
 following paragraphs, up to about 150 words, the response; a one-paragraph docstring gets
 "Explain `module.name`." as its instruction). Records identical after normalisation are
-dropped, as phase 0 does before near-duplicate removal. Then near-duplicates are planted:
-copies of randomly chosen records whose responses are edited (word substitutions, deletions,
-insertions) until the exact Jaccard of their word-trigram sets with the original is closest
-to a target level between 0.5 and 0.95; the achieved value is recorded for each.
+dropped, as phase 0 does before near-duplicate removal. With --joined, more records are made
+by joining three natural records drawn at random (to reach a large record count: the
+docstrings run out near 110K). Then near-duplicates are planted: copies of randomly chosen
+natural records whose responses are edited (word substitutions, deletions, insertions) until
+the exact Jaccard of their word-trigram sets with the original is closest to a target level
+between 0.5 and 0.95; the achieved value is recorded for each. The corpus is shuffled.
 
-In one run, on the same corpus:
-- ours: cogumi.data.dedup.near_duplicates with every core and with one worker (each timed
-  three times, the median counts, all are listed), then once with verify="estimated", then
-  on the same text regrouped into records three times as long (length scaling), then on
-  640,637 records (the seed's count) made by joining random triples of records (scale check);
-- reference: datasketch written plainly (MinHash.update per shingle, MinHashLSH at
-  threshold 0.8 with its default parameters, query then insert; a query hit is a duplicate);
-- ground truth: exact Jaccard of the word-trigram sets (Python sets of word tuples, no
-  hashing) on every pair that any method proposed, plus the pairs of a permissive LSH
-  (32 bands of 4 rows on independent signatures, which proposes a pair at Jaccard 0.8 with
-  probability 1 - 5e-8 and at 0.6 with 0.99). A pair is a true duplicate when its exact
-  Jaccard is at least 0.8.
+Each implementation runs in its own subprocess (so that peak memory is its own: the resident
+memory of that process and every process it starts, sampled every 50 ms), on the same corpus
+file, all at threshold 0.8 with 128 permutations split into the bands x rows that ours
+chooses (16 x 8), word 3-gram shingles of the lowercased, whitespace-collapsed text:
+- ours: cogumi.data.dedup.near_duplicates with phase 0's defaults (rensa's MinHash and LSH
+  inside since this benchmark showed rensa faster than our hand-written numpy MinHash; the
+  exact duplicates, verification, clusters and audit fields are ours);
+- datasketch: MinHash.bulk (update_batch under it) with xxhash as hashfunc, MinHashLSH with
+  params=(16, 8) filled through insertion_session, one query per record; candidate pairs
+  verified on exact Jaccard of their shingle sets, clusters by union-find;
+- rensa: RMinHash.from_token_sets (its batch path, in Rust), RMinHashLSH with 16 bands,
+  insert_many and query_all; verified and clustered as for datasketch;
+- datatrove: its four MinHash steps (signature, buckets, cluster, filter) in
+  LocalPipelineExecutor, reading the corpus from JSONL shards, one task per core (16 bucket
+  tasks); 16 buckets of 8 hashes, 3-grams, a whitespace WordTokenizer and only lowercasing
+  and whitespace normalisation, so its shingles are ours. It has no verification step: a
+  pair that shares a bucket is a duplicate.
+Timed: from the records in memory (datatrove: JSONL files on disk, which is its input) to the
+set of removed records. Not timed: loading the corpus file, writing datatrove's input shards.
+
+Ground truth: exact Jaccard of the word-trigram sets (Python sets of word tuples, no hashing)
+on every pair that any implementation declared, the planted pairs, and the pairs of a
+permissive LSH (rensa signatures with an independent seed, 32 bands of 4 rows grouped here
+with numpy, which proposes a pair at Jaccard 0.8 with probability 1 - 5e-8 and at 0.6 with
+0.99; ours uses rensa too, but datasketch's independent MinHash adds its pairs to the
+union). A pair is a true duplicate when its exact Jaccard is at least 0.8.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import hashlib
 import json
 import multiprocessing
 import os
+import platform
 import random
 import re
 import resource
+import shlex
+import shutil
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
-from collections import Counter
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +73,17 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cogumi.data import dedup  # noqa: E402
 from cogumi.data.dedup import DedupConfig, near_duplicates, normalise  # noqa: E402
-from cogumi.provenance import provenance  # noqa: E402
 
 DOMAINS = ("code", "math", "reasoning", "science", "conversation", "creative")
 SEED_RECORDS = 640_637
 THRESHOLD = 0.8
+NUM_PERM = 128
 NGRAM = 3
 PLANT_LEVELS = (0.5, 0.6, 0.7, 0.75, 0.78, 0.82, 0.85, 0.9, 0.95)
 RESPONSE_WORDS = 150
+IMPLEMENTATIONS = ("ours", "datasketch", "rensa", "datatrove")
+LIBRARIES = ("numpy", "datasketch", "rensa", "datatrove", "xxhash", "psutil")
 
 
 # --------------------------------------------------------------------------- corpus
@@ -128,7 +151,8 @@ def _python_files() -> tuple[list[tuple[str, str]], list[str]]:
     return list(files.values()), [str(r) for r in roots]
 
 
-def build_corpus(natural: int, planted: int, seed: int) -> tuple[list[dict], dict, list[dict]]:
+def build_corpus(natural: int, planted: int, joined: int, seed: int
+                 ) -> tuple[list[dict], dict, list[dict]]:
     started = time.perf_counter()
     files, roots = _python_files()
     records, seen, parsed = [], set(), 0
@@ -170,7 +194,17 @@ def build_corpus(natural: int, planted: int, seed: int) -> tuple[list[dict], dic
         planted_rows.append(record)
         plants.append({"id": record["id"], "source_id": source["id"], "target": target,
                        "jaccard": jaccard})
-    corpus = records + planted_rows
+    # Joined records: three natural records drawn at random, as one (long, and almost never a
+    # near-duplicate of another record: they add volume, the planted pairs add duplicates).
+    joined_rows = []
+    for k in range(joined):
+        first, second, third = rng.sample(records, 3)
+        joined_rows.append({
+            "id": f"joined-{k:07d}", "domain": first["domain"],
+            "instruction": first["instruction"],
+            "response": "\n\n".join((first["response"], second["response"], third["response"])),
+            "where": first["where"]})
+    corpus = records + joined_rows + planted_rows
     digest = hashlib.sha256()
     for r in corpus:
         digest.update(f"{r['id']}\0{r['instruction']}\0{r['response']}\0".encode())
@@ -179,9 +213,11 @@ def build_corpus(natural: int, planted: int, seed: int) -> tuple[list[dict], dic
     description = {
         "description": "docstrings of the Python standard library and installed packages "
                        "(ast, sorted file order) as instruction-response records, exact "
-                       "duplicates after normalisation dropped, plus planted near-duplicates",
+                       "duplicates after normalisation dropped, plus records joining three "
+                       "random natural records, plus planted near-duplicates",
         "records": len(corpus),
         "natural_records": len(records),
+        "joined_records": len(joined_rows),
         "planted_records": len(planted_rows),
         "plant_levels": PLANT_LEVELS,
         "source_roots": roots,
@@ -328,74 +364,307 @@ class Monitor:
         self._ended, self._busy_end = time.perf_counter(), self._busy_seconds()
 
 
-def run_ours(corpus: list[dict], config: DedupConfig, repeats: int = 1) -> dict:
-    """Time near_duplicates; with repeats, the median run counts (other work on this machine
-    comes and goes) and every run's time is listed. Memory is the peak over all runs, of
-    this process plus its workers."""
-    before = psutil.Process().memory_info().rss
-    times = []
-    with Monitor() as memory:
-        for _ in range(repeats):
-            started = time.perf_counter()
-            result = near_duplicates(corpus, config)
-            times.append(time.perf_counter() - started)
-    seconds = float(np.median(times))
-    cpu = memory.cpu_seconds / repeats
-    return {
-        "result": result,
-        "summary": {
-            "config": dedup.config_dict(config),
-            "seconds": round(seconds, 2),
-            "seconds_each_run": [round(t, 2) for t in times],
-            "records_per_second": round(len(corpus) / seconds, 1),
-            "cpu_seconds_per_run": round(cpu, 2),
-            "other_processes_cpu_share": round(memory.others_share(), 3),
-            "records_per_cpu_second": round(len(corpus) / cpu, 1),
-            "peak_rss_mb_all_processes": round(memory.peak / 2**20, 1),
-            "rss_mb_before": round(before / 2**20, 1),
-            "stats": result.stats,
-        },
-    }
+# --------------------------------------------------------------------------- implementations
+
+def record_text(record: dict) -> str:
+    """The text every implementation shingles: instruction and response, as ours joins them."""
+    instruction, response = record.get("instruction") or "", record.get("response") or ""
+    return f"{instruction} {response}" if instruction and response else instruction or response
 
 
-def run_reference(corpus: list[dict]) -> dict:
-    """The plain datasketch pipeline, as its documentation shows it: a record whose query
-    returns anything is a duplicate of what it returned, and is dropped."""
+def word_shingles(record: dict) -> list[str]:
+    """Word 3-grams of the normalised text as strings, ours' shingling for the libraries that
+    take tokens (a text shorter than three words is one shingle, as in ours)."""
+    words = normalise(record_text(record)).split()
+    if len(words) < NGRAM:
+        return [" ".join(words)]
+    return [f"{a} {b} {c}" for a, b, c in zip(words, words[1:], words[2:], strict=False)]
+
+
+def lsh_shape() -> tuple[int, int]:
+    """The bands x rows that ours chooses for the shipped defaults; every peer gets the same."""
+    stats = near_duplicates([{"id": "a", "instruction": "x", "response": "y"}], DedupConfig()).stats
+    return stats["bands"], stats["rows"]
+
+
+def verify_and_cluster(ids: list[str], shingles: list[list[str]], candidates) -> dict:
+    """What a user of a MinHash library adds to reach our precision: exact Jaccard of the
+    shingle sets of every candidate pair (index pairs), union-find over the verified pairs,
+    and one record kept per cluster (the smallest id)."""
+    sets: dict[int, set] = {}
+
+    def set_of(index: int) -> set:
+        found = sets.get(index)
+        if found is None:
+            found = sets[index] = set(shingles[index])
+        return found
+
+    verified = []
+    for i, j in candidates:
+        first, second = set_of(i), set_of(j)
+        common = len(first & second)
+        if common / (len(first) + len(second) - common) >= THRESHOLD:
+            verified.append((i, j))
+    parent = list(range(len(ids)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, j in verified:
+        a, b = find(i), find(j)
+        if a != b:
+            # The smaller id becomes the root, so it is the one kept.
+            if ids[a] > ids[b]:
+                a, b = b, a
+            parent[b] = a
+    removed = {ids[x]: ids[find(x)] for x in range(len(ids)) if find(x) != x}
+    return {"pairs": [(ids[i], ids[j]) for i, j in verified], "removed": removed,
+            "candidate_pairs": len(candidates)}
+
+
+def run_ours(records: list[dict], workdir: Path) -> dict:
+    config = DedupConfig()  # phase 0's defaults; workers=None is every core
+    result = near_duplicates(records, config)
+    return {"pairs": [(e["a"], e["b"]) for e in result.edges],
+            "removed": {r["id"]: r["kept_id"] for r in result.removed},
+            "candidate_pairs": result.stats["candidate_pairs"],
+            "stats": result.stats}
+
+
+def _datasketch_pairs(records: list[dict], bands: int, rows: int
+                      ) -> tuple[list[str], list[list[str]], list]:
+    import xxhash
     from datasketch import MinHash, MinHashLSH
 
-    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
-    pairs, removed = set(), set()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for record in corpus:
-        words = normalise(f"{record['instruction']} {record['response']}").split()
-        shingles = ({" ".join(words)} if len(words) < NGRAM else
-                    {" ".join(words[k:k + NGRAM]) for k in range(len(words) - NGRAM + 1)})
-        minhash = MinHash(num_perm=128, seed=1)
-        for shingle in shingles:
-            minhash.update(shingle.encode("utf-8"))
-        hits = lsh.query(minhash)
+    ids = [r["id"] for r in records]
+    shingles = [word_shingles(r) for r in records]
+    # bulk reuses one set of permutations for every MinHash and hashes with update_batch;
+    # xxhash instead of the default SHA-1 is the speed-up datasketch's docs point to.
+    minhashes = MinHash.bulk(shingles, num_perm=NUM_PERM, seed=1,
+                             hashfunc=xxhash.xxh32_intdigest)
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM, params=(bands, rows))
+    with lsh.insertion_session() as session:
+        for index, minhash in enumerate(minhashes):
+            session.insert(index, minhash, check_duplication=False)
+    candidates = set()
+    for index, minhash in enumerate(minhashes):
+        for other in lsh.query(minhash):
+            if other != index:
+                candidates.add((min(index, other), max(index, other)))
+    return ids, shingles, sorted(candidates)
+
+
+def run_datasketch(records: list[dict], workdir: Path) -> dict:
+    bands, rows = lsh_shape()
+    ids, shingles, candidates = _datasketch_pairs(records, bands, rows)
+    return verify_and_cluster(ids, shingles, candidates)
+
+
+def run_rensa(records: list[dict], workdir: Path) -> dict:
+    from rensa import RMinHash, RMinHashLSH
+
+    bands, _ = lsh_shape()
+    ids = [r["id"] for r in records]
+    shingles = [word_shingles(r) for r in records]
+    minhashes = RMinHash.from_token_sets(shingles, num_perm=NUM_PERM, seed=1)
+    lsh = RMinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM, num_bands=bands)
+    lsh.insert_many(minhashes)  # keys 0 .. n-1
+    candidates = set()
+    for index, hits in enumerate(lsh.query_all(minhashes)):
         for other in hits:
-            pairs.add((min(other, record["id"]), max(other, record["id"])))
-        if hits:
-            removed.add(record["id"])
-        lsh.insert(record["id"], minhash)
-    seconds = time.perf_counter() - started
-    return {"pairs": pairs, "removed": removed, "seconds": seconds, "bands": lsh.b,
-            "rows": lsh.r, "cpu_seconds": time.process_time() - cpu_started}
+            if other != index:
+                candidates.add((min(index, other), max(index, other)))
+    return verify_and_cluster(ids, shingles, sorted(candidates))
 
 
-def permissive_pairs(corpus: list[dict], seed: int) -> tuple[set, int]:
-    """Candidate pairs from 32 bands x 4 rows on signatures with an independent seed."""
-    ordered = sorted(corpus, key=lambda r: r["id"])
-    keys = []
-    for lo in range(0, len(ordered), 4000):
-        batch = [(r["instruction"], r["response"]) for r in ordered[lo:lo + 4000]]
-        keys.append(dedup._signature_task((batch, "word", NGRAM, 128, seed, 32, 4))[2])
-    encoded, large = dedup._bucket_pairs(np.concatenate(keys, axis=1), 512)
-    n = len(ordered)
-    ids = [r["id"] for r in ordered]
-    return {(ids[i], ids[j]) for i, j in zip((encoded // n).tolist(), (encoded % n).tolist(),
-                                             strict=True)}, large
+def _whitespace_tokenizer():
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    class WhitespaceWords(WordTokenizer):
+        """Words are the runs between spaces, as in ours (datatrove's English tokenizer is
+        NLTK's, which splits punctuation off)."""
+
+        def word_tokenize(self, text: str) -> list[str]:
+            return text.split()
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [text]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [(0, len(text))]
+
+    return WhitespaceWords()
+
+
+def datatrove_prepare(records: list[dict], workdir: Path, shards: int) -> list[list[str]]:
+    """Not timed: the corpus as JSONL shards, datatrove's input; returns the ids per shard in
+    file order (datatrove names a document by shard and position)."""
+    folder = workdir / "input"
+    folder.mkdir(parents=True)
+    per_shard = -(-len(records) // shards)
+    order = []
+    for shard in range(shards):
+        part = records[shard * per_shard:(shard + 1) * per_shard]
+        with open(folder / f"{shard:05d}.jsonl", "w", encoding="utf-8") as f:
+            for r in part:
+                f.write(json.dumps({"id": r["id"], "text": record_text(r)}) + "\n")
+        order.append([r["id"] for r in part])
+    return order
+
+
+def run_datatrove(records: list[dict], workdir: Path, order: list[list[str]]) -> dict:
+    import struct
+
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.text import TextNormConfig
+
+    bands, rows = lsh_shape()
+    shards = len(order)
+    cores = len(os.sched_getaffinity(0))
+    config = MinhashConfig(
+        n_grams=NGRAM, num_buckets=bands, hashes_per_bucket=rows, seed=1,
+        norm_config=TextNormConfig(lowercase=True, norm_whitespace=True,
+                                   remove_punctuation=False, norm_unicode_diacritics=False,
+                                   norm_numbers=False, norm_weekdays=False,
+                                   norm_monthnames=False))
+    inputs, logs = str(workdir / "input"), workdir / "logs"
+    steps = [
+        ([JsonlReader(inputs), MinhashDedupSignature(output_folder=str(workdir / "signatures"),
+                                                     config=config,
+                                                     language=_whitespace_tokenizer())],
+         shards, "signature"),
+        ([MinhashDedupBuckets(input_folder=str(workdir / "signatures"),
+                              output_folder=str(workdir / "buckets"), config=config)],
+         bands, "buckets"),
+        ([MinhashDedupCluster(input_folder=str(workdir / "buckets"),
+                              output_folder=str(workdir / "remove_ids"), config=config)],
+         1, "cluster"),
+        ([JsonlReader(inputs),
+          MinhashDedupFilter(input_folder=str(workdir / "remove_ids"),
+                             exclusion_writer=JsonlWriter(str(workdir / "removed"),
+                                                          compression=None))],
+         shards, "filter"),
+    ]
+    timings = {}
+    for pipeline, tasks, name in steps:
+        started = time.perf_counter()
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(tasks, cores),
+                              logging_dir=str(logs / name)).run()
+        timings[name] = round(time.perf_counter() - started, 2)
+    # Read back what datatrove decided (part of the timed work: a user needs the ids).
+    pairs = []
+    for path in sorted((workdir / "buckets").glob("*.dups")):
+        data = path.read_bytes()
+        for f1, d1, f2, d2 in struct.iter_unpack("<4I", data):
+            pairs.append((order[f1][d1], order[f2][d2]))
+    removed_ids = []
+    for path in sorted((workdir / "removed").glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            removed_ids += [json.loads(line)["id"] for line in f]
+    return {"pairs": pairs, "removed": {i: None for i in removed_ids},
+            "candidate_pairs": len(pairs), "timings": timings}
+
+
+# --------------------------------------------------------------------------- one implementation
+
+def run_worker(name: str, corpus_path: Path, result_path: Path, workdir: Path) -> None:
+    """Subprocess entry: load the corpus (not timed), run one implementation under a Monitor,
+    write its decisions and measurements."""
+    with open(corpus_path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    prepared = datatrove_prepare(records, workdir, len(os.sched_getaffinity(0))) \
+        if name == "datatrove" else None
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    with Monitor() as monitor:
+        started = time.perf_counter()
+        if name == "datatrove":
+            out = run_datatrove(records, workdir, prepared)
+        else:
+            out = {"ours": run_ours, "datasketch": run_datasketch,
+                   "rensa": run_rensa}[name](records, workdir)
+        seconds = time.perf_counter() - started
+    out.update(
+        records=len(records),
+        seconds=round(seconds, 2),
+        records_per_second=round(len(records) / seconds, 1),
+        cpu_seconds=round(monitor.cpu_seconds, 2),
+        other_processes_cpu_share=round(monitor.others_share(), 3),
+        peak_rss_mb_all_processes=round(monitor.peak / 2**20, 1),
+        rss_mb_before=round(before / 2**20, 1),
+        peak_rss_mb_this_process=round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
+    out["pairs"] = [list(p) for p in out["pairs"]]
+    result_path.write_text(json.dumps(out))
+
+
+def run_in_subprocess(name: str, corpus_path: Path, scratch: Path) -> dict:
+    workdir = scratch / name
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    result_path = scratch / f"{name}.json"
+    log_path = scratch / f"{name}.log"
+    with open(log_path, "w") as log:
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", name,
+             "--corpus", str(corpus_path), "--result", str(result_path),
+             "--workdir", str(workdir)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {done.returncode}); last lines of {log_path}:\n"
+                           + "\n".join(log_path.read_text().splitlines()[-20:]))
+    out = json.loads(result_path.read_text())
+    shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------- ground truth
+
+def permissive_pairs(corpus: list[dict], seed: int, bands: int = 32, rows: int = 4,
+                     max_bucket: int = 512) -> tuple[set, int]:
+    """Candidate pairs from 32 bands x 4 rows on rensa signatures with an independent seed
+    (grouped here, so the candidates depend on no implementation's LSH). A bucket with more
+    than max_bucket members links each member to its next max_bucket only (counted)."""
+    from rensa import RMinHash
+
+    ids = sorted(r["id"] for r in corpus)
+    by_id = {r["id"]: r for r in corpus}
+    rows_out = []
+    for lo in range(0, len(ids), 20000):
+        matrix = RMinHash.digest_matrix_from_token_sets(
+            [word_shingles(by_id[i]) for i in ids[lo:lo + 20000]], num_perm=NUM_PERM, seed=seed)
+        rows_out.append(np.asarray(matrix.to_rows(), dtype=np.uint32))
+    signatures = np.concatenate(rows_out)
+    pairs, large = set(), 0
+    for band in range(bands):
+        block = np.ascontiguousarray(signatures[:, band * rows:(band + 1) * rows])
+        keys = block.view(np.dtype((np.void, block.dtype.itemsize * rows))).ravel()
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+        ends = np.concatenate((starts[1:], [len(keys)]))
+        for start, end in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(),
+                              strict=True):
+            members = sorted(order[start:end].tolist())
+            large += len(members) > max_bucket + 1
+            for k, first in enumerate(members):
+                for second in members[k + 1:k + 1 + max_bucket]:
+                    pairs.add((ids[first], ids[second]))
+    return pairs, large
 
 
 def precision_recall(predicted: set, truth: set) -> dict:
@@ -405,7 +674,7 @@ def precision_recall(predicted: set, truth: set) -> dict:
             "recall": round(hits / len(truth), 4) if truth else None}
 
 
-def components(pairs: set) -> dict[str, str]:
+def components(pairs) -> dict[str, str]:
     """Record id -> a representative of its connected component under pairs (union-find)."""
     parent: dict[str, str] = {}
 
@@ -448,129 +717,162 @@ def quality(declared: set, cluster_of: dict[str, str], removed: set, truth: set,
     }
 
 
+def machine(load_start: tuple[float, float, float]) -> dict:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)),
+            "nproc": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "cpu_model": model, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_average_1_5_15_at_start": [round(x, 2) for x in load_start],
+            "python": platform.python_version(), "platform": platform.platform(),
+            "libraries": versions}
+
+
+def git_commit() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+    # The result files are left out: this run is about to overwrite one of them.
+    return {"commit": git("rev-parse", "HEAD"),
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no",
+                                            "--", ".", ":!benchmarks/results"))}
+
+
 # --------------------------------------------------------------------------- main
+
+def parameters(bands: int, rows: int, cores: int) -> dict[str, dict]:
+    """What each implementation was run with, for the report."""
+    from cogumi.data.dedup import config_dict
+
+    same = "ours: word 3-grams of the lowercased, whitespace-collapsed text (shorter texts: one shingle)"
+    return {
+        "ours": {
+            "api": "cogumi.data.dedup.near_duplicates(records, DedupConfig())",
+            "config": config_dict(DedupConfig()), "bands": bands, "rows": rows,
+            "minhash": "rensa RMinHash.from_token_sets + RMinHashLSH (insert_many, "
+                       "query_all), signatures of exact-group representatives only",
+            "verification": "exact Jaccard of Python sets of shingle strings (pairs whose "
+                            "MinHash estimate is 5 sd below the threshold rejected first)",
+            "shingling": same},
+        "datasketch": {
+            "api": f"MinHash.bulk(shingles, num_perm={NUM_PERM}, seed=1, "
+                   "hashfunc=xxhash.xxh32_intdigest) (update_batch per record); "
+                   f"MinHashLSH(threshold={THRESHOLD}, num_perm={NUM_PERM}, "
+                   f"params=({bands}, {rows})) filled in an insertion_session; "
+                   "lsh.query per record",
+            "scheme": "affine32 (datasketch 2 default)",
+            "verification": "exact Jaccard of Python sets of shingle strings, every candidate",
+            "clusters": "union-find, smallest id kept", "shingling": same},
+        "rensa": {
+            "api": f"RMinHash.from_token_sets(shingles, num_perm={NUM_PERM}, seed=1); "
+                   f"RMinHashLSH(threshold={THRESHOLD}, num_perm={NUM_PERM}, "
+                   f"num_bands={bands}); insert_many; query_all",
+            "threads": "rensa's default (Rayon, every core)",
+            "verification": "exact Jaccard of Python sets of shingle strings, every candidate",
+            "clusters": "union-find, smallest id kept", "shingling": same,
+            "not_used": "the rho sketch (samples token positions: not a full-set MinHash) and "
+                        "the duplicate-flag matrix APIs (they return flags, not pairs, so "
+                        "nothing can be verified or audited)"},
+        "datatrove": {
+            "api": "LocalPipelineExecutor over [JsonlReader, MinhashDedupSignature], "
+                   "[MinhashDedupBuckets], [MinhashDedupCluster], [JsonlReader, "
+                   "MinhashDedupFilter(exclusion_writer=JsonlWriter)]",
+            "config": f"MinhashConfig(n_grams={NGRAM}, num_buckets={bands}, "
+                      f"hashes_per_bucket={rows}, seed=1, norm_config=TextNormConfig("
+                      "lowercase and whitespace only), hash_config=HashConfig() (xxhash, "
+                      "64-bit))",
+            "tasks": {"signature": cores, "buckets": bands, "cluster": 1, "filter": cores},
+            "workers": cores,
+            "verification": "none: datatrove has no verification step; a pair sharing a "
+                            "bucket is a duplicate",
+            "declared_pairs": "the .dups pairs of the buckets step: consecutive records with "
+                              "equal bucket signatures (a chain per bucket, not every pair), "
+                              "so its pair recall is not comparable; cluster_recall is",
+            "shingling": same + ", through a whitespace WordTokenizer and TextNormConfig with "
+                         "only lowercase and norm_whitespace; differs from ours on texts "
+                         "shorter than 3 words (datatrove: no shingles, never a duplicate), "
+                         "of which this corpus has none (every record has at least 8 words)",
+            "input": "JSONL shards written before timing (one per core), read by datatrove "
+                     "inside the timed run"},
+    }
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--natural", type=int, default=110_000,
+    # 66K records by default: all four implementations, corpus and ground truth in under
+    # 10 minutes on 2 shared cores (datatrove alone takes about 2 minutes of it).
+    parser.add_argument("--natural", type=int, default=60_000,
                         help="records taken from docstrings")
-    parser.add_argument("--planted", type=int, default=10_000,
+    parser.add_argument("--joined", type=int, default=0,
+                        help="records joining three random natural records")
+    parser.add_argument("--planted", type=int, default=6_000,
                         help="near-duplicates planted at known Jaccard")
-    parser.add_argument("--reference-records", type=int, default=None,
-                        help="run the datasketch reference on the first N records only "
-                             "(default: all)")
-    parser.add_argument("--scale-records", type=int, default=SEED_RECORDS,
-                        help="records in the full-size timing run (0 to skip)")
+    parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=IMPLEMENTATIONS)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times each implementation runs, interleaved; the median counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/dedup.json")
+    # Subprocess mode: one implementation.
+    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        run_worker(args.worker, args.corpus, args.result, args.workdir)
+        return
 
     started = time.perf_counter()
     load_start = os.getloadavg()
-    corpus, corpus_info, plants = build_corpus(args.natural, args.planted, args.seed)
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    corpus, corpus_info, plants = build_corpus(args.natural, args.planted, args.joined,
+                                               args.seed)
     print(f"corpus: {len(corpus)} records in {corpus_info['build_seconds']} s", flush=True)
-    rng = random.Random(args.seed)
-    rng.shuffle(corpus)  # the pipeline must not depend on input order
+    random.Random(args.seed).shuffle(corpus)  # no implementation may depend on input order
+    bands, rows = lsh_shape()
+    cores = len(os.sched_getaffinity(0))
+    scratch = Path(tempfile.mkdtemp(prefix="bench_dedup_"))
+    try:
+        corpus_path = scratch / "corpus.jsonl"
+        with open(corpus_path, "w", encoding="utf-8") as f:
+            for r in corpus:
+                f.write(json.dumps({k: r[k] for k in ("id", "instruction", "response",
+                                                      "domain")}) + "\n")
+        runs: dict[str, list[dict]] = {name: [] for name in args.only}
+        for round_index in range(args.rounds):
+            for name in args.only:
+                out = run_in_subprocess(name, corpus_path, scratch)
+                runs[name].append(out)
+                print(f"round {round_index + 1} {name}: {out['seconds']} s, "
+                      f"{out['records_per_second']} records/s, "
+                      f"peak {out['peak_rss_mb_all_processes']} MB "
+                      f"(load {os.getloadavg()[0]:.2f})", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
-    config = DedupConfig(threshold=THRESHOLD, num_perm=128, shingle="word", ngram=NGRAM,
-                         workers=None, seed=1)
-    ours = run_ours(corpus, config, repeats=3)
-    print(f"ours ({ours['result'].stats['workers']} workers): {ours['summary']['seconds']} s",
-          flush=True)
-    one = run_ours(corpus, DedupConfig(threshold=THRESHOLD, ngram=NGRAM, workers=1, seed=1),
-                   repeats=3)
-    print(f"ours (1 worker): {one['summary']['seconds']} s", flush=True)
-    estimated = run_ours(corpus, DedupConfig(threshold=THRESHOLD, ngram=NGRAM, seed=1,
-                                             verify="estimated"))
-    print(f"ours (estimated): {estimated['summary']['seconds']} s", flush=True)
-
-    # Length scaling: the same text regrouped into records three times as long, timed only,
-    # because the seed's records are likely longer than a docstring.
-    natural = sorted((r for r in corpus if r["id"].startswith("doc-")), key=lambda r: r["id"])
-    long_records = []
-    for k in range(0, len(natural) - 2, 3):
-        first, second, third = natural[k:k + 3]
-        long_records.append({
-            "id": f"long-{k // 3:06d}", "domain": first["domain"],
-            "instruction": first["instruction"],
-            "response": "\n\n".join((first["response"], second["instruction"],
-                                      second["response"], third["instruction"],
-                                      third["response"]))})
-    long_run = run_ours(long_records, config, repeats=3)
-    long_words = float(np.mean([len(r["instruction"].split()) + len(r["response"].split())
-                                for r in long_records]))
-    print(f"ours on {len(long_records)} long records: {long_run['summary']['seconds']} s",
-          flush=True)
-
-    # Scale check: the seed's record count, measured rather than projected. Each record joins
-    # three natural records drawn at random (so texts are about as long as the long records
-    # and almost never near-duplicates of each other: this times the signature and LSH
-    # work at full size, the duplicate-heavy work is measured on the corpus above).
-    scale = None
-    if args.scale_records:
-        draw = random.Random(args.seed + 1)
-        scale_records = []
-        for k in range(args.scale_records):
-            first, second, third = draw.sample(natural, 3)
-            scale_records.append({
-                "id": f"scale-{k:07d}", "domain": first["domain"],
-                "instruction": first["instruction"],
-                "response": "\n\n".join((first["response"], second["response"],
-                                          third["response"]))})
-        scale_run = run_ours(scale_records, config)
-        scale = {
-            "records": len(scale_records),
-            "words_per_record_mean": round(float(np.mean(
-                [len(r["instruction"].split()) + len(r["response"].split())
-                 for r in scale_records])), 1),
-            "seconds": scale_run["summary"]["seconds"],
-            "records_per_second": scale_run["summary"]["records_per_second"],
-            "peak_rss_mb_all_processes": scale_run["summary"]["peak_rss_mb_all_processes"],
-            "rss_mb_before": scale_run["summary"]["rss_mb_before"],
-            "stats": scale_run["summary"]["stats"],
-            "built_as": "each record joins three natural records drawn at random",
-        }
-        print(f"ours on {len(scale_records)} records: {scale['seconds']} s", flush=True)
-        del scale_records, scale_run
-
-    reference_corpus = corpus
-    if args.reference_records is not None and args.reference_records < len(corpus):
-        # A random share of the natural records plus the planted copies of those chosen, so
-        # the subset keeps the corpus's mix of planted pairs.
-        share = args.reference_records / len(corpus)
-        chosen = {r["id"] for r in corpus if r["id"].startswith("doc-")
-                  and random.Random(f"{args.seed}:{r['id']}").random() < share}
-        chosen |= {p["id"] for p in plants if p["source_id"] in chosen}
-        reference_corpus = [r for r in corpus if r["id"] in chosen]
-    with Monitor() as reference_monitor:
-        reference = run_reference(reference_corpus)
-    print(f"reference: {reference['seconds']:.1f} s on {len(reference_corpus)} records",
-          flush=True)
-
-    # Quality is measured on the records the reference saw; on a subset ours is rerun on
-    # the subset too, so that both see the same records.
-    ours_result, estimated_result = ours["result"], estimated["result"]
-    if len(reference_corpus) < len(corpus):
-        ours_result = near_duplicates(reference_corpus, config)
-        estimated_result = near_duplicates(reference_corpus, DedupConfig(
-            threshold=THRESHOLD, ngram=NGRAM, seed=1, verify="estimated"))
-
-    # Ground truth on the records the reference saw (all of them unless subset).
-    scope = {r["id"] for r in reference_corpus}
-    by_id = {r["id"]: r for r in corpus}
-
-    def in_scope(pairs):
-        return {p for p in pairs if p[0] in scope and p[1] in scope}
-
-    def edge_pairs(result):
-        return in_scope({(min(e["a"], e["b"]), max(e["a"], e["b"])) for e in result.edges})
-
+    # Ground truth over every pair anyone declared, the planted pairs and a permissive LSH.
     truth_started = time.perf_counter()
-    permissive, permissive_large = permissive_pairs(reference_corpus, seed=987_654)
+    by_id = {r["id"]: r for r in corpus}
+    declared = {name: {(min(a, b), max(a, b)) for a, b in results[0]["pairs"]}
+                for name, results in runs.items()}
+    permissive, permissive_large = permissive_pairs(corpus, seed=987_654)
     plant_pairs = {(min(p["id"], p["source_id"]), max(p["id"], p["source_id"]))
                    for p in plants}
-    candidates = (permissive | edge_pairs(ours_result) | edge_pairs(estimated_result)
-                  | reference["pairs"] | in_scope(plant_pairs))
+    candidates = set(permissive) | plant_pairs
+    for pairs in declared.values():
+        candidates |= pairs
     shingles: dict[str, frozenset] = {}
 
     def shingles_of(record_id: str) -> frozenset:
@@ -583,157 +885,129 @@ def main() -> None:
     truth_seconds = time.perf_counter() - truth_started
     print(f"ground truth: {len(candidates)} candidate pairs, {len(truth)} true, "
           f"{truth_seconds:.1f} s", flush=True)
+    planted_true = {pair for pair in plant_pairs if exact[pair] >= THRESHOLD}
+    planted_false = plant_pairs - planted_true
 
-    # Planted pairs by level: found means the method declared that very pair similar.
-    ours_pairs = edge_pairs(ours_result)
+    params = parameters(bands, rows, cores)
+    implementations, qualities = {}, {}
+    for name, results in runs.items():
+        first = results[0]
+        removed = set(first["removed"])
+        if name == "ours":
+            cluster_of = {r: k for r, k in first["removed"].items()}
+        else:
+            cluster_of = components(declared[name])
+        qualities[name] = quality(declared[name], cluster_of, removed, truth, planted_true,
+                                  planted_false)
+        seconds = [r["seconds"] for r in results]
+        median = float(np.median(seconds))
+        cpu = float(np.median([r["cpu_seconds"] for r in results]))
+        implementations[name] = {
+            "parameters": params[name],
+            "records": first["records"],
+            "seconds": round(median, 2),
+            "seconds_each_round": seconds,
+            "records_per_second": round(first["records"] / median, 1),
+            "cpu_seconds": round(cpu, 2),
+            "records_per_cpu_second": round(first["records"] / cpu, 1),
+            "other_processes_cpu_share_each_round": [r["other_processes_cpu_share"]
+                                                     for r in results],
+            "peak_rss_mb_all_processes": max(r["peak_rss_mb_all_processes"] for r in results),
+            "rss_mb_before": first["rss_mb_before"],
+            "peak_rss_mb_this_process": max(r["peak_rss_mb_this_process"] for r in results),
+            "candidate_pairs": first["candidate_pairs"],
+            "quality": qualities[name],
+            **({"stats": first["stats"]} if "stats" in first else {}),
+            **({"timings": first["timings"]} if "timings" in first else {}),
+        }
+
     by_level = {}
     for level in PLANT_LEVELS:
-        rows = [p for p in plants if p["target"] == level
-                and (min(p["id"], p["source_id"]), max(p["id"], p["source_id"])) in exact]
+        rows_at = [p for p in plants if p["target"] == level]
         achieved = [exact[(min(p["id"], p["source_id"]), max(p["id"], p["source_id"]))]
-                    for p in rows]
-
-        def found(pairs, rows=rows):
-            return sum((min(p["id"], p["source_id"]), max(p["id"], p["source_id"])) in pairs
-                       for p in rows)
-
+                    for p in rows_at]
         by_level[str(level)] = {
-            "pairs": len(rows),
+            "pairs": len(rows_at),
             "achieved_jaccard_mean": round(float(np.mean(achieved)), 4) if achieved else None,
             "achieved_jaccard_range": [round(min(achieved), 4), round(max(achieved), 4)]
             if achieved else None,
             "at_or_above_threshold": sum(a >= THRESHOLD for a in achieved),
-            "found_by_ours": found(ours_pairs),
-            "found_by_ours_estimated": found(edge_pairs(estimated_result)),
-            "found_by_reference": found(reference["pairs"]),
+            "declared_by": {name: sum((min(p["id"], p["source_id"]),
+                                       max(p["id"], p["source_id"])) in declared[name]
+                                      for p in rows_at) for name in runs},
         }
-    planted_true = {pair for pair in in_scope(plant_pairs) if exact[pair] >= THRESHOLD}
-    planted_false = {pair for pair in in_scope(plant_pairs) if exact[pair] < THRESHOLD}
 
-    def ours_quality_of(result):
-        kept_by = {r["id"]: r["kept_id"] for r in result.removed}
-        return quality(edge_pairs(result), kept_by, {r["id"] for r in result.removed} & scope,
-                       truth, planted_true, planted_false)
+    def qualifies(name: str) -> bool:
+        q = qualities[name]
+        return (q["precision"] or 0) >= 0.95 and (q["cluster_recall"] or 0) >= 0.95
 
-    ours_quality = ours_quality_of(ours_result)
-    reference_quality = quality(reference["pairs"], components(reference["pairs"]),
-                                reference["removed"], truth, planted_true, planted_false)
-    to_kept = [jaccard(shingles_of(r["id"]), shingles_of(r["kept_id"]))
-               for r in ours_result.removed]
-    throughput = len(corpus) / ours["summary"]["seconds"]
-    reference_throughput = len(reference_corpus) / reference["seconds"]
-    projected = SEED_RECORDS / throughput
-    long_throughput = long_run["summary"]["records_per_second"]
-    projected_long = SEED_RECORDS / long_throughput
-    removed_domains = Counter(by_id[r["id"]]["domain"] for r in ours["result"].removed)
+    speed = {name: implementations[name]["records_per_second"] for name in runs}
+    peers = [name for name in runs if name != "ours"]
+    qualifying = [name for name in peers if qualifies(name)]
+    fastest_peer = max(peers, key=speed.get) if peers else None
+    fastest_qualifying = max(qualifying, key=speed.get) if qualifying else None
     report = {
-        **provenance(("numpy", "datasketch", "psutil")),
+        "command": command,
+        "git": git_commit(),
+        "machine": machine(load_start),
+        # The keys every result file carries (cogumi.provenance.REQUIRED).
+        "git_commit": git_commit()["commit"] + ("+dirty" if git_commit()["uncommitted_changes"]
+                                                else ""),
+        "versions": machine(load_start)["libraries"],
         "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "corpus": corpus_info,
-        "ours": ours["summary"],
-        "ours_one_worker": one["summary"],
-        "ours_verify_estimated": estimated["summary"],
-        "reference": {
-            "pipeline": "datasketch MinHash(num_perm=128).update per word-trigram shingle, "
-                        "MinHashLSH(threshold=0.8, num_perm=128) with default weights, "
-                        "query then insert; every query hit is a duplicate pair",
-            "records": len(reference_corpus),
-            "subset": args.reference_records is not None,
-            "seconds": round(reference["seconds"], 2),
-            "records_per_second": round(reference_throughput, 1),
-            "cpu_seconds": round(reference["cpu_seconds"], 2),
-            "other_processes_cpu_share": round(reference_monitor.others_share(), 3),
-            "records_per_cpu_second": round(len(reference_corpus) / reference["cpu_seconds"], 1),
-            "bands": reference["bands"], "rows": reference["rows"],
-        },
+        "lsh": {"threshold": THRESHOLD, "num_perm": NUM_PERM, "bands": bands, "rows": rows,
+                "shingles": f"word {NGRAM}-grams"},
+        "rounds": args.rounds,
+        "measurement": "each implementation in its own subprocess, one after another (round "
+                       "robin when rounds > 1; seconds is the median round); peak RSS summed "
+                       "over that subprocess and every process it started, sampled every "
+                       "50 ms (rss_mb_before: that process with the corpus loaded, before "
+                       "the timed run); other_processes_cpu_share: share of the machine's "
+                       "cores busy with other work during the run (the machine is shared)",
+        "implementations": implementations,
         "speed": {
-            "ours_records_per_second": round(throughput, 1),
-            "ours_one_worker_records_per_second": one["summary"]["records_per_second"],
-            "reference_records_per_second": round(reference_throughput, 1),
-            "ratio_all_cores_vs_reference": round(throughput / reference_throughput, 1),
-            "ratio_one_worker_vs_reference": round(
-                one["summary"]["records_per_second"] / reference_throughput, 1),
-            "ratio_per_cpu_second_all_cores_vs_reference": round(
-                ours["summary"]["records_per_cpu_second"]
-                / (len(reference_corpus) / reference["cpu_seconds"]), 1),
-            "ratio_per_cpu_second_one_worker_vs_reference": round(
-                one["summary"]["records_per_cpu_second"]
-                / (len(reference_corpus) / reference["cpu_seconds"]), 1),
-            "timing_note": "wall-clock ratios are the target; the per-CPU-second ratios do "
-                           "not depend on other work on the machine (see load average); the "
-                           "all-cores run spends extra CPU on starting workers and on "
-                           "pickling texts and signatures between processes",
-            "projected_seconds_for_640637_records": round(projected, 1),
-            "projected_seconds_for_640637_records_of_long_length": round(projected_long, 1),
-            "measured_seconds_for_640637_records": scale["seconds"]
-            if scale and scale["records"] == SEED_RECORDS else None,
-            "projection_note": "640,637 divided by the records/s measured here, at this "
-                               "corpus's length (mean "
-                               f"{corpus_info['words_per_record']['mean']} words) and at "
-                               f"the long-record length (mean {long_words:.1f} words); the "
-                               "target check uses the slower of the two",
-        },
-        "scale_check": scale,
-        "length_scaling": {
-            "records": len(long_records),
-            "words_per_record_mean": round(long_words, 1),
-            "seconds": long_run["summary"]["seconds"],
-            "records_per_second": long_throughput,
-            "words_per_second": round(long_words * long_throughput),
-            "peak_rss_mb_all_processes": long_run["summary"]["peak_rss_mb_all_processes"],
-            "built_as": "natural records in id order, three at a time, joined into one",
+            "records_per_second": speed,
+            "ours_vs_each": {name: round(speed["ours"] / speed[name], 2)
+                             for name in peers} if "ours" in speed else {},
+            "fastest_peer": fastest_peer,
+            "fastest_peer_at_precision_and_cluster_recall_0.95": fastest_qualifying,
         },
         "quality": {
             "ground_truth": "exact Jaccard of word-trigram sets (Python tuples) >= 0.8 over "
-                            "the union of all methods' pairs, the planted pairs and a "
-                            "permissive LSH (32 bands x 4 rows, independent seed)",
-            "metrics": "precision/recall: pairs each method declared similar (ours: verified "
-                       "edges; reference: query hits) against the true pairs. cluster_recall: "
-                       "true pairs whose two records ended in one cluster (reference: "
-                       "connected components of its hits), i.e. at most one survives. "
-                       "removal_precision: removed records with a true duplicate in their "
-                       "cluster. Targets use precision and cluster_recall.",
+                            "the union of all implementations' declared pairs, the planted "
+                            "pairs and a permissive LSH (rensa signatures, independent seed, "
+                            "32 bands x 4 rows)",
+            "metrics": "precision/recall: pairs each implementation declared similar against "
+                       "the true pairs. cluster_recall: true pairs whose two records ended in "
+                       "one cluster (for the libraries: connected components of the declared "
+                       "pairs), i.e. at most one of the two survives. removal_precision: "
+                       "removed records with a true duplicate in their cluster. The target "
+                       "uses precision and cluster_recall.",
             "candidate_pairs_checked": len(candidates),
             "permissive_lsh_pairs": len(permissive),
             "permissive_lsh_large_buckets": permissive_large,
             "true_pairs": len(truth),
             "ground_truth_seconds": round(truth_seconds, 1),
-            "ours": ours_quality,
-            "ours_verify_estimated": ours_quality_of(estimated_result),
-            "reference": reference_quality,
-            "ours_removed_vs_kept_exact_jaccard": {
-                "at_or_above_0.8": round(float(np.mean(np.array(to_kept) >= THRESHOLD)), 4)
-                if to_kept else None,
-                "min": round(min(to_kept), 4) if to_kept else None,
-                "median": round(float(np.median(to_kept)), 4) if to_kept else None,
-                "note": "a removed record below 0.8 to the record kept for its cluster is "
-                        "linked to it through other verified pairs (a chain)"},
             "planted_by_level": by_level,
         },
-        "removal": {
-            "removed": len(ours["result"].removed),
-            "removed_by_kind": dict(Counter(r["kind"] for r in ours["result"].removed)),
-            "removed_by_domain": dict(sorted(removed_domains.items())),
-            "domains_before": dict(sorted(Counter(r["domain"] for r in corpus).items())),
-        },
         "targets": {
-            "speed_ratio_at_least_10": throughput / reference_throughput >= 10,
-            "precision_at_least_0.95": (ours_quality["precision"] or 0) >= 0.95,
-            "cluster_recall_at_least_0.95": (ours_quality["cluster_recall"] or 0) >= 0.95,
-            "pair_recall_at_least_0.95": (ours_quality["recall"] or 0) >= 0.95,
-            "projected_640k_under_180_s": max(projected, projected_long) < 180,
-            "measured_640k_under_180_s": scale["seconds"] < 180
-            if scale and scale["records"] == SEED_RECORDS else None,
+            "rule": "ours must be at least as fast (records/s, this run) as the fastest peer "
+                    "whose precision and cluster_recall are both >= 0.95, and itself reach "
+                    "both",
+            "ours_precision_and_cluster_recall_at_least_0.95": qualifies("ours")
+            if "ours" in runs else None,
+            "peers_at_precision_and_cluster_recall_0.95": qualifying,
+            "ours_at_least_as_fast_as_fastest_qualifying_peer":
+                speed["ours"] >= speed[fastest_qualifying]
+                if "ours" in speed and fastest_qualifying else None,
         },
-        "peak_rss_mb_benchmark_process": round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("speed", "targets")}, indent=2))
-    print(json.dumps({k: report["quality"][k] for k in ("ours", "reference", "true_pairs")},
-                     indent=2))
+    print(json.dumps({"speed": report["speed"], "targets": report["targets"],
+                      "quality": qualities}, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 # could not recover from its own content or the git log (see each file's provenance_note).
 # No file written since may use "unrecorded".
 LEGACY_UNRECORDED = {
-    "dedup.json": {"git_commit"},
     "eval_generation.json": {"git_commit", "machine.cores"},
     "eval_gpu.json": {"git_commit", "machine.cpu", "machine.cores"},
     "eval_gpu_h200_cpu_sampling.json": {"git_commit", "machine.cpu", "machine.cores"},
@@ -69,8 +68,11 @@ def _results(tmp_path, **files) -> Results:
     return Results(tmp_path)
 
 
-DEDUP = {"speed": {"ratio_all_cores_vs_reference": 11.14},
-         "scale_check": {"records": 640637, "seconds": 59.48}, "machine": {"cores": 2}}
+DEDUP = {"implementations": {p: {"records_per_second": v} for p, v in (
+             ("ours", 12043.8), ("rensa", 14765.1), ("datasketch", 3249.6),
+             ("datatrove", 2630.5))},
+         "corpus": {"records": 66000}, "machine": {"cores": 2},
+         "targets": {"ours_at_least_as_fast_as_fastest_qualifying_peer": False}}
 
 
 def test_inline_and_whole_line_blocks_are_rewritten_in_place(tmp_path):
@@ -81,7 +83,9 @@ def test_inline_and_whole_line_blocks_are_rewritten_in_place(tmp_path):
             "<!-- /cogumi:summary:dedup-speed -->\nEnd.\n")
     new, changed = render(text, r)
     assert [b.line for b in changed] == [2, 3]
-    line = "11.1× plain datasketch, 640,637 records in 59.5 s on 2 cores"
+    line = ("records/s on 66,000 records, 2 cores: ours 12,044, rensa 14,765, datasketch "
+            "3,250, datatrove 2,630; the target (phase 0 at least as fast as the fastest peer "
+            "at precision and cluster recall >= 0.95) is not met")
     assert new == (f"Intro.\nSpeed: <!-- cogumi:summary:dedup-speed -->{line}<!-- "
                    f"/cogumi:summary:dedup-speed -->, then prose.\n"
                    f"<!-- cogumi:summary:dedup-speed -->\n{line}\n"
@@ -109,9 +113,9 @@ def test_bad_blocks_are_errors_naming_the_line(text, message):
 
 
 def test_a_missing_key_names_the_file_and_key(tmp_path):
-    r = _results(tmp_path, **{"dedup.json": {**DEDUP, "speed": {}}})
-    with pytest.raises(SummaryError, match=r"dedup\.json: no key 'speed\.ratio_all_cores_vs_"
-                                           r"reference'"):
+    r = _results(tmp_path, **{"dedup.json": {**DEDUP, "targets": {}}})
+    with pytest.raises(SummaryError, match=r"dedup\.json: no key 'targets\.ours_at_least_as_"
+                                           r"fast_as_fastest_qualifying_peer'"):
         summary.dedup_speed(r)
     with pytest.raises(SummaryError, match=r"eval_sandbox\.json: missing"):
         r.load("eval_sandbox.json")

@@ -1,4 +1,4 @@
-"""Exact and near-duplicate removal for phase 0: hashing, MinHash, LSH, union-find.
+"""Exact and near-duplicate removal for phase 0: hashing, MinHash-LSH (rensa), union-find.
 
     result = near_duplicates(records, DedupConfig(threshold=0.8))
     result.keep_ids   # ids kept, one representative per duplicate cluster
@@ -11,33 +11,32 @@ The pipeline, in order:
 1. Normalise. A record's text is its instruction and response, lowercased, whitespace
    collapsed to single spaces. Records are processed in id order, so the result does not
    depend on the order they were given in.
-2. Exact duplicates first: a 128-bit BLAKE2b digest of the normalised instruction and
-   response (kept apart, so "a b" + "c" is not "a" + "b c"). Each group of identical records
+2. Exact duplicates first: records whose normalised instruction and normalised response are
+   both equal (compared apart, so "a b" + "c" is not "a" + "b c": the key is the joined text
+   and where the instruction ends in it). Each group of identical records
    is represented by its smallest id for the rest of the pipeline; only those go into LSH.
-3. MinHash signatures, vectorised. Every shingle (word n-gram or character n-gram; a text
-   shorter than n is one shingle, the whole text) gets a 64-bit hash from a polynomial
-   rolling hash computed for a whole batch of records at once with numpy prefix sums, so no
-   Python code runs per shingle. The ``num_perm`` hash
-   functions are multiply-add-shift, ``h_i(x) = ((a_i*x + b_i) mod 2**64) >> 32`` over the
-   low 32 bits of the shingle hash: a strongly universal family (Dietzfelbinger 1996)
-   evaluated for all permutations and all shingles of a batch in one numpy outer product,
-   then reduced per record with ``np.minimum.reduceat``. Batches go to a process pool, one
-   worker per core, which also computes the LSH band keys.
+3. MinHash signatures by rensa (R-MinHash, in Rust): every shingle (word n-gram or
+   character n-gram, as a string; a text shorter than n is one shingle, the whole text) of a
+   batch of records goes to ``RMinHash.from_token_sets`` in one call. rensa replaced the
+   hand-written numpy MinHash this module had: benchmarks/bench_dedup.py measures it against
+   that, datasketch and datatrove in one run on one corpus.
 4. LSH. ``bands x rows`` is chosen as datasketch's ``_optimal_param`` does, by minimising
    the weighted area of false positives below and false negatives above the threshold
    (computed here with numpy quadrature, no scipy). The default weights favour recall
    (false negative 0.95, false positive 0.05): every candidate is verified afterwards, so a
    false positive costs one comparison while a false negative is a duplicate left in the
    data. For threshold 0.8 and 128 permutations that gives 16 bands of 8 rows, which makes a
-   pair at Jaccard 0.8 a candidate with probability 0.95 and one at 0.85 with 0.99. Each
-   band's rows are hashed to 64 bits and records are grouped by sorting.
+   pair at Jaccard 0.8 a candidate with probability 0.95 and one at 0.85 with 0.99. rensa's
+   ``RMinHashLSH`` needs the signature length to be bands x rows exactly, so signatures have
+   ``bands * rows`` slots (128 for the defaults; ``num_perm`` is the most that are used, as in
+   datasketch). ``insert_many`` then ``query_all`` give every record's candidates.
 5. Verification. ``verify="exact"`` (the default) keeps a candidate pair only when the exact
-   Jaccard similarity of the two shingle-hash sets is at least the threshold, so precision
-   does not depend on MinHash noise (about +-0.035 at 0.8 with 128 permutations). Pairs
-   whose MinHash estimate is more than 5 standard deviations below the threshold are
-   rejected without the exact check; the shingle sets are rebuilt only for records in the
-   remaining pairs. ``verify="estimated"`` uses the signature agreement alone. Both numbers
-   are reported for every edge and removal.
+   Jaccard similarity of the two shingle sets is at least the threshold, so precision does
+   not depend on MinHash noise (about +-0.035 at 0.8 with 128 permutations). Pairs whose
+   MinHash estimate is more than 5 standard deviations below the threshold are rejected
+   without the exact check; the shingle sets are rebuilt only for records in the remaining
+   pairs. ``verify="estimated"`` uses the signature agreement alone. Both numbers are
+   reported for every edge and removal.
 6. Clusters: union-find over the verified pairs and the exact-duplicate groups, so
    near-duplicates are merged transitively (a removed record can be below the threshold to
    the one kept for its cluster when a chain of verified pairs links them; its
@@ -49,22 +48,19 @@ The pipeline, in order:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
-from cogumi.data.workers import pool_context
-
 __all__ = ["DedupConfig", "DedupResult", "UnionFind", "near_duplicates", "normalise",
-           "optimal_bands_rows", "shingle_hashes", "minhash_signatures", "exact_jaccard",
-           "permutation_params"]
+           "optimal_bands_rows", "shingles", "exact_jaccard"]
 
 
 @dataclass(frozen=True)
@@ -72,27 +68,27 @@ class DedupConfig:
     threshold: float = 0.8
     """Jaccard similarity at or above which two records are near-duplicates."""
     num_perm: int = 128
+    """Signature length; the LSH uses bands x rows of them (all 128 for the defaults)."""
     shingle: str = "word"
     """"word" (word n-grams) or "char" (character n-grams, spaces included)."""
     ngram: int | None = None
     """Shingle length; None means 3 for words and 5 for characters."""
     workers: int | None = None
-    """Processes for signatures and shingle sets; None means every core this process may
-    use."""
+    """Threads rensa may use (Rayon's RAYON_NUM_THREADS, which Rayon reads once per process,
+    when rensa first starts its threads: a later call cannot change it); None leaves rensa's
+    default, every core."""
     seed: int = 1
     verify: str = "exact"
-    """"exact" (Jaccard of shingle-hash sets) or "estimated" (MinHash agreement)."""
+    """"exact" (Jaccard of shingle sets) or "estimated" (MinHash agreement)."""
     false_positive_weight: float = 0.05
     false_negative_weight: float = 0.95
     max_bucket_pairs: int = 256
-    """An LSH bucket with more members than this is linked as a chain of neighbours in id
-    order (each with its next ``max_bucket_pairs`` members) instead of all pairs, to keep the
-    candidate count linear when many records share a band; reported as ``large_buckets``."""
-    batch_records: int = 2000
-    """Records per task sent to a worker."""
-    parallel_min_records: int = 20000
-    """Below this many records everything runs in this process: starting workers costs
-    more than it saves."""
+    """A record with more LSH candidates than this after it (in id order) is linked to its
+    next ``max_bucket_pairs`` only, to keep the candidate count linear when many records
+    share a band; the chain still puts them in one cluster. Counted as ``large_buckets``."""
+    batch_records: int = 20000
+    """Records shingled and sketched per rensa call: bounds the memory held by shingle
+    strings."""
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:
@@ -105,6 +101,8 @@ class DedupConfig:
             raise ValueError(f"ngram must be at least 1, got {self.ngram}")
         if self.num_perm < 2:
             raise ValueError(f"num_perm must be at least 2, got {self.num_perm}")
+        if self.batch_records < 1:
+            raise ValueError(f"batch_records must be at least 1, got {self.batch_records}")
 
     @property
     def n(self) -> int:
@@ -124,11 +122,12 @@ class DedupResult:
     """Every verified near-duplicate pair (between exact-group representatives): a, b,
     estimated_jaccard, jaccard. Pairs inside an exact-duplicate group are not listed."""
     stats: dict = field(default_factory=dict)
-    """records, threshold, num_perm, bands, rows, shingle, ngram, verify, seed, workers,
-    lsh_weights, candidate_probability_at (P(candidate) at several similarities),
-    candidate_pairs, exact_checked_pairs, verified_pairs, exact_duplicates_removed,
-    near_duplicates_removed, removed, clusters (with two or more members), largest_cluster,
-    large_buckets, records_without_shingles, seconds and timings per stage."""
+    """records, threshold, num_perm, signature_slots, bands, rows, shingle, ngram, verify,
+    seed, workers, minhash (library and version), lsh_weights, candidate_probability_at
+    (P(candidate) at several similarities), candidate_pairs, exact_checked_pairs,
+    verified_pairs, exact_duplicates_removed, near_duplicates_removed, removed, clusters
+    (with two or more members), largest_cluster, large_buckets, records_without_shingles,
+    seconds and timings per stage."""
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -138,231 +137,58 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _record_text(instruction: str, response: str) -> tuple[str, bytes]:
-    """(text to shingle, exact-duplicate digest) for one record."""
+def _record_text(instruction: str, response: str) -> tuple[str, int]:
+    """(text to shingle, length of the normalised instruction) for one record. The pair is
+    the exact-duplicate key: with the instruction's length, the text gives back both parts
+    (an empty part adds no space), and it costs no hashing beyond Python's own."""
     inst, resp = normalise(instruction or ""), normalise(response or "")
-    digest = hashlib.blake2b(f"{inst}\0{resp}".encode("utf-8", "surrogatepass"),
-                             digest_size=16).digest()
-    text = f"{inst} {resp}" if inst and resp else inst or resp
-    return text, digest
+    return (f"{inst} {resp}" if inst and resp else inst or resp), len(inst)
 
 
-# --------------------------------------------------------------------------- shingle hashing
-
-_U64 = np.uint64
-_POLY_BASE = 0x100000001B3  # odd, so it is invertible modulo 2**64
-_POLY_BASE_INV = pow(_POLY_BASE, -1, 1 << 64)
-_LENGTH_MIX = _U64(0x9E3779B97F4A7C15)
-
-
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser, in place: spreads every input bit over every output
-    bit, so the low 32 bits used by MinHash are as good as the high ones."""
-    x ^= x >> _U64(33)
-    x *= _U64(0xFF51AFD7ED558CCD)
-    x ^= x >> _U64(33)
-    x *= _U64(0xC4CEB9FE1A85EC53)
-    x ^= x >> _U64(33)
-    return x
-
-
-@lru_cache(maxsize=4)
-def _powers(length: int) -> tuple[np.ndarray, np.ndarray]:
-    """BASE**k and BASE**-k modulo 2**64 for k < length (uint64 arithmetic wraps)."""
-    fwd = np.full(length, _POLY_BASE, dtype=np.uint64)
-    fwd[0] = 1
-    inv = np.full(length, _POLY_BASE_INV, dtype=np.uint64)
-    inv[0] = 1
-    with np.errstate(over="ignore"):
-        return np.cumprod(fwd, dtype=np.uint64), np.cumprod(inv, dtype=np.uint64)
-
-
-def _pow_table(length: int) -> tuple[np.ndarray, np.ndarray]:
-    # Round up so consecutive batches of similar size reuse one cached table.
-    size = 1 << max(16, math.ceil(math.log2(length + 1)))
-    return _powers(size)
-
-
-def shingle_hashes(texts: Sequence[str], shingle: str = "word", n: int = 3
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit hashes of every shingle of every (already normalised) text, in one pass.
-
-    Returns (hashes, offsets): the shingles of text i are hashes[offsets[i]:offsets[i+1]].
-    A text shorter than n words (or characters) is one shingle: the whole text. An empty
-    text has no shingles. Repeated shingles are kept (MinHash ignores them).
-
-    How: the texts are joined with single spaces into one array of code points, and a
-    polynomial prefix hash H over it gives any span's hash as (H[e] - H[s]) * BASE**-s in
-    uint64 arithmetic, so every word or character n-gram of the batch is hashed with a few
-    vectorised operations. Spans are hashed together with their length, then mixed.
-    """
-    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-    nonempty = lengths > 0
-    joined = " ".join(t for t in texts if t)
-    if not joined:
-        return np.zeros(0, dtype=np.uint64), np.zeros(len(texts) + 1, dtype=np.int64)
-    codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    size = codes.size
-    fwd, inv = _pow_table(size)
-    with np.errstate(over="ignore"):
-        prefix = np.zeros(size + 1, dtype=np.uint64)
-        # +1 so that a zero code point still contributes to the hash.
-        np.cumsum((codes.astype(np.uint64) + _U64(1)) * fwd[:size], out=prefix[1:])
-
-    ne_lengths = lengths[nonempty]
-    starts = np.zeros(ne_lengths.size, dtype=np.int64)  # of each non-empty text in `codes`
-    np.cumsum(ne_lengths[:-1] + 1, out=starts[1:])
+def shingles(text: str, shingle: str = "word", n: int = 3) -> list[str]:
+    """The shingles of an (already normalised) text, repeats kept: word n-grams joined by
+    single spaces, or character n-grams. A text shorter than n words (or characters) is one
+    shingle, the whole text; an empty text has none."""
+    if not text:
+        return []
     if shingle == "word":
-        # Normalised texts have single spaces and no leading/trailing space, and texts are
-        # joined with one space, so the words are exactly the runs between spaces.
-        spaces = np.flatnonzero(codes == 32)
-        word_start = np.concatenate(([0], spaces + 1))
-        word_end = np.concatenate((spaces, [size]))
-        words = np.fromiter((t.count(" ") + 1 for t in texts if t), dtype=np.int64,
-                            count=ne_lengths.size)
-        first_word = np.zeros(words.size, dtype=np.int64)
-        np.cumsum(words[:-1], out=first_word[1:])
-        counts = np.maximum(words - n + 1, 1)
-        local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        first = np.repeat(first_word, counts) + local
-        last = np.minimum(first + (n - 1), np.repeat(first_word + words - 1, counts))
-        span_start, span_end = word_start[first], word_end[last]
-    elif shingle == "char":
-        counts = np.maximum(ne_lengths - n + 1, 1)
-        local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        span_start = np.repeat(starts, counts) + local
-        span_end = np.minimum(span_start + n, np.repeat(starts + ne_lengths, counts))
-    else:
-        raise ValueError(f"shingle must be 'word' or 'char', got {shingle!r}")
-
-    with np.errstate(over="ignore"):
-        hashes = (prefix[span_end] - prefix[span_start]) * inv[span_start]
-        hashes += (span_end - span_start).astype(np.uint64) * _LENGTH_MIX
-    _fmix64(hashes)
-    all_counts = np.zeros(len(texts), dtype=np.int64)
-    all_counts[nonempty] = counts
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(all_counts, out=offsets[1:])
-    return hashes, offsets
+        words = text.split()
+        if len(words) <= n:
+            return [" ".join(words)]
+        return list(map(" ".join, zip(*[words[k:] for k in range(n)], strict=False)))
+    if shingle == "char":
+        if len(text) <= n:
+            return [text]
+        return [text[k:k + n] for k in range(len(text) - n + 1)]
+    raise ValueError(f"shingle must be 'word' or 'char', got {shingle!r}")
 
 
-# --------------------------------------------------------------------------- MinHash
-
-_EMPTY = np.uint32(0xFFFFFFFF)
-_CHUNK_ELEMENTS = 1 << 20  # shingles x permutations per numpy step: 8 MiB of uint64
-
-
-def permutation_params(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random 64-bit (a, b) for the multiply-add-shift hash family, fixed by the seed."""
-    rng = np.random.Generator(np.random.PCG64(seed))
-    a = rng.integers(0, 1 << 64, size=num_perm, dtype=np.uint64, endpoint=False)
-    b = rng.integers(0, 1 << 64, size=num_perm, dtype=np.uint64, endpoint=False)
-    return a | _U64(1), b
+def exact_jaccard(first: set, second: set) -> float:
+    """Jaccard of two shingle sets (two empty sets count as identical)."""
+    if not first and not second:
+        return 1.0
+    common = len(first & second)
+    return common / (len(first) + len(second) - common)
 
 
-def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray,
-                       b: np.ndarray) -> np.ndarray:
-    """(records, num_perm) uint32 signatures from shingle hashes grouped by offsets.
+def _rensa(workers: int | None):
+    """rensa, imported here so that a thread cap can reach Rayon before its pool starts."""
+    if workers is not None and "rensa" not in sys.modules:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, workers)))
+    import rensa
 
-    For every permutation i and shingle x: v = (a_i * x32 + b_i) mod 2**64, and the signature
-    is the top 32 bits of the minimum v (taking the top bits commutes with the minimum, so it
-    is done once per record rather than once per shingle). A record without shingles gets
-    all-ones. Work is done in chunks of whole records of about _CHUNK_ELEMENTS values, so the
-    temporaries stay bounded (8 MiB) however large the batch; smaller chunks measured slower
-    because of the per-call overhead of reduceat.
-    """
-    records = offsets.size - 1
-    num_perm = a.size
-    out = np.full((records, num_perm), _EMPTY, dtype=np.uint32)
-    if records == 0:
-        return out
-    x = hashes & _U64(0xFFFFFFFF)
-    has_shingles = np.diff(offsets) > 0
-    per_chunk = max(1, _CHUNK_ELEMENTS // num_perm)  # shingles per chunk
-    start = 0
-    while start < records:
-        # Extend the chunk record by record until it holds about per_chunk shingles.
-        stop = int(np.searchsorted(offsets, offsets[start] + per_chunk, side="right")) - 1
-        stop = min(max(stop, start + 1), records)
-        lo, hi = int(offsets[start]), int(offsets[stop])
-        if hi > lo:
-            # Permutations along axis 0, shingles along axis 1: reduceat along the
-            # contiguous axis is about ten times faster than along the other one.
-            with np.errstate(over="ignore"):
-                values = np.multiply.outer(a, x[lo:hi])
-                values += b[:, None]
-            rows = np.flatnonzero(has_shingles[start:stop])
-            mins = np.minimum.reduceat(values, offsets[start:stop][rows] - lo, axis=1)
-            out[start + rows] = (mins >> _U64(32)).astype(np.uint32).T
-        start = stop
-    return out
-
-
-def _signature_task(args) -> tuple[list[bytes], np.ndarray, np.ndarray, np.ndarray]:
-    """Worker: (instruction, response) pairs -> digests, signatures, LSH band keys and
-    shingle counts. Band keys depend on one record only, so they are computed here, in
-    parallel, rather than in the parent."""
-    pairs, shingle, n, num_perm, seed, bands, rows = args
-    texts, digests = [], []
-    for instruction, response in pairs:
-        text, digest = _record_text(instruction, response)
-        texts.append(text)
-        digests.append(digest)
-    hashes, offsets = shingle_hashes(texts, shingle, n)
-    a, b = permutation_params(num_perm, seed)
-    signatures = minhash_signatures(hashes, offsets, a, b)
-    return digests, signatures, _band_keys(signatures, bands, rows, seed), np.diff(offsets)
-
-
-def _shingle_set_task(args) -> tuple[np.ndarray, np.ndarray]:
-    """Worker: (instruction, response) pairs -> each record's sorted unique shingle hashes,
-    concatenated, with offsets (one array back instead of thousands of small ones, which
-    would cost more to pickle than to compute)."""
-    pairs, shingle, n = args
-    texts = [_record_text(i, r)[0] for i, r in pairs]
-    hashes, offsets = shingle_hashes(texts, shingle, n)
-    unique = [np.unique(hashes[offsets[k]:offsets[k + 1]]) for k in range(len(texts))]
-    sizes = np.fromiter((u.size for u in unique), dtype=np.int64, count=len(unique))
-    out_offsets = np.zeros(len(unique) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=out_offsets[1:])
-    flat = np.concatenate(unique) if unique else np.zeros(0, dtype=np.uint64)
-    return flat, out_offsets
+    return rensa
 
 
 def _worker_count(requested: int | None) -> int:
     if requested is not None:
         return max(1, requested)
+    if os.environ.get("RAYON_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["RAYON_NUM_THREADS"]))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-class _Executor:
-    """Maps tasks in order over a process pool, started on first use and kept for the whole
-    call; in this process when one worker is asked for or a step has a single task."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._pool = None
-
-    def map(self, function, tasks: list, parallel: bool = True) -> list:
-        if not parallel or self.workers <= 1 or len(tasks) <= 1:
-            return [function(task) for task in tasks]
-        if self._pool is None:
-            self._pool = pool_context(preload=[__name__]).Pool(self.workers)
-        return self._pool.map(function, tasks, chunksize=1)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if self._pool is not None:
-            if exc_type is None:
-                self._pool.close()
-            else:  # an error or an interrupt: do not wait for outstanding work
-                self._pool.terminate()
-            self._pool.join()
 
 
 # --------------------------------------------------------------------------- LSH parameters
@@ -392,97 +218,6 @@ def optimal_bands_rows(threshold: float, num_perm: int, false_positive_weight: f
             if error < best_error:
                 best, best_error = (bands, rows), error
     return best
-
-
-# --------------------------------------------------------------------------- LSH buckets
-
-def _band_keys(signatures: np.ndarray, bands: int, rows: int, seed: int) -> np.ndarray:
-    """(bands, records) uint64: one hash per band of each signature. Two records share a key
-    in a band when their rows agree (or, with probability ~2**-64, by collision, which
-    verification removes)."""
-    rng = np.random.Generator(np.random.PCG64(seed + 0x5EED))
-    multipliers = rng.integers(1, 1 << 64, size=rows, dtype=np.uint64) | _U64(1)
-    keys = np.empty((bands, signatures.shape[0]), dtype=np.uint64)
-    columns = np.ascontiguousarray(signatures[:, :bands * rows].T)  # one row per permutation
-    with np.errstate(over="ignore"):
-        for band in range(bands):
-            key = np.full(signatures.shape[0], band, dtype=np.uint64)
-            for row in range(rows):
-                key ^= columns[band * rows + row]
-                key *= multipliers[row]
-                key ^= key >> _U64(29)
-            keys[band] = _fmix64(key)
-    return keys
-
-
-def _bucket_pairs(keys: np.ndarray, max_bucket_pairs: int) -> tuple[np.ndarray, int]:
-    """Candidate pairs (i < j, encoded i * n + j, sorted, unique) from records that share a
-    key in any band, and the number of buckets that were too large for all pairs."""
-    n = keys.shape[1]
-    found, large = [], 0
-    for band_keys in keys:
-        order = np.argsort(band_keys, kind="stable")  # stable: members stay in index order
-        sorted_keys = band_keys[order]
-        same_as_next = sorted_keys[1:] == sorted_keys[:-1]
-        if not same_as_next.any():
-            continue
-        # Positions (in sorted order) of members of buckets with two or more records.
-        boundaries = np.flatnonzero(np.diff(np.concatenate(([False], same_as_next, [False])
-                                                            ).astype(np.int8)))
-        run_starts, run_ends = boundaries[0::2], boundaries[1::2] + 1
-        sizes = run_ends - run_starts
-        large += int((sizes > max_bucket_pairs + 1).sum())
-        in_run = np.zeros(sorted_keys.size, dtype=bool)
-        in_run[:-1] |= same_as_next
-        in_run[1:] |= same_as_next
-        members = np.flatnonzero(in_run)  # runs in order, so run_end_of lines up with them
-        run_end_of = np.repeat(run_ends, sizes)
-        for gap in range(1, min(int(sizes.max()), max_bucket_pairs + 1)):
-            ok = members + gap < run_end_of
-            left, right = order[members[ok]], order[members[ok] + gap]
-            found.append(np.minimum(left, right).astype(np.int64) * n
-                         + np.maximum(left, right))
-    if not found:
-        return np.zeros(0, dtype=np.int64), large
-    return np.unique(np.concatenate(found)), large
-
-
-def _signature_agreement(signatures: np.ndarray, left: np.ndarray, right: np.ndarray
-                         ) -> np.ndarray:
-    """Estimated Jaccard (share of equal MinHash values) for each pair, in chunks."""
-    out = np.empty(left.size, dtype=np.float64)
-    step = 1 << 16
-    for lo in range(0, left.size, step):
-        hi = lo + step
-        out[lo:hi] = (signatures[left[lo:hi]] == signatures[right[lo:hi]]).mean(axis=1)
-    return out
-
-
-def exact_jaccard(first: np.ndarray, second: np.ndarray) -> float:
-    """Jaccard of two sorted arrays of unique values (an empty pair counts as identical)."""
-    if first.size == 0 and second.size == 0:
-        return 1.0
-    if first.size > second.size:
-        first, second = second, first
-    if first.size == 0:
-        return 0.0
-    at = np.searchsorted(second, first)
-    at[at == second.size] = 0
-    common = int(np.count_nonzero(second[at] == first))
-    return common / (first.size + second.size - common)
-
-
-def _shingle_sets(indices: np.ndarray, texts_of: list[tuple[str, str]], step: int,
-                  config: DedupConfig, executor: _Executor) -> dict[int, np.ndarray]:
-    """Record index -> sorted unique shingle hashes, rebuilt (in parallel when there are
-    many) for the records that take part in candidate pairs."""
-    tasks = [([texts_of[i] for i in indices[k:k + step].tolist()], config.shingle, config.n)
-             for k in range(0, indices.size, step)]
-    parallel = indices.size >= config.parallel_min_records
-    sets = [flat[offsets[k]:offsets[k + 1]]
-            for flat, offsets in executor.map(_shingle_set_task, tasks, parallel)
-            for k in range(offsets.size - 1)]
-    return dict(zip(indices.tolist(), sets, strict=True))
 
 
 # --------------------------------------------------------------------------- union-find
@@ -578,13 +313,15 @@ def near_duplicates(records: Iterable[dict], config: DedupConfig | None = None
         if prev["id"] == cur["id"]:
             raise ValueError(f"duplicate record id {cur['id']!r}")
     laps.lap("sort")
-    workers = _worker_count(config.workers) if n >= config.parallel_min_records else 1
+    rensa = _rensa(config.workers)
     bands, rows = optimal_bands_rows(config.threshold, config.num_perm,
                                      config.false_positive_weight, config.false_negative_weight)
     stats = {
         "records": n, "threshold": config.threshold, "num_perm": config.num_perm,
-        "bands": bands, "rows": rows, "shingle": config.shingle, "ngram": config.n,
-        "verify": config.verify, "seed": config.seed, "workers": workers,
+        "signature_slots": bands * rows, "bands": bands, "rows": rows,
+        "shingle": config.shingle, "ngram": config.n, "verify": config.verify,
+        "seed": config.seed, "workers": _worker_count(config.workers),
+        "minhash": f"rensa {_version('rensa')} RMinHash + RMinHashLSH",
         "lsh_weights": {"false_positive": config.false_positive_weight,
                         "false_negative": config.false_negative_weight},
         "candidate_probability_at": {
@@ -593,68 +330,83 @@ def near_duplicates(records: Iterable[dict], config: DedupConfig | None = None
     }
     if n == 0:
         stats.update(exact_duplicates_removed=0, near_duplicates_removed=0, removed=0,
-                     candidate_pairs=0, exact_checked_pairs=0, verified_pairs=0, clusters=0, largest_cluster=0,
-                     large_buckets=0, records_without_shingles=0, seconds=0.0, timings={})
+                     candidate_pairs=0, exact_checked_pairs=0, verified_pairs=0, clusters=0,
+                     largest_cluster=0, large_buckets=0, records_without_shingles=0,
+                     seconds=0.0, timings={})
         return DedupResult(set(), [], [], stats)
-
-    with _Executor(workers) as executor:
-        return _deduplicate(records, config, executor, stats, laps)
+    return _deduplicate(records, config, rensa, stats, laps)
 
 
-def _deduplicate(records: list[dict], config: DedupConfig, executor: _Executor, stats: dict,
-                 laps: _Laps) -> DedupResult:
-    n, workers = len(records), executor.workers
+@lru_cache(maxsize=4)
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(package)
+
+
+def _deduplicate(records: list[dict], config: DedupConfig, rensa, stats: dict, laps: _Laps
+                 ) -> DedupResult:
+    n = len(records)
     bands, rows = stats["bands"], stats["rows"]
-    # Signatures and exact digests, in parallel batches of records.
-    pairs = [(r.get("instruction") or "", r.get("response") or "") for r in records]
-    step = max(1, min(config.batch_records, math.ceil(n / workers)))
-    tasks = [(pairs[lo:lo + step], config.shingle, config.n, config.num_perm, config.seed,
-              bands, rows) for lo in range(0, n, step)]
-    signatures = np.empty((n, config.num_perm), dtype=np.uint32)
-    digests: list[bytes] = []
-    shingle_counts = np.empty(n, dtype=np.int64)
-    lo = 0
-    keys = np.empty((bands, n), dtype=np.uint64)
-    for batch_digests, batch_signatures, batch_keys, batch_counts in executor.map(
-            _signature_task, tasks):
-        hi = lo + len(batch_digests)
-        digests.extend(batch_digests)
-        signatures[lo:hi] = batch_signatures
-        keys[:, lo:hi] = batch_keys
-        shingle_counts[lo:hi] = batch_counts
-        lo = hi
-    laps.lap("signatures")
+    slots = bands * rows
 
     # Exact duplicates: every record points at its group's first (smallest id) member.
-    first_with: dict[bytes, int] = {}
+    texts: list[str] = []
+    first_with: dict[tuple[str, int], int] = {}
     canonical = np.empty(n, dtype=np.int64)
-    for index, digest in enumerate(digests):
-        canonical[index] = first_with.setdefault(digest, index)
-    del digests, first_with
+    for index, r in enumerate(records):
+        key = _record_text(r.get("instruction") or "", r.get("response") or "")
+        texts.append(key[0])
+        canonical[index] = first_with.setdefault(key, index)
+    del first_with
     unique = np.flatnonzero(canonical == np.arange(n))
+    position = np.full(n, -1, dtype=np.int64)  # record index -> its row among `unique`
+    position[unique] = np.arange(unique.size)
     laps.lap("exact")
 
-    # LSH over the representatives of exact groups only.
-    encoded, large_buckets = _bucket_pairs(keys[:, unique], config.max_bucket_pairs)
-    del keys
-    m = unique.size
-    left, right = unique[encoded // m], unique[encoded % m]
-    estimated = _signature_agreement(signatures, left, right)
+    # Signatures of the representatives of exact groups, a batch of records per call.
+    sketches = []
+    step = config.batch_records
+    unique_list = unique.tolist()
+    for lo in range(0, len(unique_list), step):
+        sketches += rensa.RMinHash.from_token_sets(
+            [shingles(texts[i], config.shingle, config.n) for i in unique_list[lo:lo + step]],
+            num_perm=slots, seed=config.seed)
+    laps.lap("signatures")
+
+    # LSH: candidates of each representative after it in id order, capped (see
+    # max_bucket_pairs).
+    lsh = rensa.RMinHashLSH(threshold=config.threshold, num_perm=slots, num_bands=bands)
+    lsh.insert_many(sketches)  # keys are positions in `unique`
+    left_list, right_list, large_buckets = [], [], 0
+    for k, hits in enumerate(lsh.query_all(sketches)):
+        later = sorted(j for j in hits if j > k)
+        if len(later) > config.max_bucket_pairs:
+            large_buckets += 1
+            later = later[:config.max_bucket_pairs]
+        left_list += [k] * len(later)
+        right_list += later
+    del lsh
+    estimated = np.fromiter((sketches[i].jaccard(sketches[j])
+                             for i, j in zip(left_list, right_list, strict=True)),
+                            dtype=np.float64, count=len(left_list))
+    left = unique[np.array(left_list, dtype=np.int64)]
+    right = unique[np.array(right_list, dtype=np.int64)]
+    del left_list, right_list
     laps.lap("lsh")
 
     # Verification.
     exact = np.full(left.size, np.nan)
-    shingle_sets: dict[int, np.ndarray] = {}
+    shingle_sets: dict[int, set] = {}
     if config.verify == "exact":
         # Only pairs whose estimate is within 5 standard deviations of the threshold get an
         # exact check: a pair truly at the threshold has an estimate below that with
         # probability under 1e-6, and most candidates from the recall-leaning bands are far
         # below it.
-        margin = 5.0 * math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
+        margin = 5.0 * math.sqrt(config.threshold * (1 - config.threshold) / slots)
         plausible = np.flatnonzero(estimated >= config.threshold - margin)
-        shingle_sets = _shingle_sets(np.unique(np.concatenate((left[plausible],
-                                                              right[plausible]))),
-                                     pairs, step, config, executor)
+        for i in np.unique(np.concatenate((left[plausible], right[plausible]))).tolist():
+            shingle_sets[i] = set(shingles(texts[i], config.shingle, config.n))
         exact[plausible] = np.fromiter(
             (exact_jaccard(shingle_sets[i], shingle_sets[j])
              for i, j in zip(left[plausible].tolist(), right[plausible].tolist(), strict=True)),
@@ -692,18 +444,15 @@ def _deduplicate(records: list[dict], config: DedupConfig, executor: _Executor, 
                 entry.update(kind="near", estimated_jaccard=None, jaccard=None)
             removed.append(entry)
     # Similarity of each near removal to what was kept (below the threshold only when the
-    # two are linked through other verified pairs).
-    member_of = np.array([m for m, _ in near_pairs], dtype=np.int64)
-    keeper_of = np.array([k for _, k in near_pairs], dtype=np.int64)
-    near_estimated = _signature_agreement(signatures, member_of, keeper_of)
-    # Every near removal and its keeper are in a verified pair, so their sets are built.
-    near_exact = ([exact_jaccard(shingle_sets[m], shingle_sets[k]) for m, k in near_pairs]
-                  if config.verify == "exact" else None)
+    # two are linked through other verified pairs). Every near removal and its keeper are in
+    # a verified pair, so their shingle sets are built.
     near_entries = (entry for entry in removed if entry["kind"] == "near")
-    for k, entry in enumerate(near_entries):
-        entry["estimated_jaccard"] = round(float(near_estimated[k]), 4)
-        if near_exact is not None:
-            entry["jaccard"] = round(float(near_exact[k]), 4)
+    for (member, keeper), entry in zip(near_pairs, near_entries, strict=True):
+        entry["estimated_jaccard"] = round(
+            sketches[position[member]].jaccard(sketches[position[keeper]]), 4)
+        if config.verify == "exact":
+            entry["jaccard"] = round(exact_jaccard(shingle_sets[member], shingle_sets[keeper]),
+                                     4)
     removed.sort(key=lambda r: r["id"])
     removed_ids = {r["id"] for r in removed}
     keep_ids = {r["id"] for r in records if r["id"] not in removed_ids}
@@ -719,12 +468,12 @@ def _deduplicate(records: list[dict], config: DedupConfig, executor: _Executor, 
         exact_duplicates_removed=sum(r["kind"] == "exact" for r in removed),
         near_duplicates_removed=sum(r["kind"] == "near" for r in removed),
         removed=len(removed),
-        candidate_pairs=int(encoded.size),
+        candidate_pairs=int(left.size),
         verified_pairs=int(verified.sum()),
         clusters=len(groups),
         largest_cluster=max(sizes, default=0),
         large_buckets=large_buckets,
-        records_without_shingles=int((shingle_counts == 0).sum()),
+        records_without_shingles=sum(not t for t in texts),
         seconds=round(sum(laps.timings.values()), 4),
         timings=laps.timings,
     )
