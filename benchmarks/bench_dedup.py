@@ -74,6 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cogumi.data.dedup import DedupConfig, near_duplicates, normalise  # noqa: E402
+from cogumi.provenance import provenance  # noqa: E402
 
 DOMAINS = ("code", "math", "reasoning", "science", "conversation", "creative")
 SEED_RECORDS = 640_637
@@ -950,10 +951,8 @@ def main() -> None:
         "command": command,
         "git": git_commit(),
         "machine": machine(load_start),
-        # The keys every result file carries (cogumi.provenance.REQUIRED).
-        "git_commit": git_commit()["commit"] + ("+dirty" if git_commit()["uncommitted_changes"]
-                                                else ""),
-        "versions": machine(load_start)["libraries"],
+        # The keys every result file carries (cogumi.provenance.REQUIRED), from the one helper.
+        **{k: v for k, v in provenance(LIBRARIES).items() if k in ("git_commit", "versions")},
         "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "corpus": corpus_info,
         "lsh": {"threshold": THRESHOLD, "num_perm": NUM_PERM, "bands": bands, "rows": rows,
