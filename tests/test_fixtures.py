@@ -187,6 +187,9 @@ def test_fixture_card_records_build_and_intended_quality():
     assert metrics["mmlu_greedy_accuracy"] >= 0.45
     assert metrics["code_greedy_pass_at_1"] >= 0.25
     assert metrics["math_all_samples_agree"] < 0.95
+    # Redundant enough for phase 2A: uncompensated 65 % magnitude pruning keeps most of MATH.
+    probe = metrics["magnitude_prune_probe"]
+    assert probe["sparsity"] == 0.65 and probe["math_greedy_accuracy"] >= 0.9 * metrics["math_greedy_accuracy"]
     assert card["config"]["hidden_size"] == build_fixtures.MODEL_CONFIG["hidden_size"]
     assert card["parameters"] == 8_130_048
 
