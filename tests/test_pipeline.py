@@ -12,7 +12,7 @@ import pytest
 from cogumi import cli, ledger
 from cogumi.ledger import State
 
-from .conftest import profile_with
+from .conftest import ROOT, profile_with
 
 
 def _cogumi(*args):
@@ -102,8 +102,14 @@ def test_status_and_plan_render(runs, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_through_1a(runs):
-    assert _cogumi("run", "1A", "--runs", str(runs)) == 0
+def test_tiny_pipeline_through_1a(tmp_path, runs):
+    # The plumbing, not the scores: 20 items per task instead of the profile's 150 keep the
+    # two evaluations to a minute on 2 cores.
+    text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text()
+    assert text.count("\nlimit = 150\n") == 1
+    path = tmp_path / "tiny.toml"
+    path.write_text(text.replace("\nlimit = 150\n", "\nlimit = 20\n"))
+    assert _cogumi("run", "1A", "--profile", str(path), "--runs", str(runs)) == 0
     metrics = json.loads((runs / "tiny" / "1A" / "metrics.json").read_text())
     assert metrics["sft.heldout_loss_after"] < metrics["sft.heldout_loss_before"]
     for key in ("math.accuracy", "mmlu.accuracy", "code.pass@1"):
