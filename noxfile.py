@@ -12,6 +12,8 @@ constraints change: torch and transformers are installed once, not once per sess
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -46,9 +48,22 @@ def _profile_extras(posargs: list[str]) -> str:
     return "dev,gemma" if "gemma-270m" in posargs else "dev"
 
 
+def _ensure_bubblewrap(session: nox.Session) -> None:
+    """The code sandbox runs generated programs in bubblewrap (Debian's `bubblewrap`)."""
+    if shutil.which("bwrap"):
+        return
+    if os.geteuid() != 0:
+        session.error("bubblewrap is missing: install Debian's 'bubblewrap' package "
+                      "(apt-get install bubblewrap); the code sandbox needs it")
+    session.run("apt-get", "update", "-q", external=True)
+    session.run("apt-get", "install", "-y", "-q", "bubblewrap", external=True,
+                env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
 def _phase_session(phase_id: str):
     def session_fn(session: nox.Session) -> None:
         bin_dir = _install(session, _profile_extras(session.posargs))
+        _ensure_bubblewrap(session)
         session.run(str(bin_dir / "cogumi"), "run", phase_id, *session.posargs, external=True)
     session_fn.__doc__ = f"Run phase {phase_id} (and inputs lacking a sign-off), then its gates."
     return session_fn
@@ -62,14 +77,19 @@ for _phase in implemented_phases():
 def pipeline(session: nox.Session) -> None:
     """Every implemented phase, in order, each gated before the next starts."""
     bin_dir = _install(session, _profile_extras(session.posargs))
+    _ensure_bubblewrap(session)
     ids = [p.id for p in implemented_phases()]
     session.run(str(bin_dir / "cogumi"), "run", *ids, *session.posargs, external=True)
 
 
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
-    """The test suite: unit, property and integration tests; offline, CPU."""
+    """The test suite: unit, property and integration tests; offline, CPU. As root, the
+    sandbox's hostile tests run first a second time as an unprivileged user."""
     bin_dir = _install(session, "dev")
+    _ensure_bubblewrap(session)
+    if not session.posargs and os.geteuid() == 0:
+        session.run("bash", str(ROOT / ".ci" / "sandbox-unprivileged"), external=True)
     args = session.posargs or ["tests", "--junitxml=.nox/tests.junit.xml"]
     session.run(str(bin_dir / "python"), "-m", "pytest", *args, external=True)
 
