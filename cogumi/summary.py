@@ -385,10 +385,11 @@ def phase2_chain(r: Results, profile: str) -> str:
     steps = [s for s in ("1B", "2A", "2E", "2B") if s in r.get(SNAPSHOT.format(profile=profile),
                                                                    "phases")]
     walls = ", ".join(f"{s} {_phase(r, profile, s)['wall_time_s']:.0f} s" for s in steps[1:])
-    math_chain = " → ".join(f"{_metric(r, profile, s, 'math.accuracy'):.3f} ({s})"
-                            for s in steps)
-    text = (f"{walls}; sparsity {_metric(r, profile, '2A', 'sparsity'):.3f}, MATH "
-            f"{math_chain}")
+    chains = "; ".join(
+        f"{label} " + " → ".join(f"{_metric(r, profile, s, key):.3f} ({s})" for s in steps)
+        for label, key in (("MATH", "math.accuracy"), ("MMLU", "mmlu.accuracy"),
+                           ("code", "code.pass@1")))
+    text = f"{walls}; sparsity {_metric(r, profile, '2A', 'sparsity'):.3f}; {chains}"
     if "2B" in steps:
         text += (f", {_metric(r, profile, '2A', 'size_mb'):.1f} MB → "
                  f"{_metric(r, profile, '2B', 'size_mb'):.1f} MB, "
