@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -125,7 +125,3 @@ def wilson_interval(successes: float, n: int, cfg: Settings | None = None) -> In
     upper = 1.0 if successes >= n else min(1.0, centre + half)
     return Interval(n, p, lower, upper,
                     f"Wilson score interval, {100 * (1 - cfg.capability_alpha):g}%")
-
-
-def mean_or_nan(xs: Sequence[float]) -> float:
-    return float(sum(xs) / len(xs)) if xs else math.nan

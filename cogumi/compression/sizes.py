@@ -5,10 +5,10 @@ weight files) plus the phase that wrote the artifact. A phase copies its input's
 appends its own, so 2D's and 2F's reports show the whole way from the full-precision model
 to the packed file without declaring every earlier phase as an input.
 
-The seed's sizes are an 8B model's (Llama-3.1-8B: 8.03e9 parameters). `scaled_mb` states
-how a seed size maps to another model: the same bits per parameter, i.e. MB × params /
-8.03e9. Where that is unreachable (520 MB for 8.03e9 parameters is 0.52 bits per parameter;
-GGUF K-quants store 4.5-6.6), the gate fails and the report says by how much.
+The seed's sizes are an 8B model's (Llama-3.1-8B: 8.03e9 parameters); 520 MB for 8.03e9
+parameters is 0.52 bits per parameter, which no GGUF K-quant reaches (they store 4.5-6.6).
+The size gates' thresholds come from the gate files or their rule (cogumi/thresholds.py);
+`SEED_PARAMETERS` is what 2D projects its packed size onto for comparison.
 """
 
 from __future__ import annotations
@@ -21,11 +21,6 @@ from cogumi.runner import PhaseContext
 SIZES = "sizes.json"
 SEED_PARAMETERS = 8.03e9
 """Llama-3.1-8B-Instruct's parameter count, the model the seed's MB figures describe."""
-
-
-def scaled_mb(seed_mb: float, parameters: float) -> float:
-    """A seed size (MB at 8.03e9 parameters) at the same bits per parameter for `parameters`."""
-    return seed_mb * parameters / SEED_PARAMETERS
 
 
 def carried_rows(ctx: PhaseContext, input_phase: str) -> list[dict]:

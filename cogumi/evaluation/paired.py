@@ -17,6 +17,8 @@ from pathlib import Path
 
 from cogumi.stats import Interval, paired_bootstrap, wilson_interval
 
+from .metrics import mean
+
 SUITE = {"math.accuracy": "math", "mmlu.accuracy": "mmlu", "code.pass@1": "code"}
 """The suite's headline scores and the task each is measured on (one score per item: the
 share of its k generations the verifier accepts; greedy evaluation has k = 1)."""
@@ -26,28 +28,24 @@ CHANCE = {"math.accuracy": 0.0, "mmlu.accuracy": 0.25, "code.pass@1": 0.0}
 be produced, so guessing scores nothing."""
 
 
-def item_scores(eval_dir: Path, task: str) -> dict[str, float]:
-    """item_id -> share of the item's generations the verifier accepted, from items.jsonl."""
+def item_scores(eval_dir: Path) -> dict[str, dict[str, float]]:
+    """task -> item_id -> share of the item's generations the verifier accepted, read once
+    from the folder's items.jsonl."""
     path = Path(eval_dir) / "items.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; no per-item evaluation to compare")
-    scores: dict[str, float] = {}
+    scores: dict[str, dict[str, float]] = {}
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         rec = json.loads(line)
-        if rec.get("task") != task:
-            continue
-        if rec["item_id"] in scores:
-            raise ValueError(f"{path}:{n}: item {rec['item_id']!r} of task {task} appears twice")
+        task = scores.setdefault(rec["task"], {})
+        if rec["item_id"] in task:
+            raise ValueError(f"{path}:{n}: item {rec['item_id']!r} of task {rec['task']} "
+                             f"appears twice")
         verdicts = rec.get("verdicts") or [False]
-        scores[rec["item_id"]] = sum(bool(v) for v in verdicts) / len(verdicts)
+        task[rec["item_id"]] = sum(bool(v) for v in verdicts) / len(verdicts)
     return scores
-
-
-def tasks_in(eval_dir: Path) -> set[str]:
-    path = Path(eval_dir) / "items.jsonl"
-    return {json.loads(line)["task"] for line in path.read_text().splitlines() if line.strip()}
 
 
 def compare_with_input(before_dir: Path, after_dir: Path, prefix: str = "vs_input"
@@ -58,21 +56,22 @@ def compare_with_input(before_dir: Path, after_dir: Path, prefix: str = "vs_inpu
     ``{prefix}.worst_delta_upper`` (the smallest upper bound: below 0 means some task got
     significantly worse); rows for the report. A task evaluated on one side only is an error:
     a comparison that silently drops a task would pass by omission."""
-    before_tasks, after_tasks = tasks_in(before_dir), tasks_in(after_dir)
-    if before_tasks != after_tasks:
+    before_scores, after_scores = item_scores(before_dir), item_scores(after_dir)
+    if set(before_scores) != set(after_scores):
         raise ValueError(f"{before_dir} and {after_dir} evaluate different tasks "
-                         f"({sorted(before_tasks)} vs {sorted(after_tasks)})")
+                         f"({sorted(before_scores)} vs {sorted(after_scores)})")
     metrics: dict[str, float] = {}
     rows = []
     for score, task in SUITE.items():
-        if task not in before_tasks:
+        if task not in before_scores:
             continue
-        before, after = item_scores(before_dir, task), item_scores(after_dir, task)
+        before, after = before_scores[task], after_scores[task]
         iv = paired_bootstrap(before, after)
         metrics[f"{prefix}.{score}.delta"] = iv.point
         metrics[f"{prefix}.{score}.delta_lower"] = iv.lower
         metrics[f"{prefix}.{score}.delta_upper"] = iv.upper
-        rows.append({"score": score, "n": iv.n, "before": _mean(before), "after": _mean(after),
+        rows.append({"score": score, "n": iv.n, "before": mean(list(before.values())),
+                     "after": mean(list(after.values())),
                      **{k: v for k, v in iv.to_dict().items() if k != "n"}})
     uppers = [r["upper"] for r in rows]
     metrics[f"{prefix}.worst_delta_upper"] = min(uppers) if uppers else math.nan
@@ -83,11 +82,11 @@ def capability(eval_dir: Path) -> tuple[dict[str, float], list[dict]]:
     """``{score}.lower95_above_chance``: Wilson lower bound minus chance, per suite score."""
     metrics: dict[str, float] = {}
     rows = []
-    present = tasks_in(eval_dir)
+    present = item_scores(eval_dir)
     for score, task in SUITE.items():
         if task not in present:
             continue
-        scores = item_scores(eval_dir, task)
+        scores = present[task]
         iv: Interval = wilson_interval(sum(scores.values()), len(scores))
         metrics[f"{score}.lower95_above_chance"] = iv.lower - CHANCE[score]
         rows.append({"score": score, "chance": CHANCE[score], **iv.to_dict()})
@@ -120,7 +119,3 @@ def capability_table(rows: list[dict]) -> str:
                      f"[{r['lower']:.3f}, {r['upper']:.3f}] | {r['chance']:g} | "
                      f"{'yes' if r['lower'] > r['chance'] else '**no**'} |")
     return "\n".join(lines)
-
-
-def _mean(d: dict[str, float]) -> float:
-    return sum(d.values()) / len(d) if d else math.nan
