@@ -231,6 +231,11 @@ class RecoveryConfig(_Strict):
     learning_rate: float = Field(default=1e-4, gt=0)
     max_examples: int | None = Field(default=None, gt=0)
     """Train on at most this many curated training-split records (a reduced run, stated)."""
+    objective: Literal["sft", "distill"] = "sft"
+    """sft: cross-entropy on the records' answers. distill: the pruned model learns the
+    unpruned 1B model's next-token distribution on the same answers (KL, knowledge
+    distillation from the dense model); 2E then also reads 1B, which it holds in memory
+    beside the student."""
 
 
 class QuantizeConfig(_Strict):

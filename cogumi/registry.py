@@ -128,7 +128,7 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("model/", "eval/", "quantization.json", "retention.json", "sizes.json",
                "report.md"),
               _EVAL + _EVAL_BEFORE + _JUDGED + ("retention", "retention.step", "retention.mean",
-                                      "size_mb", "bits_per_parameter",
+                                      "size_mb", "weights.tensor_mb", "bits_per_parameter",
                                       "quantized.linear_share", "sparsity"),
               entry="cogumi.phases.quantize:run", seed_cost_usd="90", seed_duration="4 days",
               config=("model", "training", "eval", "quantize", "hardware"),
@@ -153,7 +153,7 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("size_mb", "compression_ratio", "roundtrip_ok"),
               entry="cogumi.phases.pack:run", seed_cost_usd="0", seed_duration="2 days",
               config=("pack",)),
-    PhaseSpec("2E", "Recovery fine-tuning", ("2A", "0"),
+    PhaseSpec("2E", "Recovery fine-tuning", ("2A", "0", "1B"),
               ("model/", "eval/", "loss_curve.png", "recovery.json", "retention.json",
                "sizes.json", "report.md"),
               _EVAL + _EVAL_BEFORE + _JUDGED + ("retention_vs_2a", "retention", "sparsity",
@@ -166,7 +166,9 @@ PHASES: tuple[PhaseSpec, ...] = (
               config=("training", "eval", "prune", "recovery", "hardware"),
               notes=("runs on 2A's pruned model, before quantization (the seed lists it after "
                      "2D; a LoRA merged after export would never reach the shipped file)",
-                     "the merged LoRA delta is dense: 2A's mask is re-applied after merging")),
+                     "the merged LoRA delta is dense: 2A's mask is re-applied after merging",
+                     "reads 1B, the unpruned model: the teacher when recovery.objective is "
+                     "distill")),
     # 2F calibrates the model as shipped: 2D's packed file, unpacked and checksum-verified.
     PhaseSpec("2F", "Confidence calibration", ("2D",),
               ("calibration.json", "reliability.png", "calibration_items.jsonl", "sizes.json",

@@ -1,9 +1,10 @@
 """The statistics behind every relative and capability gate (parameters: gates/statistics.toml).
 
-* ``paired_bootstrap(before, after)``: the same items scored twice; the mean per-item
-  difference (after - before) and its percentile interval from resampling items with
-  replacement. A gain gate reads the lower bound (> 0: better), a "not worse" gate the upper
-  bound (>= 0: no significant drop).
+* ``paired_difference(before, after)``: the same items scored twice; the mean per-item
+  difference (after - before) and its interval. A gain gate reads the lower bound (> 0:
+  better), a "not worse" gate the upper bound (>= 0: no significant drop). Items scored
+  right/wrong (0 or 1) get the exact McNemar interval (``exact_mcnemar``); items with
+  fractional scores (a share of k generations) the paired bootstrap (``paired_bootstrap``).
 * ``bootstrap_statistic``: the same resampling for a statistic that is not a mean of
   per-item differences (ECE before minus after, computed on each resample).
 * ``wilson_interval(k, n)``: a share's interval; a capability is "above chance" when its
@@ -68,19 +69,64 @@ def _z(alpha: float) -> float:
     return NormalDist().inv_cdf(1 - alpha / 2)
 
 
-def paired_bootstrap(before: Mapping[str, float], after: Mapping[str, float],
-                     cfg: Settings | None = None) -> Interval:
-    """Mean of (after - before) over the same items, with its paired bootstrap interval.
-
-    Both sides must score exactly the same item ids: a comparison on different items is not
-    paired, and silently intersecting them would hide lost items."""
-    cfg = cfg or settings()
+def _same_items(before: Mapping[str, float], after: Mapping[str, float]) -> list[str]:
+    """Both sides must score exactly the same item ids: a comparison on different items is
+    not paired, and silently intersecting them would hide lost items."""
     if set(before) != set(after):
         only_b = sorted(set(before) - set(after))[:3]
         only_a = sorted(set(after) - set(before))[:3]
         raise ValueError(f"paired comparison on different items: only before {only_b}, "
                          f"only after {only_a}")
-    ids = sorted(before)
+    return sorted(before)
+
+
+def paired_difference(before: Mapping[str, float], after: Mapping[str, float],
+                      cfg: Settings | None = None) -> Interval:
+    """Mean of (after - before) over the same items with its interval: exact McNemar when
+    every score is 0 or 1, the paired bootstrap otherwise (gates/statistics.toml says why)."""
+    binary = all(v in (0.0, 1.0) for side in (before, after) for v in side.values())
+    return exact_mcnemar(before, after, cfg) if binary else paired_bootstrap(before, after, cfg)
+
+
+def exact_mcnemar(before: Mapping[str, float], after: Mapping[str, float],
+                  cfg: Settings | None = None) -> Interval:
+    """Right/wrong items scored twice: the change in the share right, (gained - lost) / n,
+    with the exact conditional interval of McNemar's test.
+
+    Only the items that changed carry information: given d = gained + lost of them, gained
+    is Binomial(d, theta), and "no change" is theta = 1/2. The Clopper-Pearson interval of
+    theta at the gate file's alpha, mapped through delta = d / n * (2 theta - 1), excludes 0
+    exactly when the two-sided exact McNemar test rejects at that alpha. A percentile
+    bootstrap of the same data calls 4 of 4 changed items significant (exact p = 0.125)."""
+    from scipy.stats import beta
+
+    cfg = cfg or settings()
+    ids = _same_items(before, after)
+    bad = [i for i in ids if before[i] not in (0.0, 1.0) or after[i] not in (0.0, 1.0)]
+    if bad:
+        raise ValueError(f"exact McNemar needs right/wrong (0/1) scores; item {bad[0]!r} has "
+                         f"{before[bad[0]]} -> {after[bad[0]]}")
+    n = len(ids)
+    if not n:
+        return Interval(0, math.nan, math.nan, math.nan, "exact McNemar (no items)")
+    gained = sum(1 for i in ids if after[i] > before[i])
+    lost = sum(1 for i in ids if after[i] < before[i])
+    d = gained + lost
+    a = cfg.alpha
+    theta_lo = 0.0 if gained == 0 else float(beta.ppf(a / 2, gained, d - gained + 1))
+    theta_hi = 1.0 if gained == d else float(beta.ppf(1 - a / 2, gained + 1, d - gained))
+    scale = d / n
+    return Interval(n, (gained - lost) / n, scale * (2 * theta_lo - 1),
+                    scale * (2 * theta_hi - 1),
+                    f"exact McNemar ({gained} gained, {lost} lost of {n} items), "
+                    f"{100 * (1 - a):g}% Clopper-Pearson interval on the changed items")
+
+
+def paired_bootstrap(before: Mapping[str, float], after: Mapping[str, float],
+                     cfg: Settings | None = None) -> Interval:
+    """Mean of (after - before) over the same items, with its paired bootstrap interval."""
+    cfg = cfg or settings()
+    ids = _same_items(before, after)
     if not ids:
         return Interval(0, math.nan, math.nan, math.nan, "paired bootstrap (no items)")
     diffs = np.array([after[i] - before[i] for i in ids], dtype=float)

@@ -16,6 +16,11 @@ Rules:
   size claim made checkable: its 600 MB for 8.03e9 parameters is 0.6 bits per parameter,
   which no 4-6-bit format reaches, so the rule gates on what the format itself promises and
   still fails a file that was not really quantized.
+* ``tensor_budget_mb``: the same count for the tensor data alone (no tokenizer, no headers
+  or config files), plus ``per_linear_bits`` for what the format stores once per quantized
+  Linear (compressed-tensors' pack-quantized format: its ``weight_shape``, 2 x int64 = 128
+  bits). It is gated against ``tensor_payload_bytes`` of the phase's own folder, which
+  counts exactly that, so the rule and the metric have the same scope.
 """
 
 from __future__ import annotations
@@ -51,6 +56,18 @@ def safetensors_tensors(model_dir: Path) -> dict[str, tuple[str, list[int]]]:
     return out
 
 
+def tensor_payload_bytes(model_dir: Path) -> int:
+    """Bytes of tensor data in a folder's *.safetensors (their headers excluded)."""
+    total = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        total += sum(info["data_offsets"][1] - info["data_offsets"][0]
+                     for name, info in header.items() if name != "__metadata__")
+    return total
+
+
 def parameter_split(model_dir: Path) -> dict[str, dict[str, float]]:
     """Parameters and stored bits by kind: embedding (token embeddings, an untied LM head),
     linear (every other 2-D weight), other (norms, biases)."""
@@ -66,12 +83,16 @@ def parameter_split(model_dir: Path) -> dict[str, dict[str, float]]:
     return split
 
 
-def format_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | str,
-                     embedding_bits: float | str, other_bits: float | str) -> tuple[float, str]:
+def _input_model(rule: str, runs_dir: Path, model_from: str) -> Path:
     model_dir = Path(runs_dir) / model_from / "model"
     if not model_dir.is_dir():
-        raise RuleError(f"format_budget_mb: {model_dir} is missing (the rule counts phase "
+        raise RuleError(f"{rule}: {model_dir} is missing (the rule counts phase "
                         f"{model_from}'s parameters)")
+    return model_dir
+
+
+def _tensor_bits(model_dir: Path, linear_bits: float | str, embedding_bits: float | str,
+                 other_bits: float | str) -> tuple[float, list[str]]:
     split = parameter_split(model_dir)
     bits = 0.0
     parts = []
@@ -81,6 +102,13 @@ def format_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | st
         kind_bits = split[kind]["stored_bits"] if b == "stored" else p * float(b)
         bits += kind_bits
         parts.append(f"{p:,.0f} {kind} x {b if b == 'stored' else f'{float(b):g}'} bits")
+    return bits, parts
+
+
+def format_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | str,
+                     embedding_bits: float | str, other_bits: float | str) -> tuple[float, str]:
+    model_dir = _input_model("format_budget_mb", runs_dir, model_from)
+    bits, parts = _tensor_bits(model_dir, linear_bits, embedding_bits, other_bits)
     tokenizer = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES
                     if (model_dir / f).exists())
     mb = (bits / 8 + tokenizer) / MB
@@ -88,8 +116,24 @@ def format_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | st
                 f"bytes = {mb:.4g} MB")
 
 
-RULES: dict[str, Callable[..., tuple[float, str]]] = {"format_budget_mb": format_budget_mb}
-RULE_ARGS = {"format_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits"}}
+def tensor_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | str,
+                     embedding_bits: float | str, other_bits: float | str,
+                     per_linear_bits: float) -> tuple[float, str]:
+    model_dir = _input_model("tensor_budget_mb", runs_dir, model_from)
+    bits, parts = _tensor_bits(model_dir, linear_bits, embedding_bits, other_bits)
+    linears = sum(1 for name, (_, shape) in safetensors_tensors(model_dir).items()
+                  if len(shape) == 2 and "embed_tokens" not in name and "lm_head" not in name)
+    bits += linears * float(per_linear_bits)
+    mb = bits / 8 / MB
+    return mb, (f"{'; '.join(parts)}; {linears} Linear x {float(per_linear_bits):g} bits "
+                f"(phase {model_from}'s model), tensor data only = {mb:.4g} MB")
+
+
+RULES: dict[str, Callable[..., tuple[float, str]]] = {"format_budget_mb": format_budget_mb,
+                                                      "tensor_budget_mb": tensor_budget_mb}
+RULE_ARGS = {"format_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits"},
+             "tensor_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits",
+                                  "per_linear_bits"}}
 
 
 def compute(name: str, args: dict, runs_dir: Path) -> tuple[float, str]:

@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cogumi.evaluation.paired import capability, compare_with_input
-from cogumi.stats import bootstrap_statistic, paired_bootstrap, wilson_interval
+from cogumi.stats import (
+    bootstrap_statistic,
+    exact_mcnemar,
+    paired_bootstrap,
+    paired_difference,
+    wilson_interval,
+)
 
 
 def test_no_change_has_a_zero_interval():
@@ -106,3 +112,61 @@ def test_capability_is_the_wilson_lower_bound_above_chance(tmp_path):
     metrics, _ = capability(tmp_path)
     assert metrics["mmlu.accuracy.lower95_above_chance"] < 0
     assert metrics["math.accuracy.lower95_above_chance"] > 0
+
+
+def _flips(n: int, gained: int, lost: int, right_before: int = 0):
+    """n items: `gained` go 0 -> 1, `lost` go 1 -> 0, `right_before` stay right."""
+    before, after = {}, {}
+    for k in range(n):
+        if k < gained:
+            before[f"i{k}"], after[f"i{k}"] = 0.0, 1.0
+        elif k < gained + lost:
+            before[f"i{k}"], after[f"i{k}"] = 1.0, 0.0
+        elif k < gained + lost + right_before:
+            before[f"i{k}"], after[f"i{k}"] = 1.0, 1.0
+        else:
+            before[f"i{k}"], after[f"i{k}"] = 0.0, 0.0
+    return before, after
+
+
+def test_four_of_four_changed_items_are_not_significant_under_exact_mcnemar():
+    # The bootstrap's flaw (stop 18): 4 gained, 0 lost of 150 has exact two-sided p = 0.125.
+    before, after = _flips(150, gained=4, lost=0)
+    assert paired_bootstrap(before, after).lower > 0          # the flaw this replaces
+    iv = exact_mcnemar(before, after)
+    assert iv.point == pytest.approx(4 / 150) and iv.lower < 0 < iv.upper
+
+
+def test_ten_of_ten_changed_items_are_significant():
+    before, after = _flips(150, gained=0, lost=10, right_before=100)   # exact p = 0.002
+    iv = exact_mcnemar(before, after)
+    assert iv.upper < 0 and iv.point == pytest.approx(-10 / 150)
+
+
+def test_no_changed_item_is_no_change():
+    before, after = _flips(50, gained=0, lost=0, right_before=20)
+    iv = exact_mcnemar(before, after)
+    assert (iv.point, iv.lower, iv.upper) == (0.0, 0.0, 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 30), st.integers(0, 30), st.integers(0, 60))
+def test_the_interval_excludes_zero_exactly_when_the_exact_test_rejects(gained, lost, same):
+    from scipy.stats import binom
+
+    before, after = _flips(gained + lost + same + 1, gained, lost, right_before=same)
+    iv = exact_mcnemar(before, after)
+    d = gained + lost
+    p = 1.0 if d == 0 else min(1.0, 2 * min(binom.cdf(gained, d, 0.5),
+                                            binom.sf(gained - 1, d, 0.5)))
+    assert (iv.lower > 0 or iv.upper < 0) == (p < 0.05)
+    assert iv.lower <= iv.point <= iv.upper
+
+
+def test_paired_difference_picks_the_test_by_the_scores():
+    before, after = _flips(40, gained=3, lost=1)
+    assert paired_difference(before, after).method.startswith("exact McNemar")
+    shares = {k: v / 2 for k, v in after.items()}
+    assert paired_difference(before, shares).method.startswith("paired bootstrap")
+    with pytest.raises(ValueError, match="0/1"):
+        exact_mcnemar(before, shares)

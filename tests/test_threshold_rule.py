@@ -55,10 +55,29 @@ def test_format_budget_is_computed_from_parameter_counts(runs_with_2e_model):
     assert "64,000 embedding" in how and "tokenizer 1,000 bytes" in how
 
 
+def test_tensor_budget_counts_tensor_data_and_each_linear_shape(runs_with_2e_model):
+    mb, how = thresholds.compute("tensor_budget_mb", {
+        "model_from": "2E", "linear_bits": 4.25, "embedding_bits": "stored",
+        "other_bits": "stored", "per_linear_bits": 128}, runs_with_2e_model)
+    linear = 64 * 64 + 64 * 256
+    expected = (linear * 4.25 + 2 * 128 + 1000 * 64 * 32 + 64 * 32) / 8 / 1e6
+    assert mb == pytest.approx(expected)
+    assert "2 Linear x 128 bits" in how and "tokenizer" not in how
+
+
+def test_the_tensor_metric_has_the_rule_scope(runs_with_2e_model):
+    # The metric the rule is gated against counts tensor data only: the safetensors header,
+    # config files and the tokenizer (1,000 bytes here) are outside both.
+    model = runs_with_2e_model / "2E" / "model"
+    data = 4 * (1000 * 64 + 64 * 64 + 64 * 256 + 64)
+    assert thresholds.tensor_payload_bytes(model) == data
+    assert (model / "model.safetensors").stat().st_size > data
+
+
 def test_a_rule_that_cannot_be_computed_fails_its_gate(tmp_path):
     profile = load_profile("tiny")
     gates = {g.metric: g for g in resolve_gates("2B", profile, runs_dir=tmp_path)}
-    size = gates["size_mb"]
+    size = gates["weights.tensor_mb"]
     assert math.isnan(size.threshold) and "not computed" in size.source
     assert not size.check(0.001)
 

@@ -2,7 +2,8 @@
 
 Every phase that changes the model compares its evaluation with its input's, item by item
 (``compare_with_input``): for each headline score of the suite, the mean per-item change and
-its paired bootstrap interval (cogumi.stats, parameters in gates/statistics.toml). The gate
+its paired interval (cogumi.stats.paired_difference: exact McNemar for right/wrong items,
+the paired bootstrap for shares of k generations; parameters in gates/statistics.toml). The gate
 ``vs_input.worst_delta_upper >= 0`` then says "not significantly worse on any task".
 
 ``capability`` says whether a score means anything: the lower end of its Wilson interval
@@ -15,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from cogumi.stats import Interval, paired_bootstrap, wilson_interval
+from cogumi.stats import Interval, paired_difference, wilson_interval
 
 from .metrics import mean
 
@@ -66,7 +67,7 @@ def compare_with_input(before_dir: Path, after_dir: Path, prefix: str = "vs_inpu
         if task not in before_scores:
             continue
         before, after = before_scores[task], after_scores[task]
-        iv = paired_bootstrap(before, after)
+        iv = paired_difference(before, after)
         metrics[f"{prefix}.{score}.delta"] = iv.point
         metrics[f"{prefix}.{score}.delta_lower"] = iv.lower
         metrics[f"{prefix}.{score}.delta_upper"] = iv.upper
@@ -105,7 +106,8 @@ def paired_table(rows: list[dict], against: str) -> str:
         lines.append(f"| {r['score']} | {r['n']} | {r['before']:.3f} | {r['after']:.3f} | "
                      f"{r['point']:+.3f} | [{r['lower']:+.3f}, {r['upper']:+.3f}] | {verdict} |")
     lines.append("")
-    lines.append(f"Paired on the same items: {rows[0]['method']}.")
+    lines.append("Paired on the same items: "
+                 + "; ".join(f"{r['score']}: {r['method']}" for r in rows) + ".")
     return "\n".join(lines)
 
 

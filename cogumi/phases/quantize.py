@@ -44,6 +44,7 @@ from cogumi.compression.llmc import (
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
 from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
 from cogumi.runner import PhaseContext
+from cogumi.thresholds import MB, tensor_payload_bytes
 
 SCHEME = "W4A16"
 
@@ -175,6 +176,7 @@ def run(ctx: PhaseContext) -> dict:
         "retention.step": step["per_step"]["value"],
         "retention.mean": step["cumulative"]["mean"],
         "size_mb": rows[-1]["mb"],
+        "weights.tensor_mb": tensor_payload_bytes(model_dir) / MB,
         "bits_per_parameter": rows[-1]["bits_per_parameter"],
         "quantized.linear_share": share,
         "sparsity": sparsity["linear"],

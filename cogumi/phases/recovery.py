@@ -3,7 +3,9 @@
 1. The 2A model; its zeros are the pruning mask (every targeted Linear, exactly-zero weights).
 2. A short LoRA pass (peft, the profile's [training] LoRA settings, [recovery] schedule) on
    curated training-split records; the base weights are frozen, so the mask holds while
-   training.
+   training. Its loss is the records' answers (objective "sft") or, with "distill", the
+   unpruned 1B model's next-token distribution on those answers (KL): the pruned model is
+   taught what the model it came from would say, not what the records say.
 3. Merge (`merge_and_unload`): the LoRA delta B·A is dense, so the merged weights are dense
    again — measured and reported — and the mask is re-applied (those weights set back to
    zero). Held-out loss is measured at each point: pruned, LoRA, merged dense, re-masked.
@@ -44,7 +46,7 @@ from cogumi.training.sft import (
 
 
 def recover(model, tokenizer, train_examples, heldout_examples, training_cfg, recovery_cfg,
-            ignore: list[str], seed: int, checkpoint_dir, device: str):
+            ignore: list[str], seed: int, checkpoint_dir, device: str, teacher=None):
     """LoRA on the pruned `model`, merged, mask re-applied. Returns (model, report dict)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     masks = zero_masks(model, ignore)
@@ -59,7 +61,7 @@ def recover(model, tokenizer, train_examples, heldout_examples, training_cfg, re
         "backend": "peft-lora", "epochs": recovery_cfg.epochs,
         "learning_rate": recovery_cfg.learning_rate})
     peft_model, log_history, resumed = train_lora(model, tokenizer, train_examples, cfg, seed,
-                                                  checkpoint_dir, device)
+                                                  checkpoint_dir, device, teacher=teacher)
     loss["lora"] = mean_loss(peft_model, heldout_examples, pad_id)
     merged = peft_model.merge_and_unload()
     dense = sparsity_report(merged, ignore)
@@ -100,19 +102,27 @@ def run(ctx: PhaseContext) -> dict:
                               f"examples (excluded: {dict(train.excluded)})")
 
     key = checkpoint_key(profile.sha256, *(r["id"] for r in train_records))
-    ctx.console.print(f"2E: LoRA r{tc.lora_rank} recovery on {len(train.examples)} examples, "
-                      f"{rc.epochs:g} epochs at lr {rc.learning_rate:g}")
+    teacher = None
+    if rc.objective == "distill":
+        ctx.console.print("2E: loading the unpruned 1B model as the distillation teacher")
+        teacher = load_merged_phase_model(ctx, "1B").model
+    ctx.console.print(f"2E: LoRA r{tc.lora_rank} recovery ({rc.objective}) on "
+                      f"{len(train.examples)} examples, {rc.epochs:g} epochs at lr "
+                      f"{rc.learning_rate:g}")
     loaded.model, rep = recover(loaded.model, tok, train.examples, heldout.examples, tc, rc,
                                 ignore, profile.seed, ctx.work_dir / f"checkpoints-{key}",
-                                profile.hardware.device)
+                                profile.hardware.device, teacher=teacher)
+    del teacher
     if rep["resumed"]:
         ctx.notes.append("resumed from a checkpoint")
     plot_loss_curve(rep["log_history"], out / "loss_curve.png",
-                    f"2E recovery LoRA r{tc.lora_rank} — {profile.name}")
-    ctx.add_figure("loss_curve.png", "2E recovery LoRA: training loss per optimizer step")
+                    f"2E recovery LoRA r{tc.lora_rank} ({rc.objective}) — {profile.name}")
+    ctx.add_figure("loss_curve.png", "2E recovery LoRA: training loss per optimizer step"
+                   + (" (KL to the 1B model's next-token distribution)"
+                      if rc.objective == "distill" else ""))
     excluded = train.excluded + heldout.excluded
     (out / "recovery.json").write_text(json.dumps({
-        "sparsity": rep["sparsity"], "heldout_loss": rep["heldout_loss"],
+        "objective": rc.objective, "sparsity": rep["sparsity"], "heldout_loss": rep["heldout_loss"],
         "mask_positions": rep["mask_positions"], "train_records": len(train_records),
         "train_examples": len(train.examples), "heldout_records": len(heldout_records),
         "heldout_examples": len(heldout.examples), "excluded": dict(excluded),

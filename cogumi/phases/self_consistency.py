@@ -41,7 +41,7 @@ from cogumi.phases.common import (
     lm_eval_cross_check,
 )
 from cogumi.runner import PhaseContext, PhaseInputError
-from cogumi.stats import paired_bootstrap
+from cogumi.stats import exact_mcnemar
 from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
 
 
@@ -242,7 +242,7 @@ def consistency_gain(before: EvalReport, after: EvalReport):
     def agree(report: EvalReport) -> dict[str, float]:
         return {f"{r['task']}/{r['item_id']}": float(bool(r.get("all_agree")))
                 for r in report.records}
-    return paired_bootstrap(agree(before), agree(after))
+    return exact_mcnemar(agree(before), agree(after))
 
 
 def _write_json(path: Path, obj) -> None:

@@ -147,14 +147,32 @@ def plot_loss_curve(log_history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def distillation_loss(student_logits, teacher_logits, labels):
+    """Mean KL(teacher || student) over the answer tokens (labels != IGNORE_INDEX): the
+    student learns the teacher's whole next-token distribution at every answer position,
+    not only the one token the record wrote. Both are shifted as for the LM loss."""
+    import torch
+
+    s = student_logits[:, :-1].float()
+    t = teacher_logits[:, :-1].float()
+    keep = labels[:, 1:] != IGNORE_INDEX
+    if not keep.any():
+        return s.sum() * 0.0
+    log_s = torch.log_softmax(s[keep], dim=-1)
+    log_t = torch.log_softmax(t[keep], dim=-1)
+    return torch.sum(log_t.exp() * (log_t - log_s), dim=-1).mean()
+
+
 def train_lora(model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: int,
-               checkpoint_dir: Path, device: str):
+               checkpoint_dir: Path, device: str, teacher=None):
     """Wrap `model` with LoRA adapters and train them; returns (peft_model, log_history,
     resumed).
 
     `model` comes from `backends.load_for_training` (for peft-lora, `load_base_model` gives the
     same), since the 4-bit backends quantise while loading. Checkpoints go to
-    `checkpoint_dir`; a run killed mid-way resumes from the newest one.
+    `checkpoint_dir`; a run killed mid-way resumes from the newest one. With `teacher` (a
+    frozen model on the same tokenizer) the loss is `distillation_loss` against it instead
+    of the records' tokens.
     """
     backends.check_available(cfg.backend, device)
     peft_model = backends.wrap_lora(model, cfg, seed)
@@ -162,17 +180,18 @@ def train_lora(model, tokenizer, train: list[Example], cfg: TrainingConfig, seed
     # variant, QLoRA's non-reentrant one); fit must not switch it to the plain one.
     fit_cfg = cfg.model_copy(update={"gradient_checkpointing": False})
     log_history, resumed = fit(peft_model, tokenizer, train, fit_cfg, seed, checkpoint_dir,
-                               device)
+                               device, teacher=teacher)
     return peft_model, log_history, resumed
 
 
 def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: int,
         checkpoint_dir: Path, device: str, epochs: float | None = None,
-        learning_rate: float | None = None) -> tuple[list[dict], bool]:
+        learning_rate: float | None = None, teacher=None) -> tuple[list[dict], bool]:
     """Train an already LoRA-wrapped model with the transformers Trainer.
 
     `epochs` and `learning_rate` override the profile's 1A values (phase 1B trains the same
-    adapter further, with the seed's own 1B schedule). Returns (log_history, resumed).
+    adapter further, with the seed's own 1B schedule). `teacher`: see `train_lora`.
+    Returns (log_history, resumed).
     """
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import ProgressCallback
@@ -210,8 +229,9 @@ def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: 
         **backends.trainer_arguments(cfg, device),  # the backend's optimizer, bf16 on GPUs
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    trainer = Trainer(model=peft_model, args=args, train_dataset=_ListDataset(train),
-                      data_collator=_collate(pad_id))
+    trainer_class = Trainer if teacher is None else _distilling_trainer(Trainer, teacher)
+    trainer = trainer_class(model=peft_model, args=args, train_dataset=_ListDataset(train),
+                            data_collator=_collate(pad_id))
     # Keep the progress bar, drop the per-step dict it prints: the loss curve PNG and
     # train_log.json hold every logged step.
     trainer.remove_callback(ProgressCallback)
@@ -219,6 +239,26 @@ def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: 
     resume = any(checkpoint_dir.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     return trainer.state.log_history, resume
+
+
+def _distilling_trainer(trainer_base, teacher):
+    """A Trainer whose loss is `distillation_loss` against the frozen `teacher`."""
+    import torch
+
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    class DistillingTrainer(trainer_base):
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+            with torch.no_grad():
+                teacher_logits = teacher(**feed).logits
+            outputs = model(**feed)
+            loss = distillation_loss(outputs.logits, teacher_logits, inputs["labels"])
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillingTrainer
 
 
 def checkpoint_key(*parts: str) -> str:
