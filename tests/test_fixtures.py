@@ -81,7 +81,8 @@ def planted() -> dict:
 
 @pytest.fixture(scope="module")
 def benchmarks() -> dict[str, list[dict]]:
-    return {name: read_jsonl(BENCHMARKS_DIR / f"{name}.jsonl") for name in ("math", "mmlu", "code", "code_train")}
+    return {name: read_jsonl(BENCHMARKS_DIR / f"{name}.jsonl")
+            for name in ("math", "mmlu", "code", "code_train", "mmlu_calibration")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,3 +399,22 @@ def test_benchmarks_do_not_occur_in_sources_or_pretraining_text(benchmarks, sour
     names = [item["entry_point"] for item in benchmarks["code"]]
     leaked_names = [name for name in names if re.search(rf"\b{name}\b", training_text)]
     assert not leaked_names, leaked_names
+
+
+def test_the_calibration_set_is_the_dev_split_and_never_an_evaluation_item(benchmarks):
+    from fixtures.benchmark_items import (
+        N_CALIBRATION_BEYOND,
+        N_CALIBRATION_IN_RANGE,
+        calibration_questions,
+    )
+
+    questions = calibration_questions(0)
+    assert benchmarks["mmlu_calibration"] == [mmlu_record(q) for q in questions]
+    assert len(questions) == N_CALIBRATION_IN_RANGE + N_CALIBRATION_BEYOND
+    assert all(synthetic.split_of(q.key) == "dev" for q in questions)
+    assert len({q.key for q in questions}) == len(questions)
+    evaluation = {(r["question"], tuple(r["choices"])) for r in benchmarks["mmlu"]}
+    assert not evaluation & {(r["question"], tuple(r["choices"]))
+                             for r in benchmarks["mmlu_calibration"]}
+    beyond = questions[N_CALIBRATION_IN_RANGE:]
+    assert all(min(q.key[1:]) >= 200 for q in beyond if q.kind != "sequence")
