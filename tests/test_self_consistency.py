@@ -3,7 +3,8 @@
 import pytest
 from rich.console import Console
 
-from cogumi.phases.self_consistency import _code_training_task
+from cogumi.phases.common import eval_tasks
+from cogumi.phases.self_consistency import _code_training_task, refuse_evaluation_items
 from cogumi.profile import load_profile
 from cogumi.registry import get_phase
 from cogumi.runner import PhaseContext, PhaseInputError
@@ -19,8 +20,21 @@ def _ctx(tmp_path, **sc_update):
 
 def test_code_prompts_that_are_the_evaluation_set_are_refused(tmp_path):
     ctx = _ctx(tmp_path, code_prompts="fixtures/benchmarks/code.jsonl")
-    with pytest.raises(PhaseInputError, match="train on the test"):
-        _code_training_task(ctx)
+    with pytest.raises(PhaseInputError, match="58 item.*are evaluation items.*train on the test"):
+        refuse_evaluation_items(ctx, [_code_training_task(ctx)], eval_tasks(ctx))
+
+
+def test_code_prompts_disjoint_from_the_suite_pass(tmp_path):
+    ctx = _ctx(tmp_path, code_prompts="fixtures/benchmarks/code_train.jsonl")
+    refuse_evaluation_items(ctx, [_code_training_task(ctx)], eval_tasks(ctx))  # no raise
+
+
+def test_humaneval_prompts_refused_when_the_suite_evaluates_humaneval(tmp_path):
+    ctx = _ctx(tmp_path, code_prompts="humaneval")
+    ctx.profile = ctx.profile.model_copy(update={"eval": ctx.profile.eval.model_copy(
+        update={"humaneval": "package"})})
+    with pytest.raises(PhaseInputError, match="164 item.*humaneval:HumanEval/0"):
+        refuse_evaluation_items(ctx, [_code_training_task(ctx)], eval_tasks(ctx))
 
 
 def test_humaneval_code_prompts_reduced_and_said_so(tmp_path):

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cogumi.evaluation import (
+    BenchmarkPackageMissing,
     EvalReport,
     GenerationSettings,
     TransformersBackend,
@@ -41,11 +42,15 @@ def eval_cache(ctx: PhaseContext) -> Path:
 
 
 def eval_tasks(ctx: PhaseContext) -> list:
-    """The profile's evaluation tasks ([eval] math, mmlu, code)."""
+    """The profile's evaluation tasks ([eval] math, mmlu, code, gsm8k, humaneval, gpqa,
+    bfcl), each named after its key; "package" reads the file its package ships."""
     cfg = ctx.profile.eval
-    tasks = [load_task(kind, ctx.resolve(path))
-             for kind, path in (("math", cfg.math), ("mmlu", cfg.mmlu), ("code", cfg.code))
-             if path is not None]
+    try:
+        tasks = [load_task(key, None if value == "package" else ctx.resolve(value),
+                           categories=cfg.bfcl_categories if key == "bfcl" else None)
+                 for key, value in cfg.benchmarks()]
+    except BenchmarkPackageMissing as e:
+        raise PhaseInputError(f"{ctx.profile.source_file}: [eval]: {e}") from None
     if not tasks:
         raise PhaseInputError(f"{ctx.profile.source_file}: [eval] names no task files")
     return tasks

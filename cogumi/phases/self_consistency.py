@@ -30,6 +30,7 @@ from cogumi.evaluation import (
 )
 from cogumi.evaluation.answers import extract_math_answer
 from cogumi.evaluation.compare import compare_verified
+from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint, prompt_text
 from cogumi.models import load_base_model
 from cogumi.phases.common import (
     curated_records,
@@ -63,16 +64,13 @@ def math_training_task(records: list[dict], limit: int, source: str) -> Task:
 
 
 def _code_training_task(ctx: PhaseContext) -> Task:
-    """The profile's code prompts with tests, refused if they are the evaluation set."""
-    sc, cfg = ctx.profile.self_consistency, ctx.profile.eval
+    """The profile's code prompts with tests (their overlap with the evaluation suite is
+    refused in run(), with the math prompts')."""
+    sc = ctx.profile.self_consistency
     if sc.code_prompts == "humaneval":
         task = load_task("humaneval")
     else:
         task = load_task("code", ctx.resolve(sc.code_prompts))
-    if cfg.code is not None and load_task("code", ctx.resolve(cfg.code)).digest == task.digest:
-        raise PhaseInputError(f"{ctx.profile.source_file}: self_consistency.code_prompts is the "
-                              f"evaluation set ([eval] code = {cfg.code}); 1B would train on "
-                              f"the test")
     if sc.code_prompt_limit is not None and len(task.items) > sc.code_prompt_limit:
         ctx.notes.append(f"reduced run: {sc.code_prompt_limit} of {len(task.items)} code "
                          f"prompts (self_consistency.code_prompt_limit)")
@@ -80,6 +78,16 @@ def _code_training_task(ctx: PhaseContext) -> Task:
         task = replace(task, items=task.items[:limit],
                        digest=hashlib.sha256(f"{task.digest}:first {limit}".encode()).hexdigest())
     return task
+
+
+def refuse_evaluation_items(ctx: PhaseContext, training: list[Task], suite: list[Task]) -> None:
+    """Training prompts never come from an evaluation split: any prompt that is an item of
+    the suite, by id or by text, stops the phase naming it."""
+    try:
+        assert_disjoint(((it.id, prompt_text(it)) for t in training for it in t.items), suite,
+                        f"{ctx.profile.source_file}: 1B's training prompts")
+    except SplitOverlapError as e:
+        raise PhaseInputError(f"{e}; 1B would train on the test") from None
 
 
 def run(ctx: PhaseContext) -> dict:
@@ -110,6 +118,7 @@ def run(ctx: PhaseContext) -> dict:
     gen_tasks = [math_training_task(curated_records(ctx), sc.math_prompts, "runs/0/curated.jsonl")]
     if sc.code_prompts:
         gen_tasks.append(_code_training_task(ctx))
+    refuse_evaluation_items(ctx, gen_tasks, tasks)
     ctx.console.print("1B.1 generating self-consistent data (greedy) on "
                       + ", ".join(f"{len(t.items)} {t.kind}" for t in gen_tasks))
     greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
