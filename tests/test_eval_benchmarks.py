@@ -102,7 +102,9 @@ def test_gpqa_permutation_is_simple_evals_fixed_seed_and_deterministic():
                                      "Incorrect Answer 2", "Incorrect Answer 3"))
     assert [it.reference for it in task.items] == [2, 3, 2]
     assert [it.id for it in task.items] == ["recFixture0001", "recFixture0002", "recFixture0003"]
-    assert task.items[2].line == 4  # the row's first line (its question spans two)
+    # Each row is named by its first line: row 2 spans lines 3-4 (a choice ends in a
+    # newline), so row 3 starts on line 5.
+    assert [it.line for it in task.items] == [2, 3, 5]
 
 
 def test_gpqa_prompt_and_scoring_right_and_wrong():

@@ -30,7 +30,7 @@ def test_code_prompts_disjoint_from_the_suite_pass(tmp_path):
 
 
 def test_humaneval_prompts_refused_when_the_suite_evaluates_humaneval(tmp_path):
-    ctx = _ctx(tmp_path, code_prompts="humaneval")
+    ctx = _ctx(tmp_path, code_prompts="humaneval", code_prompt_limit=None)
     ctx.profile = ctx.profile.model_copy(update={"eval": ctx.profile.eval.model_copy(
         update={"humaneval": "package"})})
     with pytest.raises(PhaseInputError, match="164 item.*humaneval:HumanEval/0"):
