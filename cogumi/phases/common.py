@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from cogumi.evaluation import (
     evaluate,
     load_task,
 )
+from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint
 from cogumi.models import LoadedModel
 from cogumi.runner import PhaseContext, PhaseInputError
 
@@ -29,9 +30,23 @@ def generation_backend(ctx: PhaseContext, loaded: LoadedModel) -> Iterator[Trans
 
 
 def curated_records(ctx: PhaseContext) -> list[dict]:
-    """Phase 0's kept records (every phase that reads curated data declares input "0")."""
+    """Phase 0's kept records (every phase that reads curated data declares input "0"),
+    refused if any is an evaluation item: they are trained and calibrated on."""
     path = ctx.input_dir("0") / "curated.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    refuse_evaluation_items(ctx, ((r["id"], r["instruction"]) for r in records), str(path))
+    return records
+
+
+def refuse_evaluation_items(ctx: PhaseContext, items: Iterable[tuple[str, str]],
+                            what: str) -> None:
+    """Training, distillation and calibration data never overlap an evaluation split:
+    items (id, prompt text) that are items of the profile's suite, by id or by normalised
+    text, stop the phase naming them (cogumi.evaluation.splits.assert_disjoint)."""
+    try:
+        assert_disjoint(items, eval_tasks(ctx), what)
+    except SplitOverlapError as e:
+        raise PhaseInputError(f"{e}; the phase would train on the test") from None
 
 
 def eval_cache(ctx: PhaseContext) -> Path:

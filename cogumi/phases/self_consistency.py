@@ -30,7 +30,7 @@ from cogumi.evaluation import (
 )
 from cogumi.evaluation.answers import extract_math_answer
 from cogumi.evaluation.compare import compare_verified
-from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint, prompt_text
+from cogumi.evaluation.splits import prompt_text
 from cogumi.models import load_base_model
 from cogumi.phases.common import (
     curated_records,
@@ -40,6 +40,7 @@ from cogumi.phases.common import (
     generation_backend,
     judge_against_input,
     lm_eval_cross_check,
+    refuse_evaluation_items,
 )
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.stats import paired_bootstrap
@@ -80,16 +81,6 @@ def _code_training_task(ctx: PhaseContext) -> Task:
     return task
 
 
-def refuse_evaluation_items(ctx: PhaseContext, training: list[Task], suite: list[Task]) -> None:
-    """Training prompts never come from an evaluation split: any prompt that is an item of
-    the suite, by id or by text, stops the phase naming it."""
-    try:
-        assert_disjoint(((it.id, prompt_text(it)) for t in training for it in t.items), suite,
-                        f"{ctx.profile.source_file}: 1B's training prompts")
-    except SplitOverlapError as e:
-        raise PhaseInputError(f"{e}; 1B would train on the test") from None
-
-
 def run(ctx: PhaseContext) -> dict:
     profile = ctx.profile
     sc = profile.self_consistency
@@ -118,7 +109,8 @@ def run(ctx: PhaseContext) -> dict:
     gen_tasks = [math_training_task(curated_records(ctx), sc.math_prompts, "runs/0/curated.jsonl")]
     if sc.code_prompts:
         gen_tasks.append(_code_training_task(ctx))
-    refuse_evaluation_items(ctx, gen_tasks, tasks)
+    refuse_evaluation_items(ctx, ((it.id, prompt_text(it)) for t in gen_tasks for it in t.items),
+                            f"{ctx.profile.source_file}: 1B's training prompts")
     ctx.console.print("1B.1 generating self-consistent data (greedy) on "
                       + ", ".join(f"{len(t.items)} {t.kind}" for t in gen_tasks))
     greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
