@@ -25,6 +25,7 @@ from cogumi.registry import implemented_phases  # noqa: E402  (import-light on p
 
 ENV = ROOT / ".nox" / "cogumi-env"
 CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
+NO_DEPS = ROOT / "constraints" / "no-deps.txt"  # packages installed without their requirements
 nox.options.sessions = ["tests"]
 
 
@@ -32,13 +33,15 @@ def _install(session: nox.Session, extras: str) -> Path:
     """Create or update the shared env; return its bin folder."""
     bin_dir = ENV / "bin"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()
-                            + extras.encode()).hexdigest()
+                            + NO_DEPS.read_bytes() + extras.encode()).hexdigest()
     stamp = ENV / f".installed-{extras}"
     if not (stamp.exists() and stamp.read_text() == digest):
         if not (bin_dir / "python").exists():
             session.run(sys.executable, "-m", "venv", str(ENV), external=True)
         session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS),
                     "-e", f".[{extras}]", external=True)
+        session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                    "-r", str(NO_DEPS), external=True)
         stamp.write_text(digest)
     return bin_dir
 

