@@ -15,6 +15,7 @@ import tarfile
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cogumi.compression import converter as C
@@ -131,3 +132,38 @@ def test_offline_with_an_empty_cache_is_one_line_naming_the_command(cache, offli
     assert main(["fetch-converter"]) == 2
     out = capsys.readouterr().out
     assert "cogumi fetch-converter" in out and "No matching distribution" in out
+
+
+def test_a_lora_adapter_exports_with_the_fetched_converter(tmp_path):
+    """Phase 3's adapter export: llama.cpp's convert_lora_to_gguf.py from the real cache
+    (fetched at first use, like 2C's), on a PEFT adapter of the fixture model; the GGUF holds
+    every adapted matrix with PEFT's own values."""
+    import json
+
+    import torch
+    from gguf import GGUFReader
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cogumi.compression.gguf_export import convert_lora_to_gguf
+
+    tiny = ROOT / "fixtures" / "tiny-llama"
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # PEFT starts B at zero; a no-op adapter would prove little
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.02)
+    model.save_pretrained(tmp_path / "adapter")
+    out = convert_lora_to_gguf(tmp_path / "adapter", tiny, tmp_path / "adapter.gguf", "f32",
+                               tmp_path / "lora.log")
+    reader = GGUFReader(str(out))
+    kind = reader.fields["general.type"]
+    assert bytes(kind.parts[kind.data[0]]).decode() == "adapter"
+    tensors = {t.name: t for t in reader.tensors}
+    layers = json.loads((tiny / "config.json").read_text())["num_hidden_layers"]
+    assert len(tensors) == layers * 2 * 2  # q and v, A and B
+    want = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+    got = tensors["blk.0.attn_q.weight.lora_a"]
+    assert np.array_equal(np.asarray(got.data).reshape(want.shape), want.detach().numpy())

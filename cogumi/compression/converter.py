@@ -11,10 +11,11 @@ Every later conversion runs from there, after checking each file against the dig
 recorded at extraction. Nothing of llama.cpp lives in this repository.
 
 Which `gguf` the converter imports: the sdist's own `gguf-py`, not PyPI's `gguf`. Both say
-version 0.19.0, but the sdist's is llama.cpp's later tree (constants, tensor mappings and
-writer methods the converter calls that PyPI's 0.19.0 lacks), so the converter runs in a
-child process with the cached `gguf-py` first on its path (`_convert_child.py`), while the
-rest of cogumi reads GGUF files with PyPI's package.
+version 0.19.0, but the sdist's is llama.cpp's later tree (about 1,000 more lines of
+constants alone; measured: converting the fixture with PyPI's 0.19.0 fails in
+conversion/base.py with "module 'gguf' has no attribute 'LazyChunkedTensor'"), so the
+converter runs in a child process with the cached `gguf-py` first on its path
+(`_convert_child.py`), while the rest of cogumi reads GGUF files with PyPI's package.
 
 Offline with an empty cache, the first conversion stops with one line naming the command
 that fills it: `cogumi fetch-converter` (or `--sdist FILE` with a copy downloaded elsewhere).

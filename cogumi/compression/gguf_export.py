@@ -85,6 +85,25 @@ def convert_to_gguf(model_dir: Path, out: Path, base_type: str, log_path: Path,
     return found
 
 
+def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out: Path, outtype: str,
+                         log_path: Path) -> Path:
+    """A PEFT LoRA adapter folder -> a GGUF LoRA adapter with llama.cpp's own
+    convert_lora_to_gguf.py (from the same cache as the HF converter; phase 3's export).
+    `base_dir` is the base model's folder (its config is all the converter reads);
+    `outtype` is f32, f16, bf16 or q8_0. It imports the cached gguf-py beside it."""
+    script = ensure_converter() / "convert_lora_to_gguf.py"
+    out, log_path = Path(out), Path(log_path)
+    cmd = [sys.executable, str(script), str(adapter_dir), "--base", str(base_dir),
+           "--outfile", str(out), "--outtype", outtype]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log_path.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
+        raise GGUFExportError(f"llama.cpp's LoRA converter could not export {adapter_dir} "
+                              f"(exit {proc.returncode}; full log {log_path}):\n{tail}")
+    return out
+
+
 # ------------------------------------------------------------------------------ quantize
 
 
