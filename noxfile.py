@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import sys
 import tomllib
 from pathlib import Path
@@ -26,9 +27,24 @@ from cogumi import needs  # noqa: E402  (standard library only)
 from cogumi.registry import implemented_phases, upstream  # noqa: E402  (import-light on purpose)
 
 ENV = ROOT / ".nox" / "cogumi-env"
-# A machine without an NVIDIA GPU gets torch's CPU wheel (constraints/cpu.txt points pip at
-# it); one with a GPU gets PyPI's Linux wheel, which is the CUDA build.
+# A machine without an NVIDIA GPU gets torch's CPU wheel (constraints/cpu.txt pins the CPU
+# build); one with a GPU gets PyPI's Linux wheel, which is the CUDA build.
 CONSTRAINTS = ROOT / "constraints" / ("cuda.txt" if shutil.which("nvidia-smi") else "cpu.txt")
+
+
+def _torch_cpu_index() -> list[str]:
+    """PyTorch's CPU index for the CPU constraint, where its host resolves. Not where it does
+    not: pip would retry the unreachable index for every package (minutes), and such a
+    machine has to provide the CPU wheel through its own pip configuration anyway."""
+    if CONSTRAINTS.name != "cpu.txt":
+        return []
+    try:
+        socket.getaddrinfo("download.pytorch.org", 443)
+    except OSError:
+        return []
+    return ["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
+
+
 nox.options.sessions = ["tests"]
 
 
@@ -41,8 +57,8 @@ def _install(session: nox.Session, extras: str) -> Path:
     if not (stamp.exists() and stamp.read_text() == digest):
         if not (bin_dir / "python").exists():
             session.run(sys.executable, "-m", "venv", str(ENV), external=True)
-        session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS),
-                    "-e", f".[{extras}]", external=True)
+        session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", *_torch_cpu_index(),
+                    "-c", str(CONSTRAINTS), "-e", f".[{extras}]", external=True)
         stamp.write_text(digest)
     return bin_dir
 

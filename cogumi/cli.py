@@ -159,12 +159,12 @@ def _summary(args) -> int:
     """--summary: snapshot runs/ into benchmarks/results/pipeline_<profile>.json, then
     regenerate README.md's generated blocks from benchmarks/results/ (--check: compare)."""
     from cogumi.summary import SummaryError, summarise
-    root = checkout_root()
-    if root is None:
+    if checkout_root() is None:
         console.print("[red bold]error:[/] report --summary rewrites a checkout's README.md "
                       "from its benchmarks/results/; this cogumi is installed without one "
                       "(run it in a clone: python -m cogumi report --summary)", soft_wrap=True)
         return 2
+    root = repo_root()
     runs = Path(args.runs) if args.runs else root / "runs"
     try:
         written, changed = summarise(root / "README.md", root / "benchmarks" / "results",

@@ -11,8 +11,8 @@ Every later conversion runs from there, after checking each file against the dig
 recorded at extraction. Nothing of llama.cpp lives in this repository.
 
 Which `gguf` the converter imports: the sdist's own `gguf-py`, not PyPI's `gguf`. Both say
-version 0.19.0, but the sdist's is llama.cpp's later tree (about 1,000 more lines of
-constants alone; measured: converting the fixture with PyPI's 0.19.0 fails in
+version 0.19.0, but the sdist's is llama.cpp's later tree (its constants.py 6,077 lines against
+4,348; measured: converting the fixture with PyPI's 0.19.0 fails in
 conversion/base.py with "module 'gguf' has no attribute 'LazyChunkedTensor'"), so the
 converter runs in a child process with the cached `gguf-py` first on its path
 (`_convert_child.py`), while the rest of cogumi reads GGUF files with PyPI's package.
@@ -153,6 +153,11 @@ def _pip_download(dest: Path) -> Path:
     return path
 
 
+# tarfile's "data" filter (Python 3.11.4+) also refuses odd modes and devices; regular files
+# with relative paths inside the folder are all that is extracted either way.
+_DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
 def _extract(sdist: Path, into: Path) -> dict[str, str]:
     """Only the EXTRACTED members of vendor/llama.cpp/, under tarfile's "data" filter (no
     absolute paths, links out of the folder or special files); returns file -> sha256."""
@@ -170,8 +175,10 @@ def _extract(sdist: Path, into: Path) -> dict[str, str]:
                     continue
                 if not member.isfile():  # folders are made as their files are extracted
                     continue
+                if rel.startswith("/") or ".." in rel.split("/"):
+                    raise tarfile.TarError(f"member {member.name!r} leaves the folder")
                 member.name = rel
-                tar.extract(member, into, filter="data")
+                tar.extract(member, into, **_DATA_FILTER)
                 files[rel] = _sha256(into / rel)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ConverterUnavailable(f"{sdist}: not a readable sdist ({exc}); run "
