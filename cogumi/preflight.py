@@ -92,14 +92,25 @@ def schema_mismatches(profile: Profile, phase_ids: list[str]) -> list[str]:
         return []
     from cogumi.data.sources import SchemaError, normalise
     out = []
+    unreachable = False
     for source in profile.data.sources:
         where = source.path or f"hub dataset {source.hub_id} (split {source.split})"
+        if unreachable and source.hub_id is not None:
+            continue  # the hub did not answer for the last one: asking again only waits
         try:
             records = _first_records(source)
         except Exception as exc:  # noqa: BLE001 - datasets raises many types; all one answer
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             out.append(f"source {source.name!r}: {where} cannot be read "
                        f"({type(exc).__name__}: {reason[:200]})")
+            if source.hub_id is not None and isinstance(exc, ConnectionError):
+                unreachable = True
+                hub = [s.name for s in profile.data.sources if s.hub_id is not None]
+                rest = hub[hub.index(source.name) + 1:]
+                if rest:
+                    out[-1] += (f"; not asked for {', '.join(rest)} (run where the hub is "
+                                f"reachable, or with the datasets in the local cache and "
+                                f"HF_HUB_OFFLINE=1)")
             continue
         if not records:
             continue  # an empty or unreadable local file: phase 0 reports and quarantines it

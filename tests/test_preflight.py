@@ -145,3 +145,19 @@ def test_cogumi_run_refuses_before_any_work(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "refusing to start phases 0" in out and "no-dolly.jsonl" in out
     assert not (runs / "tiny" / "0").exists()
+
+
+def test_an_unreachable_hub_is_asked_once(tmp_path, monkeypatch):
+    asked = []
+
+    def offline(source):
+        asked.append(source.name)
+        raise ConnectionError(f"Couldn't reach '{source.hub_id}' on the Hub")
+
+    monkeypatch.setattr(preflight, "_first_records", offline)
+    profile = _with_sources(tmp_path, '  { name = "a", schema = "dolly", hub_id = "org/a" },\n'
+                                      '  { name = "b", schema = "dolly", hub_id = "org/b" },')
+    message = _refusal(profile, ["0"])
+    assert asked == ["a"]
+    assert "source 'a': hub dataset org/a (split train) cannot be read" in message
+    assert "not asked for b" in message
