@@ -52,10 +52,10 @@ def git_commit(root: Path = ROOT) -> str:
     if given:
         return given
     try:
-        installed = f"cogumi {metadata.version('cogumi')} installed at {root}"
+        installed = f"cogumi {metadata.version('cogumi')} as installed"
     except metadata.PackageNotFoundError:
-        installed = str(root)
-    return f"unknown (not a git checkout: {installed}; COGUMI_GIT_COMMIT not set)"
+        installed = "cogumi"
+    return f"unknown (not a git checkout: {installed} at {root}; COGUMI_GIT_COMMIT not set)"
 
 
 def _cpu_model() -> str:
