@@ -35,7 +35,7 @@ class Package:
 
     def fix(self) -> str:
         if self.extra:
-            return f"pip install 'cogumi[{self.extra}]' (or pip install {self.distribution})"
+            return f"pip install {self.distribution} (cogumi's {self.extra!r} extra)"
         if self.dependency:
             return f"pip install {self.distribution} (cogumi depends on it: reinstall cogumi)"
         return f"pip install {self.distribution}"

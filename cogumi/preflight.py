@@ -177,6 +177,10 @@ def check(profile: Profile, phase_ids: list[str]) -> None:
     """Raise PreflightError (one line) if any phase in `phase_ids` lacks what it needs."""
     if not phase_ids:
         return
+    if not profile.runnable_here:  # before asking the hub or the GPU anything
+        raise PreflightError(f"refusing to start phases {', '.join(phase_ids)}: profile "
+                             f"{profile.name} is not runnable on this machine (runnable_here "
+                             f"= false in {profile.source_file}); see `cogumi plan`")
     problems = missing_packages(profile, phase_ids) + missing_files(profile, phase_ids)
     if not problems:  # reading records needs the packages; fetching, that the rest is there
         problems += schema_mismatches(profile, phase_ids)

@@ -53,7 +53,8 @@ def test_a_missing_optional_package_names_the_extra(tmp_path, monkeypatch):
     profile = profile.model_copy(update={"training": profile.training.model_copy(
         update={"backend": "qlora-bnb"})})
     message = _refusal(profile, ["0", "1A"])
-    assert "package bitsandbytes is not installed: pip install 'cogumi[gpu]'" in message
+    assert "package bitsandbytes is not installed: pip install bitsandbytes (cogumi's 'gpu' " \
+        "extra)" in message
     assert "phases 0, 1A" in message
 
 
