@@ -178,7 +178,9 @@ def code_files() -> dict[str, str]:
     out = {}
     for path in sorted(p for p in CODE_ROOT.rglob("*") if p.is_file()):
         rel = path.relative_to(CODE_ROOT)
-        if ("__pycache__" in rel.parts or path.suffix == ".pyc" or rel.parts[0] == "profiles"
+        # _data/: an installed wheel's gates, fixtures and results, bound as such, not as code
+        if ("__pycache__" in rel.parts or path.suffix == ".pyc"
+                or rel.parts[0] in ("profiles", "_data")
                 or any(part.startswith(".") for part in rel.parts)
                 or rel.parts[0].endswith(".egg-info")):
             continue

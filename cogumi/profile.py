@@ -339,6 +339,9 @@ class PlanStep(_Strict):
     api_tokens: float | None = Field(default=None, gt=0)
     """Tokens bought from a model API (a teacher), priced at api_price_usd_per_mtok."""
     api_price_usd_per_mtok: float | None = Field(default=None, ge=0)
+    gpu_memory_gib: Measurement | None = None
+    """The phase's peak GPU memory, read from a benchmark result file: the preflight refuses
+    a GPU with less (cogumi.preflight)."""
     basis: str
     """What the workload is and where its numbers come from, so the plan can be checked."""
 

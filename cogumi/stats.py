@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-STATISTICS_FILE = Path(__file__).resolve().parent.parent / "gates" / "statistics.toml"
+from cogumi.locations import data_root
+
+STATISTICS_FILE = data_root() / "gates" / "statistics.toml"
 
 
 @dataclass(frozen=True)

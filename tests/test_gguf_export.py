@@ -24,7 +24,6 @@ from cogumi.compression.bpe_pretokenizers import UnknownPreTokenizer, pre_tokeni
 
 from .conftest import ROOT
 
-pytest.importorskip("llama_cpp")
 TINY = ROOT / "fixtures" / "tiny-llama"
 TEXTS = ["Which number is the largest? 131, 125, 67 or 104.",
          "def add(a, b):\n    return a + b\n",
