@@ -132,7 +132,7 @@ def test_two_gloo_processes_train_like_one(runs):
     assert runs["loss_two"] == pytest.approx(runs["loss_one"], rel=REL)
     assert not runs["two"].resumed
     assert [r["rank"] for r in runs["two"].ranks] == [0, 1]
-    assert all(len(r["step_end_s"]) == 8 for r in runs["two"].ranks)
+    assert all(len(r["step_s"]) == 8 for r in runs["two"].ranks)
 
 
 def test_a_killed_launched_run_resumes_to_the_same_adapter(runs):
@@ -143,7 +143,7 @@ def test_a_killed_launched_run_resumes_to_the_same_adapter(runs):
     shutil.rmtree(checkpoints / "checkpoint-8")
     again = runs["launch"]()
     assert again.resumed
-    assert [len(r["step_end_s"]) for r in again.ranks] == [2, 2]  # steps 7 and 8 only
+    assert [len(r["step_s"]) for r in again.ranks] == [2, 2]  # steps 7 and 8 only
     assert _losses(again.log_history)[-1] == pytest.approx(
         _losses(runs["two"].log_history)[-1], rel=REL_LOGGED)
     _assert_same_tensors(_adapter(again.adapter_dir), runs["adapter_two"])

@@ -20,8 +20,8 @@ per rank there).
 
 What comes back is files: rank 0 saves the adapter to `job_dir/result/adapter` and writes
 `result.json` (log history, whether it resumed) last, so a result without it is incomplete;
-every rank writes `rank<N>.json` with its peak accelerator memory and the time each
-optimizer step ended. The phase loads the adapter onto its own copy of the base model.
+every rank writes `rank<N>.json` with its peak accelerator memory and how long each
+optimizer step took. The phase loads the adapter onto its own copy of the base model.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ class TrainingResult:
     log_history: list[dict]
     resumed: bool
     ranks: list[dict]
-    """Per rank, in rank order: peak_memory_allocated_bytes (None on the CPU) and
-    step_end_s (seconds since that rank's training began, one per optimizer step)."""
+    """Per rank, in rank order: peak_memory_allocated_bytes (None on the CPU) and step_s,
+    the seconds of each optimizer step this run took (forward, backward and optimizer for
+    all its micro-batches; not the checkpoint saves and logging between steps)."""
 
 
 def check_processes(processes: int, device: str) -> None:
@@ -160,16 +161,16 @@ def _worker(job_file: Path) -> None:
     examples = [Example(**json.loads(line))
                 for line in Path(job["examples"]).read_text().splitlines() if line]
 
-    step_end_s: list[float] = []
+    step_s: list[float] = []
 
     class StepClock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             if device == "cuda":
                 torch.cuda.synchronize()  # the host clock then covers the step's GPU work
-            step_end_s.append(time.perf_counter() - self.start)
+            step_s.append(time.perf_counter() - self.begin)
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -183,7 +184,7 @@ def _worker(job_file: Path) -> None:
         "rank": rank,
         "peak_memory_allocated_bytes": (torch.cuda.max_memory_allocated()
                                         if device == "cuda" else None),
-        "step_end_s": step_end_s,
+        "step_s": step_s,
     }))
     if rank == 0:
         peft_model.save_pretrained(result_dir / "adapter")
