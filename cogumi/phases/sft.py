@@ -16,7 +16,7 @@ from cogumi.artifacts import sha256_file
 from cogumi.phases.common import evaluate_model, judge_against_input
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.backends import load_for_training
-from cogumi.training.launch import check_processes, train_lora_processes
+from cogumi.training.launch import LaunchError, check_processes, train_lora_processes
 from cogumi.training.sft import (
     checkpoint_key,
     encode_records,
@@ -31,7 +31,10 @@ def run(ctx: PhaseContext) -> dict:
     profile, cfg = ctx.profile, ctx.profile.training
     processes = profile.hardware.processes
     if processes > 1:
-        check_processes(processes, profile.hardware.device)  # before an hour of evaluation
+        try:
+            check_processes(processes, profile.hardware.device)  # before an hour of evaluation
+        except LaunchError as exc:
+            raise PhaseInputError(f"{profile.source_file}: {exc}") from None
     curated_path = ctx.input_dir("0") / "curated.jsonl"
     records = [json.loads(line) for line in curated_path.read_text().splitlines() if line]
     train_records, heldout_records = split_heldout(records, cfg.heldout_fraction)
@@ -118,9 +121,12 @@ def _train_in_processes(ctx: PhaseContext, loaded, examples, checkpoints, key: s
     if hardware.device == "cuda":
         import torch
         torch.cuda.empty_cache()
-    result = train_lora_processes(profile.model, cfg, examples, profile.seed, checkpoints,
-                                  hardware.device, hardware.processes,
-                                  ctx.work_dir / f"launch-{key}", ctx.root)
+    try:
+        result = train_lora_processes(profile.model, cfg, examples, profile.seed, checkpoints,
+                                      hardware.device, hardware.processes,
+                                      ctx.work_dir / f"launch-{key}", ctx.root)
+    except LaunchError as exc:
+        raise PhaseInputError(str(exc)) from None
     peaks = [r["peak_memory_allocated_bytes"] for r in result.ranks]
     if all(p is not None for p in peaks):
         ctx.notes.append("peak GPU memory allocated per rank while training: "

@@ -109,10 +109,21 @@ def train_lora_processes(model_cfg: ModelConfig, training_cfg: TrainingConfig,
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     command = torchrun_command(job_file, processes)
-    proc = subprocess.run(command, env=env, cwd=root)
-    if proc.returncode != 0:
+    proc = subprocess.Popen(command, env=env, cwd=root)
+    try:
+        returncode = proc.wait()
+    except BaseException:
+        # Interrupted here (Ctrl-C, a timeout): SIGTERM, which torchrun passes on to its
+        # workers, so that none is left training on a GPU.
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if returncode != 0:
         raise LaunchError(f"training in {processes} processes failed (torchrun exit "
-                          f"{proc.returncode}); the workers' output is above; job: {job_file}")
+                          f"{returncode}); the workers' output is above; job: {job_file}")
     summary_file = result_dir / "result.json"
     if not summary_file.is_file():
         raise LaunchError(f"training in {processes} processes exited 0 but wrote no "
