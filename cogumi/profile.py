@@ -39,7 +39,8 @@ class ModelConfig(_Strict):
     stop: list[str] = []
     """Stop strings for every generation: a base model (no chat tuning) writes the next
     "Question:" itself after answering until fine-tuning teaches it to end with EOS."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    """float64 is for exactness checks on the CPU (tests/test_distributed.py), not for speed."""
     parameters: float
     """Parameter count, for planning (size and time estimates) without loading the model."""
 
@@ -298,6 +299,11 @@ class HardwareConfig(_Strict):
     name: str
     device: Literal["cpu", "cuda"]
     price_per_hour_usd: float = Field(ge=0)
+    processes: int = Field(default=1, ge=1)
+    """Training processes for phase 1A, one per GPU (on the CPU: gloo, for tests), launched
+    by torchrun and run as DDP by the transformers Trainer (cogumi.training.launch). 1 trains
+    in the phase's own process. training.batch_size is per process: the global batch is
+    batch_size x grad_accum x processes. The price is per hour for all of them together."""
 
 
 class Measurement(_Strict):

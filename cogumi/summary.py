@@ -244,6 +244,24 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
                  f"{sec['backends'][fastest]['lora_r']}, {sec['seq_len']} tokens); seed 1A "
                  f"projection ${proj:.0f} vs the seed's ${summary['seed']['seed_cost_usd']:.0f}"))
 
+    ddp_runs = r.get("train_ddp.json", "runs")
+    ddp_parts = [f"{run['processes']} process{'es' * (run['processes'] > 1)}: "
+                 f"{run['tokens_per_s']:,.0f} tokens/s, peak "
+                 f"{max(run['peak_memory_allocated_gib_per_rank']):.1f} GiB per GPU"
+                 for run in ddp_runs.values()]
+    scaling = r.load("train_ddp.json").get("scaling", {})
+    ddp_parts += [f"{key.split(',')[0]}: {_x(v['tokens_per_s_ratio'], 2)} tokens/s, "
+                  f"efficiency {v['efficiency']:.2f}" for key, v in scaling.items()]
+    if not scaling:
+        ddp_parts.append("several GPUs: not measured yet (needs a machine with 2 GPUs)")
+    first = next(iter(ddp_runs.values()))
+    rows.append(("`train_ddp.json`", f"1A's training through torchrun (`hardware.processes`), "
+                 f"Llama 3.1 8B layer shapes, {first['layers']} layers, {first['backend']} "
+                 f"bf16, {first['batch']} x {first['grad_accum']} sequences of "
+                 f"{first['seq_len']} tokens per step and process",
+                 " / ".join(sorted({run["machine"]["device"] for run in ddp_runs.values()})),
+                 "; ".join(ddp_parts)))
+
     tiny = r.get("gguf_inference_tiny.json", "ratios_shipped_gguf_over_transformers")
     gemma_name = "gguf_inference_gemma-270m.json"
     g = r.get(gemma_name, "ratios_shipped_gguf_over_transformers")
