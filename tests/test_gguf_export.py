@@ -4,7 +4,8 @@ The tiny fixture Llama goes HF -> F32 GGUF -> Q5_K_M and must tokenize like the 
 in llama.cpp; fed the same token ids, the F32 file must give the HF model's next-token
 distributions up to float rounding at every position, and Q5_K_M measurably less close
 (the agreement and KL arithmetic itself is checked exactly on hand-made logits; a crashing
-llama.cpp child is a reported failure); a random Llama with hidden size 320 (not a multiple of 256) must have
+llama.cpp child is a reported failure); a quantized prompt decoded in one batch must match
+it decoded one token at a time (issue 13); a random Llama with hidden size 320 (not a multiple of 256) must have
 its K-quant fallbacks found in the file itself and agree with llama.cpp's own log; a
 tokenizer whose pre-tokenizer llama.cpp does not implement is refused by name.
 About 30 s on 2 CPU cores, offline.
@@ -167,14 +168,15 @@ def test_tiny_teacher_forced_f32_is_exact_and_q5_is_not(tiny_q5, tmp_path):
     assert f32["max_kl"] < 1e-6, f32["worst_positions"]
     q5 = G.teacher_forced_agreement(model, seqs, tiny_q5[0] / "q5.gguf", n_ctx=256, threads=2,
                                     quantized=True, log_path=tmp_path / "q5.log")
-    assert "error" not in q5 and q5["n_batch"] == 1
+    assert "error" not in q5 and q5["n_batch"] == 512
     assert q5["mean_kl"] > 100 * max(f32["mean_kl"], 1e-12)  # quantization is not rounding
     assert q5["top1_agreement"] >= 0.5
 
 
 def test_a_crashing_llama_cpp_is_a_reported_failure(tiny_q5, tmp_path, monkeypatch):
-    """A child that dies of SIGSEGV (as llama-cpp-python's batched decoding of quantized
-    models does here) yields an error naming the signal and NaN figures, not a dead phase."""
+    """A child that dies of SIGSEGV (as a native AMX build of llama-cpp-python does in
+    batched decoding of quantized models) yields an error naming the signal and NaN figures,
+    not a dead phase."""
     from transformers import AutoModelForCausalLM
 
     child = tmp_path / "segv.py"
@@ -187,6 +189,40 @@ def test_a_crashing_llama_cpp_is_a_reported_failure(tiny_q5, tmp_path, monkeypat
     assert "killed by signal 11" in r["error"] and "q5.gguf" in r["error"]
     assert math.isnan(r["top1_agreement"]) and math.isnan(r["mean_kl"])
     assert r["sequences_compared"] == 0
+
+
+def test_a_quantized_prompt_decodes_batched_as_it_does_one_token_at_a_time(tiny_q5, tmp_path):
+    """Issue 13: a prompt of 300 tokens through the tiny Q5_K_M (every matrix Q5_K or Q6_K,
+    types llama.cpp moves into its AMX buffer on an AMX CPU) in one decode call, and one
+    token per call. llama-cpp-python 0.3.36 built natively on an AMX CPU died of SIGSEGV in
+    the batched call; the project's build (cogumi/llama_cpp_build.py) must run it. Batching
+    changes only the order of float sums, so the rule is the F32 export's: every position's
+    argmax agrees and KL(one at a time || batched) <= 1e-6."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TINY)
+    ids = tok.encode(" ".join(TEXTS * 12), add_special_tokens=False)[:300]
+    assert len(ids) == 300
+    q5 = tiny_q5[0] / "q5.gguf"
+    logits = {}
+    for n_batch in (512, 1):
+        with G.LlamaCppLogits(q5, n_ctx=len(ids), threads=2, n_batch=n_batch, kv_f32=False,
+                              log_path=tmp_path / f"b{n_batch}.log") as gguf:
+            logits[n_batch] = gguf(ids)  # a crash raises LlamaCppCrashed naming the signal
+    r = G.next_token_agreement(logits[1], logits[512])
+    assert r["same_top1"].all(), np.flatnonzero(~r["same_top1"])
+    assert r["kl"].max() <= 1e-6, r["kl"].max()
+
+
+def test_the_installed_llama_cpp_is_built_without_amx():
+    """The crashing build is recognisable: llama.cpp's system info lists AMX_INT8 = 1 when
+    its AMX kernels were compiled in (a native build on an AMX CPU, e.g. from pip's cache)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "AMX_INT8 = 1" not in info, (
+        f"llama-cpp-python was built with AMX ({info.strip()}); reinstall it with "
+        f"`python -m cogumi.llama_cpp_build`")
 
 
 def test_a_sequence_longer_than_n_ctx_is_refused_by_name(tiny_q5, tmp_path):
