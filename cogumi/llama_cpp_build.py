@@ -160,6 +160,7 @@ def built_wheel(python: str = sys.executable, root: Path | None = None) -> Path:
              "cpu_flags": sorted(cpu_flags() or [])}, indent=2) + "\n")
         # Renamed only when complete: an interrupted build leaves no folder to reuse.
         os.replace(staged, folder)
+        folder.chmod(0o755)  # TemporaryDirectory made it private; the cache may be shared
         os.mkdir(staged)  # for TemporaryDirectory's cleanup
     return sorted(folder.glob("*.whl"))[0]
 
