@@ -174,6 +174,15 @@ def install(python: str = sys.executable, root: Path | None = None) -> Path:
     return wheel
 
 
+def refuse_amx_build(system_info: str) -> None:
+    """Refuse, in one line, a llama.cpp whose system info says its AMX kernels are compiled
+    in (``AMX_INT8 = 1``): a native build on an AMX CPU, e.g. one pip's cache handed back."""
+    if "AMX_INT8 = 1" in system_info:
+        raise LlamaCppBuildError(
+            "the installed llama-cpp-python was built with AMX, which crashes in batched "
+            "decoding of quantized models; replace it with `python -m cogumi.llama_cpp_build`")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cogumi.llama_cpp_build",
                                      description=__doc__.split("\n\n")[0])

@@ -226,10 +226,9 @@ def test_the_installed_llama_cpp_is_built_without_amx():
     its AMX kernels were compiled in (a native build on an AMX CPU, e.g. from pip's cache)."""
     import llama_cpp
 
-    info = llama_cpp.llama_print_system_info().decode()
-    assert "AMX_INT8 = 1" not in info, (
-        f"llama-cpp-python was built with AMX ({info.strip()}); reinstall it with "
-        f"`python -m cogumi.llama_cpp_build`")
+    from cogumi.llama_cpp_build import refuse_amx_build
+
+    refuse_amx_build(llama_cpp.llama_print_system_info().decode())
 
 
 def test_a_sequence_longer_than_n_ctx_is_refused_by_name(tiny_q5, tmp_path):

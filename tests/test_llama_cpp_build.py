@@ -93,3 +93,12 @@ def test_the_version_is_the_projects_pin(tmp_path):
     bad.write_text('[project]\nname = "x"\ndependencies = ["llama-cpp-python>=0.3"]\n')
     with pytest.raises(B.LlamaCppBuildError, match=r"pyproject.toml: no dependency pins"):
         B.pinned_version(bad)
+
+
+def test_an_amx_build_is_refused_in_one_line_naming_the_fix():
+    native_on_amx = ("CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | "
+                     "LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |")
+    with pytest.raises(B.LlamaCppBuildError, match=r"built with AMX.*cogumi\.llama_cpp_build"):
+        B.refuse_amx_build(native_on_amx)
+    B.refuse_amx_build(native_on_amx.replace("AMX_INT8 = 1", "AMX_INT8 = 0"))
+    B.refuse_amx_build("CPU : SSE3 = 1 | AVX2 = 1 | REPACK = 1 |")  # this machine's build

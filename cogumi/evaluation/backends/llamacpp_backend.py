@@ -74,9 +74,15 @@ class LlamaCppBackend(Backend):
             if model_path is None:
                 raise BackendError("LlamaCppBackend needs model_path or llama")
             try:
+                import llama_cpp
                 from llama_cpp import Llama
             except ImportError as e:  # pragma: no cover - depends on the machine
                 raise BackendError("the llama.cpp backend needs llama-cpp-python") from e
+            from ...llama_cpp_build import LlamaCppBuildError, refuse_amx_build
+            try:
+                refuse_amx_build(llama_cpp.llama_print_system_info().decode())
+            except LlamaCppBuildError as e:
+                raise BackendError(str(e)) from e
             llama = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                           n_batch=n_batch, logits_all=True, verbose=False, seed=0)
         self.llama = llama
