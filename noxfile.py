@@ -24,6 +24,7 @@ import nox
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
 from cogumi import needs  # noqa: E402  (standard library only)
+from cogumi.llama_cpp_build import cmake_args, cpu_flags  # noqa: E402  (standard library only)
 from cogumi.registry import implemented_phases, upstream  # noqa: E402  (import-light on purpose)
 
 ENV = ROOT / ".nox" / "cogumi-env"
@@ -50,14 +51,22 @@ nox.options.sessions = ["tests"]
 
 
 def _install(session: nox.Session, extras: str) -> Path:
-    """Create or update the shared env; return its bin folder."""
+    """Create or update the shared env; return its bin folder.
+
+    llama-cpp-python is installed first, from the project's own build for this CPU (AMX off;
+    cogumi/llama_cpp_build.py says why), so the project's install finds it satisfied and
+    neither builds it natively nor takes a native build from pip's cache. Its CMake options
+    are part of the digest: on a machine with other CPU features the env is updated."""
     bin_dir = ENV / "bin"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()
-                            + NO_DEPS.read_bytes() + extras.encode()).hexdigest()
+                            + NO_DEPS.read_bytes() + extras.encode()
+                            + " ".join(cmake_args(cpu_flags())).encode()).hexdigest()
     stamp = ENV / f".installed-{extras}"
     if not (stamp.exists() and stamp.read_text() == digest):
         if not (bin_dir / "python").exists():
             session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+        session.run(str(bin_dir / "python"), str(ROOT / "cogumi" / "llama_cpp_build.py"),
+                    external=True)
         session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", *_torch_cpu_index(),
                     "-c", str(CONSTRAINTS), "-e", f".[{extras}]", external=True)
         session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps",

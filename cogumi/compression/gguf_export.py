@@ -329,8 +329,8 @@ class LlamaCppCrashed(GGUFExportError):
 
 class LlamaCppLogits:
     """A GGUF's logits at every position of a token sequence, computed in a child process
-    (`_logits_child.py` says why). `n_batch`: tokens per decode call (1 for quantized files,
-    see the llama.cpp backend); `kv_f32`: an F32 KV cache instead of llama.cpp's F16 one."""
+    (`_logits_child.py` says why). `n_batch`: tokens per decode call; `kv_f32`: an F32 KV
+    cache instead of llama.cpp's F16 one."""
 
     def __init__(self, path: Path, *, n_ctx: int, threads: int, n_batch: int, kv_f32: bool,
                  log_path: Path) -> None:
@@ -413,13 +413,13 @@ def teacher_forced_agreement(model, sequences: list[list[int]], gguf_path: Path,
                              threads: int, quantized: bool, log_path: Path) -> dict:
     """The same token ids through transformers and llama.cpp; every position compared.
 
-    Quantized files are decoded one token per call (the batched-decoding crash); an
-    unquantized file in batches of 512 with an F32 KV cache, so that only rounding separates
-    it from the HF model. A crash is returned as `error` with NaN figures (what was compared
-    before it is kept), so it fails the gates instead of ending the phase.
+    Every file is decoded in batches of 512; an unquantized file with an F32 KV cache, so
+    that only rounding separates it from the HF model. A crash is returned as `error` with
+    NaN figures (what was compared before it is kept), so it fails the gates instead of
+    ending the phase.
     """
     per_seq, worst, error = [], [], None
-    n_batch = 1 if quantized else 512
+    n_batch = 512
     longest = max(map(len, sequences))
     if longest > n_ctx:
         raise GGUFExportError(f"{Path(gguf_path).name}: a teacher-forced sequence of {longest} "
