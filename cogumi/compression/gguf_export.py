@@ -74,12 +74,7 @@ def convert_to_gguf(model_dir: Path, out: Path, base_type: str, log_path: Path,
            str(decision)]
     if vocab_gguf is not None:
         cmd += [str(vocab_gguf), "true" if add_bos else "false"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    log_path.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not out.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
-        raise GGUFExportError(f"llama.cpp's converter could not export {model_dir} "
-                              f"(exit {proc.returncode}; full log {log_path}):\n{tail}")
+    _run_converter(cmd, out, log_path, f"llama.cpp's converter could not export {model_dir}")
     found = json.loads(decision.read_text())
     decision.unlink()
     return found
@@ -95,13 +90,20 @@ def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out: Path, outtype: 
     out, log_path = Path(out), Path(log_path)
     cmd = [sys.executable, str(script), str(adapter_dir), "--base", str(base_dir),
            "--outfile", str(out), "--outtype", outtype]
+    _run_converter(cmd, out, log_path,
+                   f"llama.cpp's LoRA converter could not export {adapter_dir}")
+    return out
+
+
+def _run_converter(cmd: list[str], out: Path, log_path: Path, failure: str) -> None:
+    """Run one of llama.cpp's converter scripts, keeping its whole log; a failure (or no
+    output file) is one error with the log's last lines."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log_path.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not out.exists():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
-        raise GGUFExportError(f"llama.cpp's LoRA converter could not export {adapter_dir} "
-                              f"(exit {proc.returncode}; full log {log_path}):\n{tail}")
-    return out
+        raise GGUFExportError(f"{failure} (exit {proc.returncode}; full log {log_path}):\n"
+                              f"{tail}")
 
 
 # ------------------------------------------------------------------------------ quantize
