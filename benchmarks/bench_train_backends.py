@@ -83,13 +83,15 @@ def _tokenizer(vocab_size: int):
     return tok
 
 
-def build(shape: str, out_dir: Path, device: str) -> None:
+def build(shape: str, out_dir: Path, device: str, layers: int | None = None) -> None:
     """Random bf16 weights of `shape`, initialised on the device (seconds, not minutes on the
-    CPU), saved as safetensors with a tokenizer."""
+    CPU), saved as safetensors with a tokenizer. `layers`: fewer decoder layers of the same
+    shape (a reduced model for bench_train_ddp.py)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     tok = _tokenizer(SHAPES[shape]["vocab_size"])
-    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=tok.bos_token_id,
+    dims = {**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})}
+    cfg = LlamaConfig(**dims, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg.dtype = torch.bfloat16
     torch.manual_seed(0)

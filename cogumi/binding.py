@@ -135,7 +135,13 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
         else:
             refs[f"package:{m.package}"] = _package_ref(m.package)
     if "eval" in tables:
-        files += [p for p in (profile.eval.math, profile.eval.mmlu, profile.eval.code) if p]
+        from cogumi.evaluation.tasks import PACKAGE_BENCHMARKS
+        for key, value in profile.eval.benchmarks():
+            if value != "package":
+                files.append(value)  # bfcl: a folder, every file in it
+            else:  # the package's file: bound by the package's version and RECORD
+                package = PACKAGE_BENCHMARKS[key][1]
+                refs[f"package:{package}"] = _package_ref(package)
     sc = profile.self_consistency
     if "self_consistency" in tables and sc is not None and sc.code_prompts:
         if sc.code_prompts == "humaneval":
@@ -172,7 +178,9 @@ def code_files() -> dict[str, str]:
     out = {}
     for path in sorted(p for p in CODE_ROOT.rglob("*") if p.is_file()):
         rel = path.relative_to(CODE_ROOT)
-        if ("__pycache__" in rel.parts or path.suffix == ".pyc" or rel.parts[0] == "profiles"
+        # _data/: an installed wheel's gates, fixtures and results, bound as such, not as code
+        if ("__pycache__" in rel.parts or path.suffix == ".pyc"
+                or rel.parts[0] in ("profiles", "_data")
                 or any(part.startswith(".") for part in rel.parts)
                 or rel.parts[0].endswith(".egg-info")):
             continue

@@ -14,10 +14,12 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from cogumi import artifacts, locking
+from cogumi import artifacts, locking, preflight
 from cogumi.artifacts import ManifestError
+from cogumi.compression.converter import ConverterUnavailable
 from cogumi.gates import GateFileError, repo_root, resolve_gates, validate_overrides
 from cogumi.ledger import LedgerError, State
+from cogumi.locations import checkout_root, default_runs_dir
 from cogumi.profile import Profile, ProfileError, load_profile
 from cogumi.registry import PHASES, UnknownPhase, get_phase
 from cogumi.runner import (
@@ -26,6 +28,7 @@ from cogumi.runner import (
     PhaseRefused,
     check_phase,
     gate_phase,
+    pending_phases,
     run_pipeline_to,
 )
 from cogumi.signoff import reports_dir
@@ -34,7 +37,7 @@ console = Console()
 
 
 def _runs_dir(args, profile: Profile) -> Path:
-    base = Path(args.runs) if args.runs else repo_root() / "runs"
+    base = Path(args.runs) if args.runs else default_runs_dir()
     return base / profile.name
 
 
@@ -67,6 +70,10 @@ def cmd_run(args) -> int:
     runs = _runs_dir(args, profile)
     not_signed: list[str] = []
     with _lock(args, runs):
+        # Everything the run will build is checked before the first phase starts.
+        preflight.check(profile, pending_phases(profile, args.phases, runs,
+                                                with_inputs=not args.no_inputs,
+                                                force=args.force))
         for phase_id in args.phases:
             for reason in run_pipeline_to(profile, phase_id, runs, console,
                                           with_inputs=not args.no_inputs, force=args.force,
@@ -152,6 +159,11 @@ def _summary(args) -> int:
     """--summary: snapshot runs/ into benchmarks/results/pipeline_<profile>.json, then
     regenerate README.md's generated blocks from benchmarks/results/ (--check: compare)."""
     from cogumi.summary import SummaryError, summarise
+    if checkout_root() is None:
+        console.print("[red bold]error:[/] report --summary rewrites a checkout's README.md "
+                      "from its benchmarks/results/; this cogumi is installed without one "
+                      "(run it in a clone: python -m cogumi report --summary)", soft_wrap=True)
+        return 2
     root = repo_root()
     runs = Path(args.runs) if args.runs else root / "runs"
     try:
@@ -221,6 +233,10 @@ def cmd_plan(args) -> int:
                 unmeasured.append(phase.id)
                 hours, cost = "not measured", "not measured" + api
                 bases.append(f"{phase.id}: time not measured{api_note}; {step.basis}")
+            if step.gpu_memory_gib is not None:  # what the preflight asks of the GPU
+                gib, _ = step.gpu_memory_gib.read(repo_root())
+                bases[-1] += (f"; needs {gib:.1f} GiB of GPU memory (measured peak, "
+                              f"{step.gpu_memory_gib.file})")
         table.add_row(phase.id, phase.title, status, n_gates, hw, hours, cost,
                       phase.seed_cost_usd)
     console.print(table)
@@ -245,6 +261,16 @@ def _seed_dollars(text: str) -> float:
         return 0.0
 
 
+def cmd_fetch_converter(args) -> int:
+    from cogumi.compression import converter
+    folder = converter.fetch_converter(sdist=Path(args.sdist) if args.sdist else None,
+                                       force=args.force)
+    console.print(f"llama.cpp's converter ({converter.SDIST_NAME}, sha256 "
+                  f"{converter.SDIST_SHA256[:12]}…, llama.cpp {converter.LLAMA_CPP_COMMIT}) "
+                  f"is in {folder}", soft_wrap=True, highlight=False)
+    return 0
+
+
 def cmd_score_code(args) -> int:
     from cogumi.evaluation import BenchmarkFormatError, Sandbox
     from cogumi.evaluation.score_code import limits_for, score_samples
@@ -266,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cogumi", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", default="tiny", help="profile name or TOML path")
-    common.add_argument("--runs", default=None, help="runs folder (default: <repo>/runs)")
+    common.add_argument("--runs", default=None,
+                        help="runs folder (default: the checkout's runs/; for an installed "
+                             "cogumi, runs/ in the current directory)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="run phases (and inputs lacking sign-off)")
     run.add_argument("phases", nargs="+", metavar="PHASE")
@@ -297,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     sub.add_parser("plan", parents=[common], help="phases, hardware, time and cost").set_defaults(
         func=cmd_plan)
+    fetch = sub.add_parser("fetch-converter",
+                           help="put llama.cpp's converter (from the pinned llama-cpp-python "
+                                "sdist, via pip) into the cache; 2C does it at first use")
+    fetch.add_argument("--sdist", default=None,
+                       help="use this llama_cpp_python-VERSION.tar.gz (downloaded elsewhere) "
+                            "instead of downloading it; its sha256 is checked all the same")
+    fetch.add_argument("--force", action="store_true", help="extract it again")
+    fetch.set_defaults(func=cmd_fetch_converter)
     score = sub.add_parser("score-code", help="score HumanEval-format code samples in the sandbox")
     score.add_argument("samples", help="JSONL with task_id and completion per line")
     score.add_argument("--problems", default=None,
@@ -320,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red bold]gate failed:[/] {exc}")
         return 1
     except (PhaseRefused, PhaseInputError, ProfileError, GateFileError, ManifestError,
-            LedgerError, UnknownPhase, FileNotFoundError, locking.ProfileBusy) as exc:
+            LedgerError, UnknownPhase, FileNotFoundError, locking.ProfileBusy,
+            preflight.PreflightError, ConverterUnavailable) as exc:
         console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
         return 2
 

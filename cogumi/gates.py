@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cogumi import thresholds
+from cogumi.locations import data_root
 from cogumi.profile import Profile
 from cogumi.registry import PHASES, PhaseSpec, get_phase
 
@@ -66,8 +67,9 @@ class Gate:
 
 
 def repo_root() -> Path:
-    """The checkout that holds gates/ and fixtures/ (cogumi is installed editable from it)."""
-    return Path(__file__).resolve().parents[1]
+    """The folder that holds gates/, fixtures/ and benchmarks/results/: the checkout, or
+    the copy an installed wheel ships (cogumi.locations)."""
+    return data_root()
 
 
 def gate_file_path(phase: PhaseSpec, root: Path | None = None) -> Path:

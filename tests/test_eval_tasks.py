@@ -97,7 +97,7 @@ def test_empty_and_missing_files_are_clear_errors(tmp_path):
         load_task("math", tmp_path / "empty.jsonl")
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_task("math", tmp_path / "nope.jsonl")
-    with pytest.raises(ValueError, match="unknown task kind"):
+    with pytest.raises(ValueError, match="unknown benchmark"):
         load_task("trivia", tmp_path / "empty.jsonl")
 
 

@@ -86,6 +86,21 @@ def test_phase0_settings_are_validated(old, new, key):
         parse_profile(text, "x.toml")
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", '"two"'])
+def test_training_processes_are_validated_naming_the_key(value):
+    text = _tiny_text().replace("price_per_hour_usd = 0.05",
+                                f"price_per_hour_usd = 0.05\nprocesses = {value}")
+    with pytest.raises(ProfileError, match=r"^x\.toml: key 'hardware\.processes'"):
+        parse_profile(text, "x.toml")
+
+
+def test_training_processes_default_to_one_and_are_read():
+    assert all(load_profile(n).hardware.processes == 1 for n in profile_names())
+    text = _tiny_text().replace("price_per_hour_usd = 0.05",
+                                "price_per_hour_usd = 0.05\nprocesses = 2")
+    assert parse_profile(text, "x.toml").hardware.processes == 2
+
+
 def test_planted_truth_gates_are_waived_only_where_there_is_no_truth():
     from cogumi.gates import resolve_gates
     for name in ("tiny", "gemma-270m", "llama-3.1-8b"):

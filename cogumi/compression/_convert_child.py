@@ -1,9 +1,10 @@
-"""Child process: llama.cpp's own HF -> GGUF converter, run from the vendored copy.
+"""Child process: llama.cpp's own HF -> GGUF converter, run from the cache it was fetched into.
 
 Run as a separate process (`gguf_export.convert_to_gguf` does it) because the converter
 needs the gguf-py of its own llama.cpp commit, which is newer than the `gguf` release on
-PyPI under the same version number; both cannot be imported in one process, and the parent
-reads GGUF files with the PyPI one.
+PyPI under the same version number (`cogumi.compression.converter` says how it is fetched
+and what differs); both cannot be imported in one process, and the parent reads GGUF files
+with the PyPI one.
 
 The one change to the converter's behaviour: when its pre-tokenizer hash table does not know
 the vocabulary, `cogumi.compression.bpe_pretokenizers` decides from the tokenizer's declared
@@ -19,7 +20,9 @@ for the gemma-270m profile: its model comes from a GGUF, and the tokenizer.json 
 builds from that GGUF is a Unigram model without the token types (6249 control tokens
 become plain pieces) that no converter path can turn back into Gemma's tokenizer.
 
-Usage: python _convert_child.py MODEL_DIR OUT.gguf OUTTYPE DECISION.json [VOCAB.gguf ADD_BOS]
+Usage: python _convert_child.py CONVERTER_DIR MODEL_DIR OUT.gguf OUTTYPE DECISION.json
+       [VOCAB.gguf ADD_BOS]
+(CONVERTER_DIR: `converter.ensure_converter()`, the extracted vendor/llama.cpp files.)
 """
 
 import json
@@ -27,10 +30,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-VENDOR = HERE.parents[1] / "third_party" / "llama_cpp"
-# Vendored converter and its gguf-py first; the repository root for cogumi itself. The
+CONVERTER = Path(sys.argv[1]) if len(sys.argv) > 1 else Path()
+# The converter and its own gguf-py first; then the folder that holds the cogumi package. The
 # script's own directory (cogumi/compression, sys.path[0]) holds no module named gguf.
-sys.path[0:0] = [str(VENDOR), str(VENDOR / "gguf-py"), str(HERE.parents[2])]
+sys.path[0:0] = [str(CONVERTER), str(CONVERTER / "gguf-py"), str(HERE.parents[2])]
 
 from cogumi.compression.bpe_pretokenizers import pre_tokenizer_for  # noqa: E402
 
@@ -68,10 +71,10 @@ def vocab_from_gguf(model, source: str, add_bos: bool) -> None:
 
 
 def main(argv: list[str]) -> int:
-    model_dir, out, outtype, decision_path, *vocab = argv
+    _converter, model_dir, out, outtype, decision_path, *vocab = argv
     decision = {"pre_tokenizer": None, "source": "converter hash table"}
 
-    import conversion.base as base  # the vendored converter (needs torch, transformers)
+    import conversion.base as base  # llama.cpp's converter (needs torch, transformers)
     known = base.TextModel.get_vocab_base_pre
     if vocab:
         source, add_bos = vocab[0], vocab[1] == "true"

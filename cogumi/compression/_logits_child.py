@@ -1,9 +1,9 @@
 """Child process: a GGUF's logits at every position of given token sequences, in llama.cpp.
 
-Run as a separate process (`gguf_export.LlamaCppLogits` starts it) because llama-cpp-python
-0.3.36 as built on this project's machines can crash (SIGSEGV) in batched decoding of
-quantized models: a crash ends this process, and the parent reports it as that file's
-failure instead of dying with it.
+Run as a separate process (`gguf_export.LlamaCppLogits` starts it) because a native crash
+in llama.cpp (llama-cpp-python 0.3.36 built natively on an AMX CPU dies of SIGSEGV in batched
+decoding of quantized models: cogumi/llama_cpp_build.py) ends this process, and the parent
+reports it as that file's failure instead of dying with it.
 
 Usage: python _logits_child.py MODEL.gguf N_CTX N_THREADS N_BATCH KV
   KV: "f32" for an F32 KV cache, "default" for llama.cpp's (F16).

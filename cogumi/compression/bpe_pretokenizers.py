@@ -15,7 +15,7 @@ Anything else is refused with the file named: guessing would ship a GGUF that to
 differently. Whatever is chosen is still checked afterwards, by tokenizing texts in both
 llama.cpp and transformers (2C's `gguf.tokenizer_agreement`).
 
-Standard library only: the converter's child process imports this before the vendored gguf.
+Standard library only: the converter's child process imports this before llama.cpp's gguf-py.
 """
 
 from __future__ import annotations

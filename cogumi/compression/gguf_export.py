@@ -1,8 +1,8 @@
 """GGUF export and K-quants with llama.cpp's own tools, and checks that the files are right.
 
 - `convert_to_gguf`: a Hugging Face model folder -> F32/F16/BF16 GGUF with llama.cpp's
-  converter (vendored under cogumi/third_party/llama_cpp, see its VENDORED.md), in a child
-  process (`_convert_child.py` says why).
+  converter (fetched at first use from the pinned llama-cpp-python sdist into the user's
+  cache: `converter.py`), in a child process (`_convert_child.py` says why).
 - `quantize`: that GGUF -> Q4_K_M / Q5_K_M / Q6_K / Q8_0 with llama.cpp's quantizer, through
   llama-cpp-python (`llama_model_quantize`), collecting its log.
 - `tensor_types`: every tensor's type read back from the file (gguf's GGUFReader). K-quants
@@ -23,6 +23,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from cogumi.compression.converter import ensure_converter
 
 CHILD = Path(__file__).with_name("_convert_child.py")
 LOGITS_CHILD = Path(__file__).with_name("_logits_child.py")
@@ -67,18 +69,41 @@ def convert_to_gguf(model_dir: Path, out: Path, base_type: str, log_path: Path,
         raise GGUFExportError(f"base type {base_type!r} is not one of {', '.join(BASE_TYPES)}")
     out, log_path = Path(out), Path(log_path)
     decision = out.with_suffix(".pretokenizer.json")
-    cmd = [sys.executable, str(CHILD), str(model_dir), str(out), base_type.lower(), str(decision)]
+    folder = ensure_converter()  # ConverterUnavailable (one line, with the fix) if it cannot
+    cmd = [sys.executable, str(CHILD), str(folder), str(model_dir), str(out), base_type.lower(),
+           str(decision)]
     if vocab_gguf is not None:
         cmd += [str(vocab_gguf), "true" if add_bos else "false"]
+    _run_converter(cmd, out, log_path, f"llama.cpp's converter could not export {model_dir}")
+    found = json.loads(decision.read_text())
+    decision.unlink()
+    return found
+
+
+def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out: Path, outtype: str,
+                         log_path: Path) -> Path:
+    """A PEFT LoRA adapter folder -> a GGUF LoRA adapter with llama.cpp's own
+    convert_lora_to_gguf.py (from the same cache as the HF converter; phase 3's export).
+    `base_dir` is the base model's folder (its config is all the converter reads);
+    `outtype` is f32, f16, bf16 or q8_0. It imports the cached gguf-py beside it."""
+    script = ensure_converter() / "convert_lora_to_gguf.py"
+    out, log_path = Path(out), Path(log_path)
+    cmd = [sys.executable, str(script), str(adapter_dir), "--base", str(base_dir),
+           "--outfile", str(out), "--outtype", outtype]
+    _run_converter(cmd, out, log_path,
+                   f"llama.cpp's LoRA converter could not export {adapter_dir}")
+    return out
+
+
+def _run_converter(cmd: list[str], out: Path, log_path: Path, failure: str) -> None:
+    """Run one of llama.cpp's converter scripts, keeping its whole log; a failure (or no
+    output file) is one error with the log's last lines."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log_path.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not out.exists():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
-        raise GGUFExportError(f"llama.cpp's converter could not export {model_dir} "
-                              f"(exit {proc.returncode}; full log {log_path}):\n{tail}")
-    found = json.loads(decision.read_text())
-    decision.unlink()
-    return found
+        raise GGUFExportError(f"{failure} (exit {proc.returncode}; full log {log_path}):\n"
+                              f"{tail}")
 
 
 # ------------------------------------------------------------------------------ quantize
@@ -306,8 +331,8 @@ class LlamaCppCrashed(GGUFExportError):
 
 class LlamaCppLogits:
     """A GGUF's logits at every position of a token sequence, computed in a child process
-    (`_logits_child.py` says why). `n_batch`: tokens per decode call (1 for quantized files,
-    see the llama.cpp backend); `kv_f32`: an F32 KV cache instead of llama.cpp's F16 one."""
+    (`_logits_child.py` says why). `n_batch`: tokens per decode call; `kv_f32`: an F32 KV
+    cache instead of llama.cpp's F16 one."""
 
     def __init__(self, path: Path, *, n_ctx: int, threads: int, n_batch: int, kv_f32: bool,
                  log_path: Path) -> None:
@@ -390,13 +415,13 @@ def teacher_forced_agreement(model, sequences: list[list[int]], gguf_path: Path,
                              threads: int, quantized: bool, log_path: Path) -> dict:
     """The same token ids through transformers and llama.cpp; every position compared.
 
-    Quantized files are decoded one token per call (the batched-decoding crash); an
-    unquantized file in batches of 512 with an F32 KV cache, so that only rounding separates
-    it from the HF model. A crash is returned as `error` with NaN figures (what was compared
-    before it is kept), so it fails the gates instead of ending the phase.
+    Every file is decoded in batches of 512; an unquantized file with an F32 KV cache, so
+    that only rounding separates it from the HF model. A crash is returned as `error` with
+    NaN figures (what was compared before it is kept), so it fails the gates instead of
+    ending the phase.
     """
     per_seq, worst, error = [], [], None
-    n_batch = 1 if quantized else 512
+    n_batch = 512
     longest = max(map(len, sequences))
     if longest > n_ctx:
         raise GGUFExportError(f"{Path(gguf_path).name}: a teacher-forced sequence of {longest} "

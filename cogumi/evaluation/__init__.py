@@ -3,7 +3,8 @@
 ```python
 from cogumi.evaluation import TransformersBackend, load_task, evaluate, GenerationSettings
 backend = TransformersBackend(model, tokenizer, batch_size=16, add_bos=None)
-task = load_task("math", "fixtures/benchmarks/math.jsonl")   # "mmlu", "code", "humaneval"
+task = load_task("math", "fixtures/benchmarks/math.jsonl")   # "mmlu", "code"; from packages:
+# load_task("gsm8k"), load_task("humaneval"), load_task("gpqa"), load_task("bfcl")
 report = evaluate(backend, [task], GenerationSettings(max_new_tokens=256, temperature=0.0))
 report.metrics        # {"math.accuracy": ..., "math.pass@1": ..., ...}
 report.write("runs/tiny/eval")   # items.jsonl + eval.json
@@ -32,12 +33,13 @@ from .settings import (
     LoglikelihoodOutput,
     LoglikelihoodRequest,
 )
-from .tasks import BenchmarkFormatError, Item, Task, load_task
+from .tasks import BenchmarkFormatError, BenchmarkPackageMissing, Item, Task, load_task
 
 __all__ = [
     "Backend",
     "BackendError",
     "BenchmarkFormatError",
+    "BenchmarkPackageMissing",
     "CodeJob",
     "Comparison",
     "DEFINITIONS",

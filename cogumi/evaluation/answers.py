@@ -3,6 +3,8 @@
 MATH: the final answer is taken by the first rule that finds one, in this order:
 ``\\boxed{...}`` (the last one), ``The answer is X`` (the last one), the last number in the
 text. Equivalence is decided by ``math-verify`` (symbolic/numeric), never string equality.
+GSM8K is scored by the final number: the last number of the answer found that way, equal
+to the reference number as an exact fraction (``18`` = ``18.00``, ``1,000`` = ``1000``).
 Multiple choice: the letter after "The answer is", else a lone letter line, else the last
 standalone capital letter among the options. Code: the first fenced block, else the text.
 """
@@ -13,6 +15,7 @@ import ast
 import re
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)[ \t:]*", re.IGNORECASE)
@@ -63,6 +66,28 @@ def extract_math_answer(text: str) -> Extracted:
     if nums:
         return Extracted(nums[-1].replace(",", ""), "last_number")
     return Extracted(None, "none")
+
+
+def final_number(found: Extracted) -> Extracted:
+    """The last number of an extracted answer ("$18.00 per day" -> ``18.00``); none when it
+    holds no number. The rule says where the answer was found."""
+    if found.answer is None:
+        return found
+    nums = _NUMBER.findall(found.answer)
+    if not nums:
+        return Extracted(None, "none")
+    rule = found.rule if found.rule == "last_number" else f"{found.rule}, final number"
+    return Extracted(nums[-1].replace(",", ""), rule)
+
+
+def numbers_equal(reference: str, answer: str | None) -> bool:
+    """Two numbers equal as exact fractions (``18`` = ``18.0``; ``1/2`` = ``0.5``)."""
+    if answer is None:
+        return False
+    try:
+        return Fraction(reference.replace(",", "")) == Fraction(answer.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return False
 
 
 def _in_main_thread() -> bool:

@@ -12,6 +12,11 @@ same instruction as a Jinja ``doc_to_text`` and lm-eval's own chat-template hand
   "strict-match", "The answer is N.") against the solution's boxed answer, extracted by
   Jinja; where its verdict and ours (our extractor, math-verify) differ on the same
   generation, that is reported as an extraction difference, not hidden.
+* GSM8K -> the same, over the GSM8K file itself: the question in our instruction, and the
+  target by lm-eval's own gsm8k-cot ``doc_to_target`` (the number after ``####``).
+* GPQA -> the MMLU form over its items as we permuted them, written as JSON lines next to
+  the YAML (the CSV holds the unpermuted answers; lm-eval's own GPQA tasks read a gated
+  hub dataset and shuffle with their own seed).
 * BOS: lm-eval asks the tokenizer to add it (``add_special_tokens``), so a profile with
   ``model.add_bos`` gets a tokenizer that adds it (cogumi.models.load_tokenizer).
 
@@ -58,21 +63,25 @@ def lm_eval_math_scoring() -> dict[str, Any]:
     if not found:
         raise ValueError(f"{path}: no filter named {filter_name!r} in filter_list "
                          f"(lm-eval changed its gsm8k-cot task?)")
-    return {"source": f"lm_eval/{rel}", "filter": found[0], "metric_list": spec["metric_list"]}
+    return {"source": f"lm_eval/{rel}", "filter": found[0], "metric_list": spec["metric_list"],
+            "doc_to_target": spec["doc_to_target"]}
 
 
 def _q(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)  # JSON strings are valid YAML scalars
 
 
-def task_yaml(task: Task, max_new_tokens: int, stop: tuple[str, ...] = ()) -> str:
+def task_yaml(task: Task, max_new_tokens: int, stop: tuple[str, ...] = (),
+              data_file: str | Path | None = None) -> str:
+    """The lm-eval YAML of a task, over its own file (or ``data_file``: GPQA's items as we
+    permuted them, :func:`write_lm_eval_tasks`)."""
     name = f"cogumi_{task.name}"
     head = [
         f"task: {name}",
         "dataset_path: json",
         "dataset_kwargs:",
         "  data_files:",
-        f"    test: {_q(str(Path(task.path).resolve()))}",
+        f"    test: {_q(str(Path(data_file or task.path).resolve()))}",
         "test_split: test",
     ]
     if task.kind == "mmlu":
@@ -89,13 +98,18 @@ def task_yaml(task: Task, max_new_tokens: int, stop: tuple[str, ...] = ()) -> st
             "  - metric: acc",
         ]
     elif task.kind == "math":
-        text = MATH_INSTRUCTION.format(problem="{{ problem }}")
         scoring = lm_eval_math_scoring()
+        if task.benchmark == "gsm8k":
+            text = MATH_INSTRUCTION.format(problem="{{ question }}")
+            target = scoring["doc_to_target"]  # lm-eval's own: the number after '####'
+        else:
+            text = MATH_INSTRUCTION.format(problem="{{ problem }}")
+            # The boxed answer of the reference solution, extracted by Jinja (not our code).
+            target = "{{ solution.split('boxed{')[-1].split('}')[0] | trim }}"
         body = [
             "output_type: generate_until",
             f"doc_to_text: {_q(text)}",
-            # The boxed answer of the reference solution, extracted by Jinja (not our code).
-            "doc_to_target: \"{{ solution.split('boxed{')[-1].split('}')[0] | trim }}\"",
+            f"doc_to_target: {_q(target)}",
             "generation_kwargs:",
             f"  until: {json.dumps(list(stop))}",
             f"  max_gen_toks: {int(max_new_tokens)}",
@@ -106,7 +120,8 @@ def task_yaml(task: Task, max_new_tokens: int, stop: tuple[str, ...] = ()) -> st
             f"metric_list: {json.dumps(scoring['metric_list'])}",
         ]
     else:
-        raise ValueError(f"no lm-eval form for {task.kind!r} tasks (code is scored by our sandbox)")
+        raise ValueError(f"no lm-eval form for {task.kind!r} tasks (code is scored by our "
+                         f"sandbox, tool calls by BFCL's checker)")
     return "\n".join(head + body) + "\n"
 
 
@@ -116,7 +131,14 @@ def write_lm_eval_tasks(tasks: list[Task], out_dir: str | Path, max_new_tokens: 
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for t in tasks:
-        (out / f"cogumi_{t.name}.yaml").write_text(task_yaml(t, max_new_tokens, stop))
+        data_file = None
+        if t.benchmark == "gpqa":  # lm-eval reads the items as we permuted them
+            data_file = out / f"cogumi_{t.name}.items.jsonl"
+            data_file.write_text("".join(
+                json.dumps({k: it.fields[k] for k in ("id", "question", "subject", "choices",
+                                                      "answer")}, ensure_ascii=False) + "\n"
+                for it in t.items if it.malformed is None))
+        (out / f"cogumi_{t.name}.yaml").write_text(task_yaml(t, max_new_tokens, stop, data_file))
         names.append(f"cogumi_{t.name}")
     return names
 

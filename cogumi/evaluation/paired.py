@@ -20,13 +20,20 @@ from cogumi.stats import Interval, paired_difference, wilson_interval
 
 from .metrics import mean
 
-SUITE = {"math.accuracy": "math", "mmlu.accuracy": "mmlu", "code.pass@1": "code"}
+SUITE = {"math.accuracy": "math", "mmlu.accuracy": "mmlu", "code.pass@1": "code",
+         "gsm8k.accuracy": "gsm8k", "humaneval.pass@1": "humaneval", "gpqa.accuracy": "gpqa",
+         "bfcl.accuracy": "bfcl"}
 """The suite's headline scores and the task each is measured on (one score per item: the
-share of its k generations the verifier accepts; greedy evaluation has k = 1)."""
+share of its k generations the verifier accepts; greedy evaluation has k = 1). A profile's
+[eval] keys are the task names."""
 
-CHANCE = {"math.accuracy": 0.0, "mmlu.accuracy": 0.25, "code.pass@1": 0.0}
-"""What guessing scores: MMLU is 4-option multiple choice; arithmetic answers and code must
-be produced, so guessing scores nothing."""
+CHANCE = {"math.accuracy": 0.0, "mmlu.accuracy": 0.25, "code.pass@1": 0.0,
+          "gsm8k.accuracy": 0.0, "humaneval.pass@1": 0.0, "gpqa.accuracy": 0.25,
+          "bfcl.accuracy": 0.0}
+"""What guessing scores: MMLU and GPQA are 4-option multiple choice; arithmetic answers,
+code and function calls must be produced, so guessing scores nothing (BFCL's categories
+here all need a call: its irrelevance categories, where abstaining scores, are not
+supported)."""
 
 
 def item_scores(eval_dir: Path) -> dict[str, dict[str, float]]:

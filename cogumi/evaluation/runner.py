@@ -23,6 +23,7 @@ from typing import Any
 from cogumi.artifacts import atomic_write_text
 
 from . import answers as A
+from . import bfcl
 from .backends.base import Backend
 from .metrics import agreement, majority, mean, pass_at_k
 from .sandbox import REASONS as SANDBOX_REASONS
@@ -38,8 +39,9 @@ from .tasks import MC_ANSWER_PREFIX, Item, Task
 
 #: Bump when scoring changes: part of the run cache key.
 # 2: the MMLU answer prefix is rendered inside the assistant turn; 3: code tests are judged
-# in the harness, the candidate called over a plain-data channel
-SCORING_VERSION = "3"
+# in the harness, the candidate called over a plain-data channel; 4: tool calls (BFCL's
+# checker) and final-number math answers (GSM8K)
+SCORING_VERSION = "4"
 
 #: Why a generation can fail, besides the sandbox's reasons.
 REASONS = {
@@ -56,9 +58,12 @@ REASONS = {
 }
 
 DEFINITIONS = {
-    "{task}.accuracy": "math/mmlu: share of all generations (n items x k samples) whose "
-    "extracted final answer the verifier accepts (math: math-verify equivalence with the "
-    "reference; mmlu: letter equals the reference). With k=1 this is plain accuracy.",
+    "{task}.accuracy": "math/mmlu/tool_call: share of all generations (n items x k samples) "
+    "whose extracted final answer the verifier accepts (math: math-verify equivalence with "
+    "the reference; GSM8K: the final number of the extracted answer equals the reference "
+    "number; mmlu: letter equals the reference; tool_call: BFCL's decoder reads a list of "
+    "calls and BFCL's AST checker accepts it against the possible answers). With k=1 this "
+    "is plain accuracy.",
     "{task}.accuracy_loglik": "mmlu: share of items whose highest log-likelihood option, "
     f"scored as the continuation ' X' after the chat prompt with the answer begun as "
     f"'{MC_ANSWER_PREFIX}' inside the assistant turn (the per-item loglik_context), is "
@@ -69,8 +74,8 @@ DEFINITIONS = {
     "{task}.maj@k": "share of items whose majority answer (largest cluster of equivalent "
     "answers among the k samples; first cluster wins ties) is correct.",
     "{task}.consistency": "share of items whose k sampled final answers all agree pairwise "
-    "(math: math-verify equivalence; mmlu: same letter; code: same AST). A missing answer "
-    "agrees with nothing. Only with samples >= 2.",
+    "(math: math-verify equivalence; mmlu: same letter; code: same AST; tool_call: the same "
+    "decoded calls). A missing answer agrees with nothing. Only with samples >= 2.",
     "{task}.pairwise_agreement": "mean over items of (agreeing answer pairs / C(k,2)).",
     "{task}.consistency/{category}": "consistency restricted to one category (math: MATH "
     "'type'; mmlu: subject; code: 'code').",
@@ -373,10 +378,17 @@ def _evaluate_task(backend, task, settings, limit, sandbox, workers, use_ll):
                 verdicts.append(False)
                 reasons.append(bad)
                 continue
+            calls = None
             if task.kind == "math":
                 ex = A.extract_math_answer(text)
+                if task.answer_type == "number":
+                    ex = A.final_number(ex)
             elif task.kind == "mmlu":
                 ex = A.extract_choice_letter(text, len(it.fields["choices"]))
+            elif task.kind == "tool_call":
+                calls, why = bfcl.decode(text, it.category)
+                ex = A.Extracted(None if calls is None else bfcl.canonical(calls), "bfcl_decoder")
+                details[-1] = details[-1] or why
             else:
                 ex = A.extract_code(text)
             extracted.append(ex.answer)
@@ -385,7 +397,16 @@ def _evaluate_task(backend, task, settings, limit, sandbox, workers, use_ll):
                 verdicts.append(False)
                 reasons.append("no_answer_truncated" if out.finish_reason == "length" else "no_answer")
                 continue
-            if task.kind == "math":
+            if task.kind == "tool_call":
+                ok, why = bfcl.check(it, calls)
+                verdicts.append(ok)
+                reasons.append("correct" if ok else "wrong_answer")
+                details[-1] = details[-1] or why
+            elif task.kind == "math" and task.answer_type == "number":
+                ok = A.numbers_equal(it.reference, ex.answer)
+                verdicts.append(ok)
+                reasons.append("correct" if ok else "wrong_answer")
+            elif task.kind == "math":
                 ok = A.math_equivalent(it.reference, ex.answer)
                 verdicts.append(ok)
                 reasons.append("correct" if ok else "wrong_answer")
@@ -470,7 +491,7 @@ def _task_metrics(task: Task, records: list[dict], k: int, settings: GenerationS
     for i, r in enumerate(records):
         by_cat[r["category"]].append(i)
 
-    if task.kind in ("math", "mmlu"):
+    if task.kind in ("math", "mmlu", "tool_call"):
         m[f"{name}.accuracy"] = mean(per_item_acc)
         for cat, idx in sorted(by_cat.items()):
             m[f"{name}.accuracy/{cat}"] = mean([per_item_acc[i] for i in idx])
@@ -496,13 +517,13 @@ def _task_metrics(task: Task, records: list[dict], k: int, settings: GenerationS
             r["all_agree"], r["pairwise_agreement"] = a, p
             all_ok.append(float(a))
             pair.append(p)
-            if task.kind in ("math", "mmlu"):
+            if task.kind in ("math", "mmlu", "tool_call"):
                 j = majority(r["extracted"], agree)
                 r["majority_correct"] = bool(j is not None and r["verdicts"][j])
         m[f"{name}.consistency"] = mean(all_ok)
         m[f"{name}.pairwise_agreement"] = mean(pair)
         for cat, idx in sorted(by_cat.items()):
             m[f"{name}.consistency/{cat}"] = mean([all_ok[i] for i in idx])
-        if task.kind in ("math", "mmlu"):
+        if task.kind in ("math", "mmlu", "tool_call"):
             m[f"{name}.maj@{k}"] = mean([float(r.get("majority_correct", False)) for r in records])
     return m

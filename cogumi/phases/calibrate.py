@@ -37,7 +37,7 @@ def run(ctx: PhaseContext) -> dict:
 
     task = load_task("mmlu", ctx.resolve(data))
     gcfg = ctx.profile.gguf
-    backend = LlamaCppBackend(model, n_ctx=gcfg.n_ctx, n_threads=gcfg.threads, n_batch=1)
+    backend = LlamaCppBackend(model, n_ctx=gcfg.n_ctx, n_threads=gcfg.threads)
     # Only the option log-likelihoods are used; one generated token keeps the run short.
     ctx.console.print(f"2F score {len(task.items)} items' options in llama.cpp")
     report = evaluate(backend, task, GenerationSettings(max_new_tokens=1, seed=ctx.seed))

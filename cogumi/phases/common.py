@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from cogumi.evaluation import (
+    BenchmarkPackageMissing,
     EvalReport,
     GenerationSettings,
     TransformersBackend,
     evaluate,
     load_task,
 )
+from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint
 from cogumi.models import LoadedModel
 from cogumi.runner import PhaseContext, PhaseInputError
 
@@ -28,9 +30,23 @@ def generation_backend(ctx: PhaseContext, loaded: LoadedModel) -> Iterator[Trans
 
 
 def curated_records(ctx: PhaseContext) -> list[dict]:
-    """Phase 0's kept records (every phase that reads curated data declares input "0")."""
+    """Phase 0's kept records (every phase that reads curated data declares input "0"),
+    refused if any is an evaluation item: they are trained and calibrated on."""
     path = ctx.input_dir("0") / "curated.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    refuse_evaluation_items(ctx, ((r["id"], r["instruction"]) for r in records), str(path))
+    return records
+
+
+def refuse_evaluation_items(ctx: PhaseContext, items: Iterable[tuple[str, str]],
+                            what: str) -> None:
+    """Training, distillation and calibration data never overlap an evaluation split:
+    items (id, prompt text) that are items of the profile's suite, by id or by normalised
+    text, stop the phase naming them (cogumi.evaluation.splits.assert_disjoint)."""
+    try:
+        assert_disjoint(items, eval_tasks(ctx), what)
+    except SplitOverlapError as e:
+        raise PhaseInputError(f"{e}; the phase would train on the test") from None
 
 
 def eval_cache(ctx: PhaseContext) -> Path:
@@ -41,11 +57,15 @@ def eval_cache(ctx: PhaseContext) -> Path:
 
 
 def eval_tasks(ctx: PhaseContext) -> list:
-    """The profile's evaluation tasks ([eval] math, mmlu, code)."""
+    """The profile's evaluation tasks ([eval] math, mmlu, code, gsm8k, humaneval, gpqa,
+    bfcl), each named after its key; "package" reads the file its package ships."""
     cfg = ctx.profile.eval
-    tasks = [load_task(kind, ctx.resolve(path))
-             for kind, path in (("math", cfg.math), ("mmlu", cfg.mmlu), ("code", cfg.code))
-             if path is not None]
+    try:
+        tasks = [load_task(key, None if value == "package" else ctx.resolve(value),
+                           categories=cfg.bfcl_categories if key == "bfcl" else None)
+                 for key, value in cfg.benchmarks()]
+    except BenchmarkPackageMissing as e:
+        raise PhaseInputError(f"{ctx.profile.source_file}: [eval]: {e}") from None
     if not tasks:
         raise PhaseInputError(f"{ctx.profile.source_file}: [eval] names no task files")
     return tasks

@@ -76,8 +76,7 @@ def evaluate_shipped(ctx: PhaseContext, path: Path):
     strings as every other phase's evaluation has them (a base model without them runs on
     into the next question, and its answer is scored from the wrong text)."""
     cfg, ev = ctx.profile.gguf, ctx.profile.eval
-    # n_batch=1: the batched-decoding crash of quantized models (see step 4).
-    backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, n_batch=1)
+    backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads)
     settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, temperature=0.0,
                                   seed=ctx.seed, samples=1, stop=tuple(ctx.profile.model.stop))
     return evaluate(backend, eval_tasks(ctx), settings, limit=ev.limit)
@@ -155,9 +154,7 @@ def run(ctx: PhaseContext) -> dict:
             quantized=qtype in G.QUANT_TYPES, log_path=logs / f"teacher-forced-{qtype}.log")
         if "error" in agreement:
             ctx.notes.append(f"{qtype}: {agreement['error']}")
-        # n_batch=1: llama-cpp-python 0.3.36 crashes in batched prompt decoding of quantized
-        # models on this CPU (see cogumi/evaluation/README.md).
-        backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, n_batch=1)
+        backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads)
         checks[qtype] = {
             "tokenizer": G.tokenizer_agreement(path, tok, texts),
             "teacher_forced": agreement,
@@ -263,8 +260,9 @@ def _report_md(rep: dict, rows: list[dict], reference, steps: list[dict], params
              f"(prompt and continuation) the next-token distributions are compared: top-1 "
              f"agreement is the share of positions whose argmaxes agree, KL is KL(HF ‖ GGUF) "
              f"in nats, softmax over the full vocabulary (llama.cpp's perplexity tool's "
-             f"direction). Quantized files: one token per decode call, llama.cpp's default "
-             f"F16 KV cache; the {rep['base_type']} file: batches of 512, F32 KV cache.", "",
+             f"direction). Every file decoded in batches of 512; quantized files with "
+             f"llama.cpp's default F16 KV cache, the {rep['base_type']} file with an F32 "
+             f"one.", "",
              "| file | type | MB | in intended types | fallback tensors | tokenizer agreement "
              "| top-1 agreement (positions) | mean KL | median KL | max KL |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -30,6 +30,7 @@ from cogumi.evaluation import (
 )
 from cogumi.evaluation.answers import extract_math_answer
 from cogumi.evaluation.compare import compare_verified
+from cogumi.evaluation.splits import prompt_text
 from cogumi.models import load_base_model
 from cogumi.phases.common import (
     curated_records,
@@ -39,6 +40,7 @@ from cogumi.phases.common import (
     generation_backend,
     judge_against_input,
     lm_eval_cross_check,
+    refuse_evaluation_items,
 )
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.stats import exact_mcnemar
@@ -63,16 +65,13 @@ def math_training_task(records: list[dict], limit: int, source: str) -> Task:
 
 
 def _code_training_task(ctx: PhaseContext) -> Task:
-    """The profile's code prompts with tests, refused if they are the evaluation set."""
-    sc, cfg = ctx.profile.self_consistency, ctx.profile.eval
+    """The profile's code prompts with tests (their overlap with the evaluation suite is
+    refused in run(), with the math prompts')."""
+    sc = ctx.profile.self_consistency
     if sc.code_prompts == "humaneval":
         task = load_task("humaneval")
     else:
         task = load_task("code", ctx.resolve(sc.code_prompts))
-    if cfg.code is not None and load_task("code", ctx.resolve(cfg.code)).digest == task.digest:
-        raise PhaseInputError(f"{ctx.profile.source_file}: self_consistency.code_prompts is the "
-                              f"evaluation set ([eval] code = {cfg.code}); 1B would train on "
-                              f"the test")
     if sc.code_prompt_limit is not None and len(task.items) > sc.code_prompt_limit:
         ctx.notes.append(f"reduced run: {sc.code_prompt_limit} of {len(task.items)} code "
                          f"prompts (self_consistency.code_prompt_limit)")
@@ -110,6 +109,8 @@ def run(ctx: PhaseContext) -> dict:
     gen_tasks = [math_training_task(curated_records(ctx), sc.math_prompts, "runs/0/curated.jsonl")]
     if sc.code_prompts:
         gen_tasks.append(_code_training_task(ctx))
+    refuse_evaluation_items(ctx, ((it.id, prompt_text(it)) for t in gen_tasks for it in t.items),
+                            f"{ctx.profile.source_file}: 1B's training prompts")
     ctx.console.print("1B.1 generating self-consistent data (greedy) on "
                       + ", ".join(f"{len(t.items)} {t.kind}" for t in gen_tasks))
     greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,

@@ -1,18 +1,22 @@
 """Phase 1A: supervised LoRA fine-tuning of the base model on the curated data.
 
 Measured before and after on the same evaluation tasks and the same held-out curated
-records, so the report shows what this phase changed.
+records, so the report shows what this phase changed. With `hardware.processes` > 1 the
+training runs in that many torchrun workers (cogumi.training.launch); this process still
+does everything else: evaluation, the artifact, the manifest.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 
 from cogumi.artifacts import sha256_file
-from cogumi.phases.common import evaluate_model, judge_against_input
+from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.backends import load_for_training
+from cogumi.training.launch import LaunchError, check_processes, train_lora_processes
 from cogumi.training.sft import (
     checkpoint_key,
     encode_records,
@@ -25,8 +29,14 @@ from cogumi.training.sft import (
 
 def run(ctx: PhaseContext) -> dict:
     profile, cfg = ctx.profile, ctx.profile.training
+    processes = profile.hardware.processes
+    if processes > 1:
+        try:
+            check_processes(processes, profile.hardware.device)  # before an hour of evaluation
+        except LaunchError as exc:
+            raise PhaseInputError(f"{profile.source_file}: {exc}") from None
     curated_path = ctx.input_dir("0") / "curated.jsonl"
-    records = [json.loads(line) for line in curated_path.read_text().splitlines() if line]
+    records = curated_records(ctx)
     train_records, heldout_records = split_heldout(records, cfg.heldout_fraction)
     if cfg.max_examples is not None and len(train_records) > cfg.max_examples:
         random.Random(profile.seed).shuffle(train_records)
@@ -52,8 +62,13 @@ def run(ctx: PhaseContext) -> dict:
     checkpoints = ctx.work_dir / f"checkpoints-{key}"
     ctx.console.print(f"training {cfg.backend} rank {cfg.lora_rank} on {len(train.examples)} "
                       f"examples for {cfg.epochs:g} epochs (checkpoints: {checkpoints})")
-    model, log_history, resumed = train_lora(loaded.model, tok, train.examples, cfg,
-                                             profile.seed, checkpoints, profile.hardware.device)
+    if processes == 1:
+        model, log_history, resumed = train_lora(loaded.model, tok, train.examples, cfg,
+                                                 profile.seed, checkpoints,
+                                                 profile.hardware.device)
+    else:
+        model, log_history, resumed = _train_in_processes(ctx, loaded, train.examples,
+                                                          checkpoints, key)
     if resumed:
         ctx.notes.append(f"resumed from a checkpoint in {checkpoints}")
     model.save_pretrained(ctx.out_dir / "adapter")
@@ -88,3 +103,34 @@ def run(ctx: PhaseContext) -> dict:
     metrics.update(judge_against_input(ctx, ctx.out_dir / "eval_before",
                                        ctx.out_dir / "eval_after", "the base model"))
     return metrics
+
+
+def _train_in_processes(ctx: PhaseContext, loaded, examples, checkpoints, key: str):
+    """train_lora in `hardware.processes` DDP workers; returns what train_lora returns, the
+    model being this process's own base model with the workers' adapter loaded on it."""
+    from peft import PeftModel
+
+    profile, cfg, hardware = ctx.profile, ctx.profile.training, ctx.profile.hardware
+    ctx.notes.append(
+        f"trained in {hardware.processes} processes (torchrun, DDP in the transformers "
+        f"Trainer): global batch {cfg.batch_size} x {cfg.grad_accum} x {hardware.processes} "
+        f"= {cfg.batch_size * cfg.grad_accum * hardware.processes} sequences per step")
+    # Each worker loads its own copy; this one would only hold memory (rank 0's GPU) meanwhile.
+    loaded.model = None
+    gc.collect()
+    if hardware.device == "cuda":
+        import torch
+        torch.cuda.empty_cache()
+    try:
+        result = train_lora_processes(profile.model, cfg, examples, profile.seed, checkpoints,
+                                      hardware.device, hardware.processes,
+                                      ctx.work_dir / f"launch-{key}", ctx.root)
+    except LaunchError as exc:
+        raise PhaseInputError(str(exc)) from None
+    peaks = [r["peak_memory_allocated_bytes"] for r in result.ranks]
+    if all(p is not None for p in peaks):
+        ctx.notes.append("peak GPU memory allocated per rank while training: "
+                         + ", ".join(f"{p / 2**30:.2f} GiB" for p in peaks))
+    base = load_for_training(profile.model, cfg, ctx.root, hardware.device)
+    return PeftModel.from_pretrained(base.model, result.adapter_dir), result.log_history, \
+        result.resumed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,7 @@ def distillation_loss(student_logits, teacher_logits, labels):
 
 
 def train_lora(model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: int,
-               checkpoint_dir: Path, device: str, teacher=None):
+               checkpoint_dir: Path, device: str, teacher=None, callbacks=()):
     """Wrap `model` with LoRA adapters and train them; returns (peft_model, log_history,
     resumed).
 
@@ -172,7 +173,8 @@ def train_lora(model, tokenizer, train: list[Example], cfg: TrainingConfig, seed
     same), since the 4-bit backends quantise while loading. Checkpoints go to
     `checkpoint_dir`; a run killed mid-way resumes from the newest one. With `teacher` (a
     frozen model on the same tokenizer) the loss is `distillation_loss` against it instead
-    of the records' tokens.
+    of the records' tokens. `callbacks`: TrainerCallbacks added to the Trainer (the
+    launched workers' step clock).
     """
     backends.check_available(cfg.backend, device)
     peft_model = backends.wrap_lora(model, cfg, seed)
@@ -180,17 +182,20 @@ def train_lora(model, tokenizer, train: list[Example], cfg: TrainingConfig, seed
     # variant, QLoRA's non-reentrant one); fit must not switch it to the plain one.
     fit_cfg = cfg.model_copy(update={"gradient_checkpointing": False})
     log_history, resumed = fit(peft_model, tokenizer, train, fit_cfg, seed, checkpoint_dir,
-                               device, teacher=teacher)
+                               device, teacher=teacher, callbacks=callbacks)
     return peft_model, log_history, resumed
 
 
 def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: int,
         checkpoint_dir: Path, device: str, epochs: float | None = None,
-        learning_rate: float | None = None, teacher=None) -> tuple[list[dict], bool]:
+        learning_rate: float | None = None, teacher=None,
+        callbacks=()) -> tuple[list[dict], bool]:
     """Train an already LoRA-wrapped model with the transformers Trainer.
 
     `epochs` and `learning_rate` override the profile's 1A values (phase 1B trains the same
-    adapter further, with the seed's own 1B schedule). `teacher`: see `train_lora`.
+    adapter further, with the seed's own 1B schedule). `teacher`, `callbacks`: see
+    `train_lora`. In a worker of cogumi.training.launch (torchrun's WORLD_SIZE > 1) the
+    Trainer runs DDP, and `cfg.batch_size` is per process.
     Returns (log_history, resumed).
     """
     from transformers import Trainer, TrainingArguments
@@ -204,7 +209,8 @@ def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: 
         peft_model.gradient_checkpointing_enable()
         peft_model.enable_input_require_grads()
     epochs = cfg.epochs if epochs is None else epochs
-    steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum))
+    world_size = launched_world_size()
+    steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum * world_size))
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -227,6 +233,7 @@ def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: 
         # length-grouped batches waste less compute on padding
         train_sampling_strategy="group_by_length",
         **backends.trainer_arguments(cfg, device),  # the backend's optimizer, bf16 on GPUs
+        **_ddp_arguments(device, world_size),
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer_class = Trainer if teacher is None else _distilling_trainer(Trainer, teacher)
@@ -236,9 +243,28 @@ def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: 
     # train_log.json hold every logged step.
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_BarOnlyProgress)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     resume = any(checkpoint_dir.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     return trainer.state.log_history, resume
+
+
+def launched_world_size() -> int:
+    """How many processes train together: torchrun's WORLD_SIZE in a worker that
+    cogumi.training.launch started, 1 in the phase's own process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _ddp_arguments(device: str, world_size: int) -> dict:
+    """TrainingArguments for DDP in a torchrun worker; none in one process, so that path's
+    arguments are what they always were. LoRA trains every adapter on every step, so DDP
+    need not search the graph for unused parameters (that search also breaks reentrant
+    gradient checkpointing)."""
+    if world_size == 1:
+        return {}
+    return {"ddp_backend": "nccl" if device == "cuda" else "gloo",
+            "ddp_find_unused_parameters": False}
 
 
 def _distilling_trainer(trainer_base, teacher):

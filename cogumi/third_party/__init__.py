@@ -1,1 +1,0 @@
-"""Code from other projects, vendored unmodified; each folder's VENDORED.md says what and why."""
