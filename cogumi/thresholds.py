@@ -40,32 +40,30 @@ class RuleError(ValueError):
     """A rule that cannot be computed: one line naming the rule and what is missing."""
 
 
-def safetensors_tensors(model_dir: Path) -> dict[str, tuple[str, list[int]]]:
-    """name -> (dtype, shape) for every tensor in a folder's *.safetensors (header only)."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise RuleError(f"{model_dir}: no *.safetensors to count parameters from")
-    out = {}
-    for f in files:
+def _tensor_entries(model_dir: Path):
+    """(name, header entry) for every tensor in a folder's *.safetensors, read from the
+    headers only (dtype, shape, data_offsets)."""
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
         with open(f, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
         for name, info in header.items():
             if name != "__metadata__":
-                out[name] = (info["dtype"], info["shape"])
+                yield name, info
+
+
+def safetensors_tensors(model_dir: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) for every tensor in a folder's *.safetensors (header only)."""
+    out = {name: (info["dtype"], info["shape"]) for name, info in _tensor_entries(model_dir)}
+    if not out and not any(Path(model_dir).glob("*.safetensors")):
+        raise RuleError(f"{model_dir}: no *.safetensors to count parameters from")
     return out
 
 
 def tensor_payload_bytes(model_dir: Path) -> int:
     """Bytes of tensor data in a folder's *.safetensors (their headers excluded)."""
-    total = 0
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        total += sum(info["data_offsets"][1] - info["data_offsets"][0]
-                     for name, info in header.items() if name != "__metadata__")
-    return total
+    return sum(info["data_offsets"][1] - info["data_offsets"][0]
+               for _, info in _tensor_entries(model_dir))
 
 
 def parameter_split(model_dir: Path) -> dict[str, dict[str, float]]:
