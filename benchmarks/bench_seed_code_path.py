@@ -351,6 +351,14 @@ def project(results: dict, profile) -> dict:
     out = {}
 
     def priced(phase: str, hours: float, rule: str, extra: dict) -> dict:
+        fits = [v for k, v in extra.items() if isinstance(v, dict) and "grows_with_layers" in v]
+        if not all(f["grows_with_layers"] for f in fits):
+            # A time that does not grow with the layer count is not a per-layer cost (a
+            # warm-up left in the first measurement): no projection rather than a wrong one.
+            return {"hours": None, "usd": None, "seed_usd": get_phase(phase).seed_cost_usd,
+                    "not_projected": "the measured time did not grow with the layer count "
+                                     "(the first layer count's run still held warm-up)",
+                    "rule": rule, **extra}
         hardware = profile.plan[phase].hardware
         price = profile.price_of(hardware)
         return {"hours": hours, "usd": hours * price, "price_per_hour_usd": price,
@@ -416,11 +424,21 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=240, help="seconds per phase")
     parser.add_argument("--workdir", default="/tmp/bench_seed_code_path")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/seed_code_path_h200.json"))
+    parser.add_argument("--reproject", metavar="JSON",
+                        help="recompute the projection of a result file from its measurements")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.layers = [int(x) for x in args.layers.split(",")]
     if args.child:
         return child(args)
+    if args.reproject:
+        from cogumi.profile import load_profile
+        path = Path(args.reproject)
+        result = json.loads(path.read_text())
+        result["projection"] = project(result["phases"], load_profile(SEED_PROFILE))
+        result["projection_command"] = provenance()["command"]
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        return _print_projection(result)
     if len(args.layers) != 2:
         parser.error("--layers takes two layer counts (the projection fits a line through them)")
     work = Path(args.workdir)
@@ -464,9 +482,16 @@ def main() -> None:
         result["projection"] = project(result["phases"], profile)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")  # after every phase: a kill keeps it
+    _print_projection(result)
+
+
+def _print_projection(result: dict) -> None:
     for phase, p in result["projection"].items():
-        print(f"{phase}: {p['hours']:.2f} h, ${p['usd']:,.0f} at ${p['price_per_hour_usd']}/h "
-              f"({p['priced_as']}); seed ${p['seed_usd']}")
+        if p["hours"] is None:
+            print(f"{phase}: not projected ({p['not_projected']}); seed ${p['seed_usd']}")
+        else:
+            print(f"{phase}: {p['hours']:.2f} h, ${p['usd']:,.2f} at ${p['price_per_hour_usd']}/h "
+                  f"({p['priced_as']}); seed ${p['seed_usd']}")
 
 
 if __name__ == "__main__":
