@@ -204,7 +204,7 @@ def _dataset_cached(hub_id: str) -> bool:
     """Whether `datasets`' cache holds an entry for hub_id (what an earlier load left)."""
     import datasets
     from datasets.naming import camelcase_to_snakecase
-    if "/" not in hub_id:
+    if Path(hub_id).exists() or "/" not in hub_id:
         return Path(hub_id).exists()  # a local folder laid out as a dataset
     namespace, name = hub_id.split("/", 1)
     entry = Path(datasets.config.HF_DATASETS_CACHE) / f"{namespace}___{camelcase_to_snakecase(name)}"
@@ -218,8 +218,11 @@ def _model_cached(hub_id: str) -> bool:
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face hub cannot be asked (None: it answered)."""
+    import os
+
     from huggingface_hub import constants
-    if constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+            "1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub.utils import get_session
     try:
@@ -256,7 +259,7 @@ def problems(profile: Profile, phase_ids: list[str], read_data: bool = True,
     if not phase_ids:
         return []
     found = missing_packages(profile, phase_ids) + missing_files(profile, phase_ids)
-    if found:  # reading records needs the packages; fetching, that the rest is there
+    if found and read_data:  # reading records needs the packages; fetching, the rest
         return found
     found += hub_problems(profile, phase_ids)
     if read_data and not found:
