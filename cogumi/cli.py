@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
         # Everything the run will build is checked before the first phase starts.
         preflight.check(profile, pending_phases(profile, args.phases, runs,
                                                 with_inputs=not args.no_inputs,
-                                                force=args.force))
+                                                force=args.force), runs_dir=runs)
         for phase_id in args.phases:
             for reason in run_pipeline_to(profile, phase_id, runs, console,
                                           with_inputs=not args.no_inputs, force=args.force,
@@ -196,8 +196,19 @@ def cmd_plan(args) -> int:
                   f"{len(profile.data.sources)} data sources; training {t.backend} rank "
                   f"{t.lora_rank}, {t.epochs:g} epochs, lr {t.learning_rate:g}, "
                   f"{t.batch_size}x{t.grad_accum} per step, seq {t.max_seq_len}")
-    console.print(f"runs here: {'yes' if profile.runnable_here else 'no (plan only)'}; "
-                  f"hardware {profile.hardware.name} at ${profile.hardware.price_per_hour_usd}/h")
+    console.print(f"hardware {profile.hardware.name} at ${profile.hardware.price_per_hour_usd}/h")
+    implemented = [p.id for p in PHASES if p.implemented]
+    missing = preflight.problems(profile, implemented, read_data=False,
+                                 runs_dir=Path.cwd() / "runs" / profile.name)
+    if missing:
+        console.print(f"preflight on this machine (phases {', '.join(implemented)}): "
+                      f"{len(missing)} thing(s) missing; `cogumi run` would refuse:")
+        for line in missing:
+            console.print(f"  - {line}", soft_wrap=True)
+    else:
+        console.print(f"preflight on this machine (phases {', '.join(implemented)}): nothing "
+                      f"missing (sources' schemas and llama.cpp's converter are checked when "
+                      f"a run starts)", soft_wrap=True)
     table = Table(title=f"plan — {profile.name}")
     for col in ("phase", "title", "status", "gates", "hardware", "est. h", "est. $", "seed $"):
         table.add_column(col, overflow="fold", no_wrap=col == "status")
@@ -213,7 +224,21 @@ def cmd_plan(args) -> int:
             api = f" + ${step.api_usd:,.0f} API" if step.api_tokens else ""
             api_note = (f"; API: {step.api_tokens:.3g} tokens at ${step.api_price_usd_per_mtok:g}"
                         f" per 1M (a price) = ${step.api_usd:,.0f}" if step.api_tokens else "")
-            if step.throughput is not None:
+            if step.hours is not None:
+                # A projection, read from its result file each time: never a typed copy.
+                h, where = step.hours.read(repo_root())
+                price = profile.price_of(step.hardware)
+                c = h * price + step.api_usd
+                total_hours += h
+                total_cost += c
+                seed_total += _seed_dollars(phase.seed_cost_usd)
+                measured.append(phase.id)
+                hours, cost = f"{h:.2f}", f"{c:,.2f}"
+                device = where.get("device") or where.get("cpu") or "machine unrecorded"
+                bases.append(f"{phase.id}: {h:.3g} h projected from measurements on {device} "
+                             f"({step.hours.file}: {' > '.join(step.hours.key)}) at "
+                             f"${price}/h (a price){api_note}; {step.basis}")
+            elif step.throughput is not None:
                 # A measurement, read from its result file each time: never a typed copy.
                 tps, where = step.throughput.read(repo_root())
                 h = step.tokens / tps / 3600

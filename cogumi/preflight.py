@@ -173,22 +173,113 @@ def gpu_problems(profile: Profile, phase_ids: list[str]) -> list[str]:
     return out
 
 
-def check(profile: Profile, phase_ids: list[str]) -> None:
+WRITES_MODEL = ("2A", "2E", "2B", "2C")
+"""Phases whose artifact holds a copy of the whole model (pruned, recovered, quantised, GGUF)."""
+BYTES_PER_PARAMETER = 2
+"""The disk rule, fixed before measuring: one bf16 copy of the model (2 bytes per parameter)
+for each phase in WRITES_MODEL the run builds (2B's 4-bit copy is smaller, 2C's several
+GGUF files larger)."""
+
+
+def disk_problem(profile: Profile, phase_ids: list[str], runs_dir: Path | None = None
+                 ) -> str | None:
+    import shutil
+    writing = [p for p in phase_ids if p in WRITES_MODEL]
+    if not writing:
+        return None
+    where = Path(runs_dir) if runs_dir is not None else Path.cwd() / "runs"
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    need = len(writing) * BYTES_PER_PARAMETER * profile.model.parameters
+    free = shutil.disk_usage(probe).free
+    if free >= need:
+        return None
+    return (f"disk: phases {', '.join(writing)} write about {need / 2**30:.1f} GiB (one bf16 "
+            f"copy of the model's {profile.model.parameters:.3g} parameters each) under {where} "
+            f"but {probe} has {free / 2**30:.1f} GiB free; free space there or run elsewhere")
+
+
+def _dataset_cached(hub_id: str) -> bool:
+    """Whether `datasets`' cache holds an entry for hub_id (what an earlier load left)."""
+    import datasets
+    from datasets.naming import camelcase_to_snakecase
+    if Path(hub_id).exists() or "/" not in hub_id:
+        return Path(hub_id).exists()  # a local folder laid out as a dataset
+    namespace, name = hub_id.split("/", 1)
+    entry = Path(datasets.config.HF_DATASETS_CACHE) / f"{namespace}___{camelcase_to_snakecase(name)}"
+    return any(p.is_dir() for p in entry.glob("*/*/*"))
+
+
+def _model_cached(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be asked (None: it answered)."""
+    import os
+
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+            "1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub.utils import get_session
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is the same answer
+        return f"{constants.ENDPOINT} did not answer: {type(exc).__name__}"
+    return None
+
+
+def hub_problems(profile: Profile, phase_ids: list[str]) -> list[str]:
+    """Hub ids the phases read that are neither in the local cache nor reachable."""
+    wanted = []
+    if "0" in phase_ids:
+        wanted += [(f"dataset {s.hub_id} (source {s.name!r})", _dataset_cached, s.hub_id)
+                   for s in profile.data.sources if s.hub_id is not None]
+    m = profile.model
+    if m.source == "hub" and any(p != "0" for p in phase_ids):
+        wanted.append((f"model {m.hub_id} (model.hub_id)", _model_cached, m.hub_id))
+    missing = [what for what, cached, hub_id in wanted if not cached(hub_id)]
+    if not missing:
+        return []
+    why = hub_unreachable()
+    if why is None:
+        return []
+    return [f"{what} in {profile.source_file} is not in the local Hugging Face cache and the "
+            f"hub cannot be reached ({why}); run where the hub is reachable, or load it once "
+            f"there to fill the cache and run with HF_HUB_OFFLINE=1" for what in missing]
+
+
+def problems(profile: Profile, phase_ids: list[str], read_data: bool = True,
+             runs_dir: Path | None = None) -> list[str]:
+    """Everything missing for these phases, one line each. `read_data=False` (cogumi plan)
+    reads no source records and fetches no converter."""
+    if not phase_ids:
+        return []
+    found = missing_packages(profile, phase_ids) + missing_files(profile, phase_ids)
+    if found and read_data:  # reading records needs the packages; fetching, the rest
+        return found
+    found += hub_problems(profile, phase_ids)
+    if read_data and not found:
+        found += schema_mismatches(profile, phase_ids)
+    found += gpu_problems(profile, phase_ids)
+    disk = disk_problem(profile, phase_ids, runs_dir)
+    if disk:
+        found.append(disk)
+    if read_data and not found:
+        converter = converter_problem(phase_ids)
+        if converter:
+            found.append(converter)
+    return found
+
+
+def check(profile: Profile, phase_ids: list[str], runs_dir: Path | None = None) -> None:
     """Raise PreflightError (one line) if any phase in `phase_ids` lacks what it needs."""
     if not phase_ids:
         return
-    if not profile.runnable_here:  # before asking the hub or the GPU anything
-        raise PreflightError(f"refusing to start phases {', '.join(phase_ids)}: profile "
-                             f"{profile.name} is not runnable on this machine (runnable_here "
-                             f"= false in {profile.source_file}); see `cogumi plan`")
-    problems = missing_packages(profile, phase_ids) + missing_files(profile, phase_ids)
-    if not problems:  # reading records needs the packages; fetching, that the rest is there
-        problems += schema_mismatches(profile, phase_ids)
-        problems += gpu_problems(profile, phase_ids)
-    if not problems:
-        converter = converter_problem(phase_ids)
-        if converter:
-            problems.append(converter)
-    if problems:
+    problems_ = problems(profile, phase_ids, runs_dir=runs_dir)
+    if problems_:
         raise PreflightError(f"refusing to start phases {', '.join(phase_ids)} on profile "
-                             f"{profile.name}: " + "; ".join(problems))
+                             f"{profile.name}: " + "; ".join(problems_))

@@ -342,6 +342,9 @@ class PlanStep(_Strict):
     tokens: float | None = Field(default=None, gt=0)
     throughput: Measurement | None = None
     """Tokens per second, read from a benchmark result file."""
+    hours: Measurement | None = None
+    """The phase's whole time in hours, read from a benchmark result file's projection
+    (benchmarks/bench_seed_code_path.py): instead of tokens over a throughput."""
     api_tokens: float | None = Field(default=None, gt=0)
     """Tokens bought from a model API (a teacher), priced at api_price_usd_per_mtok."""
     api_price_usd_per_mtok: float | None = Field(default=None, ge=0)
@@ -355,6 +358,8 @@ class PlanStep(_Strict):
     def _pairs(self) -> PlanStep:
         if self.throughput is not None and self.tokens is None:
             raise ValueError("a throughput measurement needs the step's tokens")
+        if self.hours is not None and self.throughput is not None:
+            raise ValueError("give hours or tokens over a throughput, not both")
         if (self.api_tokens is None) != (self.api_price_usd_per_mtok is None):
             raise ValueError("give both api_tokens and api_price_usd_per_mtok, or neither")
         return self
@@ -391,8 +396,6 @@ class Profile(_Strict):
     name: str
     description: str
     seed: int = 0
-    runnable_here: bool = True
-    """False for profiles that need hardware or hub access this machine lacks."""
     model: ModelConfig
     data: DataConfig
     training: TrainingConfig
@@ -421,7 +424,7 @@ class Profile(_Strict):
         data = self.model_dump(mode="json", by_alias=True)
         every = [k for k in type(self).model_fields
                  if k not in ("name", "seed", "description", "source_file", "sha256",
-                              "gate_overrides", "gating", "plan", "prices_usd_per_hour", "runnable_here")]
+                              "gate_overrides", "gating", "plan", "prices_usd_per_hour")]
         picked = {k: data[k] for k in (tables or every)}
         picked.update(name=self.name, seed=self.seed)
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()

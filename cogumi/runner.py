@@ -266,9 +266,6 @@ def _execute_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Con
     if not phase.implemented:
         raise PhaseRefused(f"refusing phase {phase.id}: not implemented yet "
                            f"(see `cogumi plan`); no stub will pretend to run it")
-    if not profile.runnable_here:
-        raise PhaseRefused(f"refusing phase {phase.id}: profile {profile.name} is not runnable "
-                           f"on this machine (runnable_here = false); see `cogumi plan`")
     inputs = _require_inputs_valid(profile, phase, runs_dir, keep_going)
     resolve_gates(phase.id, profile)  # a broken gate file should fail before hours of work
     final = runs_dir / phase.id

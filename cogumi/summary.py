@@ -185,11 +185,11 @@ def _train_section(results: Results) -> tuple[str, str]:
     """The section of train_backends.json that `cogumi plan` prices phase 1A with."""
     from cogumi.profile import load_profile
     step = load_profile("llama-3.1-8b").plan["1A"]
-    if step.throughput is None:
-        raise SummaryError("cogumi/profiles/llama-3.1-8b.toml: plan.1A names no throughput "
-                           "measurement")
-    keys = step.throughput.key
-    return Path(step.throughput.file).name, keys[1]
+    measured = step.throughput or step.gpu_memory_gib  # either names the section
+    if measured is None or Path(measured.file).name != "train_backends.json":
+        raise SummaryError("cogumi/profiles/llama-3.1-8b.toml: plan.1A names no "
+                           "train_backends.json measurement")
+    return Path(measured.file).name, measured.key[1]
 
 
 def _rows(r: Results) -> list[tuple[str, str, str, str]]:
@@ -243,6 +243,15 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
                  f"{sec['machine']['device']} ({key.split(' @ ')[0]}, rank "
                  f"{sec['backends'][fastest]['lora_r']}, {sec['seq_len']} tokens); seed 1A "
                  f"projection ${proj:.0f} vs the seed's ${summary['seed']['seed_cost_usd']:.0f}"))
+
+    seed = r.load("seed_code_path_h200.json")
+    proj = seed["projection"]
+    rows.append(("`seed_code_path_h200.json`", f"llama-3.1-8b's code path (0, 1A unsloth and "
+                 f"qlora-bnb, 1B.1, 2A, 2B) at {' and '.join(map(str, seed['layers_measured']))} "
+                 f"of the 8B's layers, projected to 32", _machine(r, "seed_code_path_h200.json"),
+                 "; ".join(f"{k} {v['hours']:.3g} h ${v['usd']:,.0f} (seed ${v['seed_usd']})"
+                           if v["hours"] is not None else f"{k} not projected"
+                           for k, v in proj.items())))
 
     ddp_runs = r.get("train_ddp.json", "runs")
     ddp_parts = [f"{run['processes']} process{'es' * (run['processes'] > 1)}: "

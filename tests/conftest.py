@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tests never reach the network: the hub is off for this process and every child it starts
+# (the preflight then answers from the local caches alone, cogumi.preflight.hub_unreachable).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from cogumi.profile import load_profile, parse_profile
 

@@ -156,6 +156,8 @@ def test_an_unreachable_hub_is_asked_once(tmp_path, monkeypatch):
         raise ConnectionError(f"Couldn't reach '{source.hub_id}' on the Hub")
 
     monkeypatch.setattr(preflight, "_first_records", offline)
+    # The hub answered the preflight's own question; reading the dataset then failed.
+    monkeypatch.setattr(preflight, "hub_unreachable", lambda: None)
     profile = _with_sources(tmp_path, '  { name = "a", schema = "dolly", hub_id = "org/a" },\n'
                                       '  { name = "b", schema = "dolly", hub_id = "org/b" },')
     message = _refusal(profile, ["0"])

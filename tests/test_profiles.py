@@ -31,7 +31,10 @@ def test_seed_run_profile_matches_the_seed():
     # 640,637 examples x 3 epochs at the profile's examples per step: the seed's ~28K steps
     steps = 640_637 * 3 / (p.training.batch_size * p.training.grad_accum)
     assert 27_000 < steps < 29_000
-    assert not p.runnable_here
+    # Where it runs is the preflight's question (cogumi.preflight), not a constant.
+    assert "runnable_here" not in type(p).model_fields
+    with pytest.raises(ProfileError, match="unknown key 'runnable_here'"):
+        parse_profile("runnable_here = false\n" + _tiny_text(), "x.toml")
 
 
 def _tiny_text():

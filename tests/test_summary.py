@@ -193,16 +193,16 @@ def test_provenance_has_the_required_keys():
 
 # --------------------------------------------------------------------------- plan
 
-def test_plan_reads_throughput_from_the_result_file(capsys):
-    data = json.loads((RESULTS / "train_backends.json").read_text())
+def test_plan_reads_its_hours_from_the_result_file(capsys):
+    data = json.loads((RESULTS / "seed_code_path_h200.json").read_text())
     step = load_profile("llama-3.1-8b").plan["1A"]
-    assert step.throughput.file == "benchmarks/results/train_backends.json"
-    tps = data
-    for key in step.throughput.key:
-        tps = tps[key]
+    assert step.hours.file == "benchmarks/results/seed_code_path_h200.json"
+    hours = data
+    for key in step.hours.key:
+        hours = hours[key]
     assert cli.main(["plan", "--profile", "llama-3.1-8b"]) == 0
     out = capsys.readouterr().out
-    assert f"{tps:,.0f} tokens/s measured on" in out
+    assert f"1A: {hours:.3g} h projected from measurements on" in out
     assert "not measured" in out and "1B" in out
 
 
@@ -214,11 +214,11 @@ def test_plan_rejects_a_typed_estimate_and_names_a_bad_measurement(tmp_path):
     with pytest.raises(ProfileError, match="plan.1B.hours"):
         load_profile(str(typed))
     bad = tmp_path / "bad.toml"
-    bad.write_text(text.replace('"unsloth", "tokens_per_s"', '"unsloth", "tokens_per_hour"'))
+    bad.write_text(text.replace('["projection", "1A", "hours"]', '["projection", "1A", "hourz"]'))
     step = load_profile(str(bad)).plan["1A"]
-    with pytest.raises(ProfileError, match=r"train_backends\.json: no key 'models\..*"
-                                           r"unsloth\.tokens_per_hour'"):
-        step.throughput.read(ROOT)
+    with pytest.raises(ProfileError, match=r"seed_code_path_h200\.json: no key "
+                                           r"'projection\.1A\.hourz'"):
+        step.hours.read(ROOT)
 
 
 # --------------------------------------------------------------------------- snapshots

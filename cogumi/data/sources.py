@@ -216,3 +216,57 @@ def load_local_source(source: str, schema: str, path: Path,
             yield normalise(schema, raw, source, index)
         except SchemaError as exc:
             yield Quarantined(source, location, str(exc), json.dumps(raw, default=str)[:2000])
+
+
+SCHEMA_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openorca": (("id", "system_prompt", "question", "response"),),
+    "alpaca": (("instruction", "input", "output"),),
+    "wizardlm": (("instruction", "output"), ("conversations",)),
+    "dolly": (("instruction", "context", "response", "category"),),
+    "metamathqa": (("query", "response"),),
+    "code_alpaca": (("instruction", "input", "output"),),
+    "anthropic_hh": (("chosen",),),
+}
+"""The columns `normalise` reads, per schema (any one of the alternatives: WizardLM's 70k
+release has instruction/output, its 196k release ShareGPT conversations)."""
+
+
+def missing_columns(schema: str, columns: list[str] | None) -> list[str]:
+    """The columns of `schema` a dataset with `columns` lacks (none when it has one of the
+    schema's alternatives, or when its columns are not known before reading)."""
+    if columns is None:
+        return []
+    have = set(columns)
+    best: list[str] | None = None
+    for alternative in SCHEMA_COLUMNS[schema]:
+        lacking = [c for c in alternative if c not in have]
+        if not lacking:
+            return []
+        if best is None or len(lacking) < len(best):
+            best = lacking
+    return best or []
+
+
+def hub_dataset(hub_id: str, split: str, streaming: bool = False):
+    """A hub dataset through `datasets.load_dataset`: from the hub, or from the local cache
+    with HF_HUB_OFFLINE=1 (what a first online load left there)."""
+    import datasets
+    return datasets.load_dataset(hub_id, split=split, streaming=streaming)
+
+
+def load_hub_source(source: str, schema: str, hub_id: str,
+                    split: str) -> Iterator[Record | Quarantined]:
+    """Every row of a hub dataset's split, normalised or quarantined with its row number.
+    A dataset without the schema's columns is refused whole (SchemaError, one line)."""
+    dataset = hub_dataset(hub_id, split)
+    lacking = missing_columns(schema, list(dataset.column_names))
+    if lacking:
+        raise SchemaError(f"hub dataset {hub_id} (split {split}) has no column "
+                          f"{', '.join(map(repr, lacking))} of schema {schema!r} (its columns: "
+                          f"{', '.join(dataset.column_names)})")
+    for index, raw in enumerate(dataset):
+        location = f"hub:{hub_id}[{split}] row {index}"
+        try:
+            yield normalise(schema, raw, source, index)
+        except SchemaError as exc:
+            yield Quarantined(source, location, str(exc), json.dumps(raw, default=str)[:2000])

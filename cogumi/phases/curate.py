@@ -34,7 +34,14 @@ from cogumi.data.dedup import DedupConfig, near_duplicates
 from cogumi.data.language import check_english
 from cogumi.data.planted import PlantedTruthError, load_planted, resolve, score_dedup
 from cogumi.data.quality import REMOVAL_RULES, quality_issue
-from cogumi.data.sources import DOMAINS, Quarantined, Record, load_local_source
+from cogumi.data.sources import (
+    DOMAINS,
+    Quarantined,
+    Record,
+    SchemaError,
+    load_hub_source,
+    load_local_source,
+)
 from cogumi.runner import PhaseContext, PhaseInputError
 
 _RULE_NAMES = {"duplicate_id": "repeated source id", "empty_instruction": "empty instruction",
@@ -92,9 +99,21 @@ def _load(ctx: PhaseContext):
     with ctx.progress() as progress:
         task = progress.add_task("loading sources", total=len(data.sources))
         for source in data.sources:
-            if source.path is None:
-                raise PhaseInputError(f"{ctx.profile.source_file}: source {source.name!r} is a "
-                                      f"hub dataset; loading by hub id is not implemented yet")
+            if source.hub_id is not None:
+                # No planted truth for hub data: their positions are not located.
+                try:
+                    for item in load_hub_source(source.name, source.schema_, source.hub_id,
+                                                source.split):
+                        per_source[source.name] += 1
+                        if isinstance(item, Quarantined):
+                            quarantined.append(item.to_dict())
+                        else:
+                            records.append(item)
+                except SchemaError as exc:
+                    raise PhaseInputError(f"{ctx.profile.source_file}: source "
+                                          f"{source.name!r}: {exc}") from None
+                progress.advance(task)
+                continue
             path = ctx.resolve(source.path).resolve()
             for position, item in enumerate(load_local_source(
                     source.name, source.schema_, path, display_root=ctx.root)):
