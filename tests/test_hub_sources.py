@@ -15,20 +15,15 @@ from cogumi import preflight
 from cogumi.cli import main
 from cogumi.data.sources import Quarantined, Record, SchemaError, load_hub_source
 from cogumi.profile import load_profile
-from fixtures.hub_cache import HUB_SOURCES, synthetic_rows, write_dataset_cache, write_seed_sources
+from fixtures.hub_cache import (
+    HUB_SOURCES,
+    synthetic_rows,
+    write_dataset_cache,
+    write_seed_benchmarks,
+    write_seed_sources,
+)
 
 from .conftest import ROOT
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    import datasets
-    cache = tmp_path / "hf-datasets"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    return cache
 
 
 def test_the_seven_sources_load_by_hub_id_offline(offline_cache):
@@ -69,15 +64,19 @@ def test_a_hub_dataset_without_the_schemas_columns_is_refused_naming_them(offlin
 def test_offline_with_an_uncached_hub_dataset_or_model_is_refused(offline_cache):
     profile = load_profile("llama-3.1-8b")
     lines = preflight.hub_problems(profile, ["0", "1A"])
-    assert len(lines) == 8  # seven datasets and the model, one line each
+    # seven sources, 1A's four evaluation sets and the model, one line each
+    assert len(lines) == 12
     assert lines[0] == (
         "dataset Open-Orca/OpenOrca (source 'openorca') in cogumi/profiles/llama-3.1-8b.toml "
         "is not in the local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE "
         "is set); run where the hub is reachable, or load it once there to fill the cache and "
         "run with HF_HUB_OFFLINE=1")
+    assert lines[8].startswith("dataset cais/mmlu (config all of split test; [eval] mmlu) in ")
     assert lines[-1].startswith("model meta-llama/Llama-3.1-8B-Instruct (model.hub_id) in ")
     write_seed_sources(offline_cache, 1)
-    assert len(preflight.hub_problems(profile, ["0", "1A"])) == 1  # the model still missing
+    assert len(preflight.hub_problems(profile, ["0", "1A"])) == 5  # the eval sets, the model
+    write_seed_benchmarks(offline_cache, 1)
+    assert len(preflight.hub_problems(profile, ["0", "1A", "1B"])) == 1  # the model still missing
 
 
 def test_too_little_disk_for_the_artifacts_is_refused(tmp_path, monkeypatch):

@@ -231,14 +231,16 @@ SCHEMA_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
 release has instruction/output, its 196k release ShareGPT conversations)."""
 
 
-def missing_columns(schema: str, columns: list[str] | None) -> list[str]:
-    """The columns of `schema` a dataset with `columns` lacks (none when it has one of the
-    schema's alternatives, or when its columns are not known before reading)."""
+def missing_columns(alternatives: tuple[tuple[str, ...], ...],
+                    columns: list[str] | None) -> list[str]:
+    """The columns a dataset with `columns` lacks of a schema's `alternatives` (none when it
+    has all of one alternative, or when its columns are not known before reading): of the
+    alternatives, the one it comes closest to."""
     if columns is None:
         return []
     have = set(columns)
     best: list[str] | None = None
-    for alternative in SCHEMA_COLUMNS[schema]:
+    for alternative in alternatives:
         lacking = [c for c in alternative if c not in have]
         if not lacking:
             return []
@@ -247,11 +249,26 @@ def missing_columns(schema: str, columns: list[str] | None) -> list[str]:
     return best or []
 
 
-def hub_dataset(hub_id: str, split: str, streaming: bool = False):
+def require_columns(where: str, schema: str, alternatives: tuple[tuple[str, ...], ...],
+                    columns: list[str] | None) -> None:
+    """Refuse a hub dataset (`where`: its id, config and split) without the columns its
+    schema reads, in one line naming them: the one check for sources and benchmarks alike."""
+    lacking = missing_columns(alternatives, columns)
+    if lacking:
+        raise SchemaError(f"hub dataset {where} has no column {', '.join(map(repr, lacking))} "
+                          f"of schema {schema!r} (its columns: {', '.join(columns or [])})")
+
+
+def hub_where(hub_id: str, split: str, config: str | None = None) -> str:
+    """How a hub dataset's split is named in messages: `openai/gsm8k (config main, split test)`."""
+    return f"{hub_id} ({'' if config is None else f'config {config}, '}split {split})"
+
+
+def hub_dataset(hub_id: str, split: str, streaming: bool = False, config: str | None = None):
     """A hub dataset through `datasets.load_dataset`: from the hub, or from the local cache
     with HF_HUB_OFFLINE=1 (what a first online load left there)."""
     import datasets
-    return datasets.load_dataset(hub_id, split=split, streaming=streaming)
+    return datasets.load_dataset(hub_id, config, split=split, streaming=streaming)
 
 
 def load_hub_source(source: str, schema: str, hub_id: str,
@@ -259,11 +276,8 @@ def load_hub_source(source: str, schema: str, hub_id: str,
     """Every row of a hub dataset's split, normalised or quarantined with its row number.
     A dataset without the schema's columns is refused whole (SchemaError, one line)."""
     dataset = hub_dataset(hub_id, split)
-    lacking = missing_columns(schema, list(dataset.column_names))
-    if lacking:
-        raise SchemaError(f"hub dataset {hub_id} (split {split}) has no column "
-                          f"{', '.join(map(repr, lacking))} of schema {schema!r} (its columns: "
-                          f"{', '.join(dataset.column_names)})")
+    require_columns(hub_where(hub_id, split), schema, SCHEMA_COLUMNS[schema],
+                    list(dataset.column_names))
     for index, raw in enumerate(dataset):
         location = f"hub:{hub_id}[{split}] row {index}"
         try:

@@ -17,6 +17,8 @@ same instruction as a Jinja ``doc_to_text`` and lm-eval's own chat-template hand
 * GPQA -> the MMLU form over its items as we permuted them, written as JSON lines next to
   the YAML (the CSV holds the unpermuted answers; lm-eval's own GPQA tasks read a gated
   hub dataset and shuffle with their own seed).
+* A task read from a hub dataset -> its form above, over the rows we read, written as JSON
+  lines next to the YAML (lm-eval then needs no hub access, and reads the same revision).
 * BOS: lm-eval asks the tokenizer to add it (``add_special_tokens``), so a profile with
   ``model.add_bos`` gets a tokenizer that adds it (cogumi.models.load_tokenizer).
 
@@ -137,6 +139,11 @@ def write_lm_eval_tasks(tasks: list[Task], out_dir: str | Path, max_new_tokens: 
             data_file.write_text("".join(
                 json.dumps({k: it.fields[k] for k in ("id", "question", "subject", "choices",
                                                       "answer")}, ensure_ascii=False) + "\n"
+                for it in t.items if it.malformed is None))
+        elif t.meta.get("hub"):  # lm-eval reads the rows we read, from a local file
+            data_file = out / f"cogumi_{t.name}.items.jsonl"
+            data_file.write_text("".join(
+                json.dumps(it.fields, ensure_ascii=False, default=str) + "\n"
                 for it in t.items if it.malformed is None))
         (out / f"cogumi_{t.name}.yaml").write_text(task_yaml(t, max_new_tokens, stop, data_file))
         names.append(f"cogumi_{t.name}")

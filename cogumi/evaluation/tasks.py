@@ -9,6 +9,8 @@ log-likelihoods; ``code``: tests in the sandbox; ``tool_call``: BFCL's AST check
 * ``mmlu``  — MMLU: ``question``, ``subject``, ``choices`` (list), ``answer`` (int index).
 * ``code``  — HumanEval: ``task_id``, ``prompt``, ``canonical_solution``, ``test``,
   ``entry_point``.
+* ``mbpp``  — MBPP: ``task_id``, ``text``, ``code``, ``test_list``, ``test_setup_code``; kind
+  code, each row turned into a HumanEval-shaped item (:func:`_parse_mbpp`).
 
 Benchmarks a PyPI package ships (``path`` optional: the package's own file is read):
 
@@ -23,6 +25,13 @@ Benchmarks a PyPI package ships (``path`` optional: the package's own file is re
   ``possible_answer/``; ``path`` is that data folder), kind tool_call, one task over the
   chosen categories (:data:`cogumi.evaluation.bfcl.CATEGORIES`).
 
+Benchmarks on the Hugging Face hub (``hub=HubDataset(...)``, for the schemas of
+:data:`HUB_COLUMNS`): the rows of ``datasets.load_dataset(hub_id, config, split=split)``,
+from the hub or from ``datasets``' local cache with HF_HUB_OFFLINE=1, read by the same
+parser as a local file of that schema; several configs (MATH's subjects) are read in order
+as one task. A dataset without the schema's columns is refused in one line naming them
+(:class:`cogumi.data.sources.SchemaError`); a bad row is ``hub:ID[config/split] row N: ...``.
+
 A malformed file raises :class:`BenchmarkFormatError` listing every bad line as
 ``file:line: what is wrong``. With ``on_error="record"`` bad lines become items that score
 as failures with that reason instead, so nothing is ever silently dropped.
@@ -30,6 +39,7 @@ as failures with that reason instead, so nothing is ever silently dropped.
 
 from __future__ import annotations
 
+import ast
 import csv
 import gzip
 import hashlib
@@ -74,9 +84,37 @@ PACKAGE_BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
              "data/gpqa/gpqa_diamond.csv"),
     "bfcl": ("tool_call", "bfcl-eval", "bfcl_eval", "data"),
 }
-#: Benchmarks read from a local file only: name -> kind.
-FILE_BENCHMARKS = {"math": "math", "mmlu": "mmlu", "code": "code"}
+#: Benchmarks read from a local file (or a hub dataset) only: name -> kind.
+FILE_BENCHMARKS = {"math": "math", "mmlu": "mmlu", "code": "code", "mbpp": "code"}
 BENCHMARKS = (*FILE_BENCHMARKS, *PACKAGE_BENCHMARKS)
+
+#: Benchmarks a hub dataset can be read as: name -> the columns its parser reads (one
+#: alternative each; the optional ones, MATH's level and type, are not required).
+HUB_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "math": (("problem", "solution"),),
+    "mmlu": (("question", "subject", "choices", "answer"),),
+    "code": (("task_id", "prompt", "test", "entry_point"),),
+    "humaneval": (("task_id", "prompt", "test", "entry_point"),),
+    "gsm8k": (("question", "answer"),),
+    "mbpp": (("task_id", "text", "code", "test_list"),),
+}
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A benchmark's rows on the Hugging Face hub: ``datasets.load_dataset(hub_id, config,
+    split=split)`` for each of ``configs`` in order (``None``: the dataset's only config)."""
+    hub_id: str
+    split: str
+    configs: tuple[str | None, ...] = (None,)
+
+    def label(self, config: str | None) -> str:
+        """How one config's rows are named in ids and messages: ``hub:ID[config/split]``."""
+        return f"hub:{self.hub_id}[{'' if config is None else config + '/'}{self.split}]"
+
+    def __str__(self) -> str:
+        configs = "+".join(c for c in self.configs if c is not None)
+        return f"hub:{self.hub_id}[{configs + '/' if configs else ''}{self.split}]"
 
 #: simple-evals' GPQA seed: ``random.Random(0)``, one ``sample(range(4), 4)`` per row in
 #: file order (its first repeat). The package's own payload.jsonl is permuted the same way.
@@ -171,13 +209,30 @@ def load_task(
     name: str | None = None,
     on_error: str = "raise",
     categories: tuple[str, ...] | list[str] | None = None,
+    hub: HubDataset | None = None,
 ) -> Task:
-    """Load a benchmark (a name of :data:`BENCHMARKS`). ``math``, ``mmlu`` and ``code`` need
-    a ``path``; the package benchmarks read their package's file unless a ``path`` in the
-    same schema is given. ``categories``: BFCL only (default ``simple_python``). The task is
-    named after the benchmark unless ``name`` is given."""
+    """Load a benchmark (a name of :data:`BENCHMARKS`). ``math``, ``mmlu``, ``code`` and
+    ``mbpp`` need a ``path`` or a ``hub`` dataset; the package benchmarks read their
+    package's file unless a ``path`` (or ``hub`` dataset) in the same schema is given.
+    ``categories``: BFCL only (default ``simple_python``). The task is named after the
+    benchmark unless ``name`` is given."""
     if on_error not in ("raise", "record"):
         raise ValueError("on_error must be 'raise' or 'record'")
+    if hub is not None:
+        if path is not None:
+            raise ValueError(f"load_task({benchmark!r}): give a path or a hub dataset, not both")
+        if benchmark not in HUB_COLUMNS:
+            raise ValueError(f"load_task({benchmark!r}): no hub schema for this benchmark "
+                             f"(hub benchmarks: {', '.join(HUB_COLUMNS)})")
+        kind = FILE_BENCHMARKS.get(benchmark) or PACKAGE_BENCHMARKS[benchmark][0]
+        items, problems, raw = _read_hub(hub, benchmark, kind)
+        if problems and on_error == "raise":
+            raise BenchmarkFormatError(Path(str(hub)), problems)
+        task = _task(name or benchmark, kind, benchmark, str(hub), items, problems,
+                     str(hub).encode() + b"\0" + raw)
+        task.meta["hub"] = {"hub_id": hub.hub_id, "split": hub.split,
+                            "configs": list(hub.configs)}
+        return task
     if benchmark in FILE_BENCHMARKS:
         kind = FILE_BENCHMARKS[benchmark]
         if path is None:
@@ -212,13 +267,13 @@ def load_task(
     return _task(name, kind, benchmark, path, items, problems, raw)
 
 
-def _task(name: str, kind: str, benchmark: str, path: Path, items: list[Item],
+def _task(name: str, kind: str, benchmark: str, path: Path | str, items: list[Item],
           problems: list[str], raw: bytes) -> Task:
     if not items:
-        raise BenchmarkFormatError(path, [f"{path}: no items"])
+        raise BenchmarkFormatError(Path(str(path)), [f"{path}: no items"])
     # A file in the kind's own schema keeps the digest it had before benchmarks had names
     # (HumanEval is the code schema), so run caches and bindings stay valid.
-    tag = kind if benchmark in (*FILE_BENCHMARKS, "humaneval") else f"{kind}:{benchmark}"
+    tag = kind if benchmark in (*KINDS, "humaneval") else f"{kind}:{benchmark}"
     digest = hashlib.sha256(b"\0".join([tag.encode(), PROMPT_VERSION.encode(), raw])).hexdigest()
     return Task(
         name=name, kind=kind, path=str(path), items=items, digest=digest,
@@ -230,31 +285,84 @@ def _task(name: str, kind: str, benchmark: str, path: Path, items: list[Item],
 
 def _read_jsonl(raw: bytes, path: Path, parse, kind: str) -> tuple[list[Item], list[str]]:
     """Every line of a JSONL file through ``parse``; bad lines as ``file:line: why``."""
+    def records():
+        for lineno, line in enumerate(raw.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, f"{path}:{lineno}", _Unreadable(
+                    f"not UTF-8 ({e.reason} at byte {e.start})", "not UTF-8")
+                continue
+            try:
+                yield lineno, f"{path}:{lineno}", json.loads(text)
+            except json.JSONDecodeError as e:
+                yield lineno, f"{path}:{lineno}", _Unreadable(
+                    f"invalid JSON ({e.msg} at column {e.colno})", f"invalid JSON: {e.msg}")
+    return _parse_records(records(), path.stem, parse, kind)
+
+
+def _read_hub(hub: HubDataset, benchmark: str, kind: str
+              ) -> tuple[list[Item], list[str], bytes]:
+    """Every row of a hub dataset's split (each config in turn) through the benchmark's
+    parser; bad rows as ``hub:ID[config/split] row N: why``. Also the rows' canonical JSON,
+    which the task digest is taken over."""
+    from cogumi.data.sources import hub_dataset, hub_where, require_columns
+
     items: list[Item] = []
     problems: list[str] = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            problems.append(f"{where}: not UTF-8 ({e.reason} at byte {e.start})")
-            items.append(_malformed(kind, lineno, "not UTF-8"))
-            continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
-            items.append(_malformed(kind, lineno, f"invalid JSON: {e.msg}"))
+    chunks: list[bytes] = []
+    for config in hub.configs:
+        dataset = hub_dataset(hub.hub_id, hub.split, config=config)
+        require_columns(hub_where(hub.hub_id, hub.split, config), benchmark,
+                        HUB_COLUMNS[benchmark], list(dataset.column_names))
+        rows = list(dataset)
+        chunks += [json.dumps(r, sort_keys=True, ensure_ascii=False, default=str).encode()
+                   for r in rows]
+        label = hub.label(config)
+        more, bad = _parse_records(((row, f"{label} row {row}", rec)
+                                    for row, rec in enumerate(rows)), label,
+                                   _PARSERS[benchmark], kind, ids_seen=items,
+                                   malformed_prefix=f"{label} row ")
+        items += more
+        problems += bad
+    return items, problems, b"\n".join(chunks)
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    problem: str
+    """What is wrong, for the error message."""
+    why: str
+    """The same in short, for the malformed item."""
+
+
+def _parse_records(records, stem: str, parse, kind: str, ids_seen: list[Item] = (),
+                   malformed_prefix: str = "line") -> tuple[list[Item], list[str]]:
+    """(line or row, where, record or :class:`_Unreadable`) through ``parse``: items, and
+    one ``where: why`` per bad record (also kept as a malformed item, its id
+    ``malformed_prefix`` and the line). An id seen earlier in this read (or among
+    ``ids_seen``) is a bad record."""
+    items: list[Item] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {it.id: it.line for it in ids_seen if it.malformed is None}
+
+    def _malformed(kind: str, lineno: int, why: str) -> Item:
+        return Item(id=f"{malformed_prefix}{lineno}", category="malformed", reference=None,
+                    fields={}, line=lineno, malformed=why)
+
+    for lineno, where, rec in records:
+        if isinstance(rec, _Unreadable):
+            problems.append(f"{where}: {rec.problem}")
+            items.append(_malformed(kind, lineno, rec.why))
             continue
         if not isinstance(rec, dict):
             problems.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
             items.append(_malformed(kind, lineno, "not a JSON object"))
             continue
         try:
-            item = parse(rec, lineno, path)
+            item = parse(rec, lineno, stem)
         except _FieldError as e:
             problems.append(f"{where}: {e}")
             items.append(_malformed(kind, lineno, str(e)))
@@ -289,7 +397,7 @@ def _req_str(rec: dict, key: str, allow_empty: bool = False) -> str:
     return v
 
 
-def _parse_math(rec: dict, lineno: int, path: Path) -> Item:
+def _parse_math(rec: dict, lineno: int, stem: str) -> Item:
     _req_str(rec, "problem")
     solution = _req_str(rec, "solution")
     for k in ("level", "type"):
@@ -301,11 +409,11 @@ def _parse_math(rec: dict, lineno: int, path: Path) -> Item:
         ref = last_boxed(solution)
         if not ref:
             raise _FieldError("field 'solution' has no \\boxed{} final answer (and no 'answer')")
-    item_id = str(rec.get("unique_id") or rec.get("id") or f"{path.stem}:{lineno}")
+    item_id = str(rec.get("unique_id") or rec.get("id") or f"{stem}:{lineno}")
     return Item(item_id, str(rec.get("type") or "unknown"), ref, rec, lineno)
 
 
-def _parse_mmlu(rec: dict, lineno: int, path: Path) -> Item:
+def _parse_mmlu(rec: dict, lineno: int, stem: str) -> Item:
     _req_str(rec, "question")
     subject = _req_str(rec, "subject")
     if "choices" not in rec:
@@ -322,11 +430,11 @@ def _parse_mmlu(rec: dict, lineno: int, path: Path) -> Item:
         ans = LETTERS.index(ans.upper())
     if isinstance(ans, bool) or not isinstance(ans, int) or not 0 <= ans < len(ch):
         raise _FieldError(f"field 'answer' must be an int in [0, {len(ch) - 1}], got {ans!r}")
-    item_id = str(rec.get("id") or f"{path.stem}:{lineno}")
+    item_id = str(rec.get("id") or f"{stem}:{lineno}")
     return Item(item_id, subject, ans, rec, lineno)
 
 
-def _parse_code(rec: dict, lineno: int, path: Path) -> Item:
+def _parse_code(rec: dict, lineno: int, stem: str) -> Item:
     task_id = _req_str(rec, "task_id")
     _req_str(rec, "prompt")
     _req_str(rec, "test")
@@ -338,10 +446,64 @@ def _parse_code(rec: dict, lineno: int, path: Path) -> Item:
     return Item(task_id, "code", None, rec, lineno)
 
 
+def _docstring(text: str) -> str:
+    """``text`` safe inside a triple-quoted docstring (backslashes and quotes kept as such)."""
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
+def _parse_mbpp(rec: dict, lineno: int, stem: str) -> Item:
+    """An MBPP row as a HumanEval-shaped item. The entry point is the function of the
+    reference ``code`` that the tests call; the prompt is its signature with the task's
+    text and its tests as the docstring (the tests lm-eval's MBPP prompt shows, too); the
+    test is ``check(candidate)`` running ``test_list`` with the entry point's name bound to
+    the candidate, after ``test_setup_code``. ``challenge_test_list`` is not used (MBPP's
+    own harness does not)."""
+    if "task_id" not in rec or isinstance(rec["task_id"], bool) or not isinstance(
+            rec["task_id"], int | str):
+        raise _FieldError("missing field 'task_id' (an int or a string)")
+    text = _req_str(rec, "text")
+    code = _req_str(rec, "code")
+    tests = rec.get("test_list")
+    if not isinstance(tests, list) or not tests or not all(
+            isinstance(t, str) and t.strip() for t in tests):
+        raise _FieldError("field 'test_list' must be a non-empty list of strings")
+    setup = rec.get("test_setup_code") or ""
+    if not isinstance(setup, str):
+        raise _FieldError("field 'test_setup_code' must be a string")
+    try:
+        functions = {n.name: n for n in ast.parse(code).body
+                     if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    except SyntaxError as e:
+        raise _FieldError(f"field 'code' is not valid Python ({e.msg}, line {e.lineno})") from None
+    called: list[str] = []
+    for t in tests:
+        try:
+            tree = ast.parse(t.strip())
+        except SyntaxError as e:
+            raise _FieldError(f"field 'test_list' has a test that is not valid Python "
+                              f"({e.msg}): {t.strip()[:80]!r}") from None
+        called += [n.func.id for n in ast.walk(tree)
+                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    entry = next((name for name in called if name in functions), None)
+    if entry is None:
+        raise _FieldError(f"no function of field 'code' ({', '.join(functions) or 'none'}) is "
+                          f"called by field 'test_list'")
+    signature = f"def {entry}({ast.unparse(functions[entry].args)}):"
+    doc = "\n    ".join([_docstring(text.strip()), *(_docstring(t.strip()) for t in tests)])
+    prompt = f'{signature}\n    """{doc}\n    """\n'
+    body = "".join(f"    {t.strip()}\n" for t in tests)
+    test = (f"{setup.strip()}\n\n\n" if setup.strip() else "") \
+        + f"def check(candidate):\n    {entry} = candidate\n{body}"
+    item_id = f"mbpp/{rec['task_id']}"
+    fields = {**rec, "task_id": item_id, "prompt": prompt, "test": test, "entry_point": entry,
+              "canonical_solution": code}
+    return Item(item_id, "code", None, fields, lineno)
+
+
 _GSM8K_FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
 
 
-def _parse_gsm8k(rec: dict, lineno: int, path: Path) -> Item:
+def _parse_gsm8k(rec: dict, lineno: int, stem: str) -> Item:
     question = _req_str(rec, "question")
     answer = _req_str(rec, "answer")
     m = _GSM8K_FINAL.search(answer)
@@ -415,4 +577,4 @@ def _read_gpqa(raw: bytes, path: Path) -> tuple[list[Item], list[str]]:
 
 
 _PARSERS = {"math": _parse_math, "mmlu": _parse_mmlu, "code": _parse_code,
-            "humaneval": _parse_code, "gsm8k": _parse_gsm8k}
+            "humaneval": _parse_code, "gsm8k": _parse_gsm8k, "mbpp": _parse_mbpp}

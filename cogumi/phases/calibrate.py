@@ -19,7 +19,8 @@ from cogumi.compression import calibration as C
 from cogumi.compression.common import MB
 from cogumi.compression.pack import unpack
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
-from cogumi.evaluation import GenerationSettings, LlamaCppBackend, evaluate, load_task
+from cogumi.evaluation import GenerationSettings, LlamaCppBackend, evaluate
+from cogumi.phases.common import profile_task
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.stats import bootstrap_statistic
 
@@ -35,7 +36,7 @@ def run(ctx: PhaseContext) -> dict:
     ctx.console.print(f"2F unpack {packed} (checksums verified)")
     unpack(packed, model)
 
-    task = load_task("mmlu", ctx.resolve(data))
+    task = profile_task(ctx, "mmlu", data, "[calibration] data" if cfg.data else "[eval] mmlu")
     gcfg = ctx.profile.gguf
     backend = LlamaCppBackend(model, n_ctx=gcfg.n_ctx, n_threads=gcfg.threads)
     # Only the option log-likelihoods are used; one generated token keeps the run short.

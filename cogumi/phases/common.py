@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cogumi.data.sources import SchemaError
 from cogumi.evaluation import (
     BenchmarkPackageMissing,
     EvalReport,
@@ -17,6 +18,7 @@ from cogumi.evaluation import (
 )
 from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint
 from cogumi.models import LoadedModel
+from cogumi.profile import HubTask
 from cogumi.runner import PhaseContext, PhaseInputError
 
 
@@ -56,16 +58,30 @@ def eval_cache(ctx: PhaseContext) -> Path:
     return ctx.runs_dir / ".eval-cache" / (ctx.code_sha256[:16] or "unbound")
 
 
+def profile_task(ctx: PhaseContext, benchmark: str, value: str | HubTask, where: str,
+                 **kwargs):
+    """One task as a profile names it (`where`: the key): a file (relative to the data
+    root), "package" (the file its package ships) or a hub dataset (read in its table's
+    schema, else the benchmark's). Named after `benchmark` unless `name` is given; a missing
+    package or a hub dataset without its schema's columns is a one-line PhaseInputError."""
+    try:
+        if isinstance(value, HubTask):
+            return load_task(value.schema_ or benchmark, hub=value.dataset(),
+                             name=kwargs.pop("name", benchmark), **kwargs)
+        return load_task(benchmark, None if value == "package" else ctx.resolve(value),
+                         **kwargs)
+    except (BenchmarkPackageMissing, SchemaError) as e:
+        raise PhaseInputError(f"{ctx.profile.source_file}: {where}: {e}") from None
+
+
 def eval_tasks(ctx: PhaseContext) -> list:
     """The profile's evaluation tasks ([eval] math, mmlu, code, gsm8k, humaneval, gpqa,
-    bfcl), each named after its key; "package" reads the file its package ships."""
+    bfcl), each named after its key; "package" reads the file its package ships, a table
+    the hub dataset it names."""
     cfg = ctx.profile.eval
-    try:
-        tasks = [load_task(key, None if value == "package" else ctx.resolve(value),
-                           categories=cfg.bfcl_categories if key == "bfcl" else None)
-                 for key, value in cfg.benchmarks()]
-    except BenchmarkPackageMissing as e:
-        raise PhaseInputError(f"{ctx.profile.source_file}: [eval]: {e}") from None
+    tasks = [profile_task(ctx, key, value, f"[eval] {key}",
+                          **({"categories": cfg.bfcl_categories} if key == "bfcl" else {}))
+             for key, value in cfg.benchmarks()]
     if not tasks:
         raise PhaseInputError(f"{ctx.profile.source_file}: [eval] names no task files")
     return tasks

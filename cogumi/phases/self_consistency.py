@@ -40,6 +40,7 @@ from cogumi.phases.common import (
     generation_backend,
     judge_against_input,
     lm_eval_cross_check,
+    profile_task,
     refuse_evaluation_items,
 )
 from cogumi.runner import PhaseContext, PhaseInputError
@@ -71,7 +72,7 @@ def _code_training_task(ctx: PhaseContext) -> Task:
     if sc.code_prompts == "humaneval":
         task = load_task("humaneval")
     else:
-        task = load_task("code", ctx.resolve(sc.code_prompts))
+        task = profile_task(ctx, "code", sc.code_prompts, "self_consistency.code_prompts")
     if sc.code_prompt_limit is not None and len(task.items) > sc.code_prompt_limit:
         ctx.notes.append(f"reduced run: {sc.code_prompt_limit} of {len(task.items)} code "
                          f"prompts (self_consistency.code_prompt_limit)")
