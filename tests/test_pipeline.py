@@ -76,7 +76,9 @@ def test_unimplemented_phase_refuses(runs, capsys):
 
 def test_plan_only_profile_refuses_to_run(runs, capsys):
     assert _cogumi("run", "0", "--profile", "llama-3.1-8b", "--runs", str(runs)) == 2
-    assert "not runnable on this machine" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the preflight refuses before phase 0 starts
+    assert "refusing to start phases 0 on profile llama-3.1-8b: dataset Open-Orca/OpenOrca" in out
+    assert "is not in the local Hugging Face cache" in out
 
 
 def test_failing_gate_exits_1_and_does_not_sign_off(tmp_path, runs, capsys):
