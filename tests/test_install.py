@@ -49,8 +49,8 @@ def test_every_file_a_shipped_profile_or_gate_names_is_in_the_wheel():
     for path in named:
         if not any(path == d or path.startswith(d + "/") for d in shipped):
             unshipped.append(path)
-    # The one exception: the 8B profile's own training-prompt file, which a user supplies.
-    assert unshipped == ["data/code_train_humaneval_schema.jsonl"]
+    # No exception: the 8B profile reads its training prompts by hub id, like its data.
+    assert unshipped == []
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"]
     assert set(_setup_data()) <= set(package_data)
