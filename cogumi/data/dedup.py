@@ -262,10 +262,11 @@ class UnionFind:
 
     def groups(self) -> dict[int, list[int]]:
         """Root -> members (ascending), for every set with more than one member."""
+        parent, size = self.parent, self.size
         out: dict[int, list[int]] = {}
-        for x in range(len(self.parent)):
-            if self.size[self.find(x)] > 1:
-                out.setdefault(self.find(x), []).append(x)
+        # Members of sets with more than one: every non-root, and the roots that have some.
+        for x in [x for x in range(len(parent)) if parent[x] != x or size[x] > 1]:
+            out.setdefault(self.find(x), []).append(x)
         return out
 
 
