@@ -157,6 +157,15 @@ def _record_text(instruction: str, response: str) -> tuple[str, int]:
     return (f"{inst} {resp}" if inst and resp else inst or resp), len(inst)
 
 
+def _word_ngrams(words: list[str], n: int) -> list[str]:
+    """Word n-grams joined by single spaces (fewer than n words: one, all of them)."""
+    if len(words) <= n:
+        return [" ".join(words)] if words else []
+    if n == 3:  # the default; an f-string is the cheapest way to build them
+        return [f"{a} {b} {c}" for a, b, c in zip(words, words[1:], words[2:], strict=False)]
+    return list(map(" ".join, zip(*[words[k:] for k in range(n)], strict=False)))
+
+
 def shingles(text: str, shingle: str = "word", n: int = 3) -> list[str]:
     """The shingles of an (already normalised) text, repeats kept: word n-grams joined by
     single spaces, or character n-grams. A text shorter than n words (or characters) is one
@@ -164,10 +173,7 @@ def shingles(text: str, shingle: str = "word", n: int = 3) -> list[str]:
     if not text:
         return []
     if shingle == "word":
-        words = text.split()
-        if len(words) <= n:
-            return [" ".join(words)]
-        return list(map(" ".join, zip(*[words[k:] for k in range(n)], strict=False)))
+        return _word_ngrams(text.split(), n)
     if shingle == "char":
         if len(text) <= n:
             return [text]
@@ -314,15 +320,23 @@ def _prepare_share(parts: list[tuple[str, str]], shingle: str, n: int, slots: in
     batch of records per call (bounds the shingle strings held)."""
     import rensa
 
-    keys = [_record_text(instruction, response) for instruction, response in parts]
+    keys: list[tuple[str, int]] = []
+    firsts: list[int] = []
+    sketches: list = []
     first_with: dict[tuple[str, int], int] = {}
-    firsts = [k for k, key in enumerate(keys) if first_with.setdefault(key, k) == k]
-    del first_with
-    sketches = []
-    for lo in range(0, len(firsts), batch):
-        sketches += rensa.RMinHash.from_token_sets(
-            [shingles(keys[k][0], shingle, n) for k in firsts[lo:lo + batch]],
-            num_perm=slots, seed=seed)
+    for lo in range(0, len(parts), batch):
+        tokens = []
+        for k, (instruction, response) in enumerate(parts[lo:lo + batch], lo):
+            # _record_text's key, from words split once for the key and the shingles both.
+            instruction_words = instruction.lower().split()
+            words = instruction_words + response.lower().split()
+            key = (" ".join(words), len(" ".join(instruction_words)))
+            keys.append(key)
+            if first_with.setdefault(key, k) == k:
+                firsts.append(k)
+                tokens.append(_word_ngrams(words, n) if shingle == "word"
+                              else shingles(key[0], shingle, n))
+        sketches += rensa.RMinHash.from_token_sets(tokens, num_perm=slots, seed=seed)
     return keys, firsts, sketches
 
 
