@@ -506,7 +506,7 @@ def _prepare(records: list[dict], config: DedupConfig, laps: _Laps, helper: _Hel
         "shingle": config.shingle, "ngram": config.n, "verify": config.verify,
         "seed": config.seed, "workers": _worker_count(config.workers),
         "processes": 1 if helper is None else 2,
-        "minhash": f"rensa {_version('rensa')} RMinHash + RMinHashLSH",
+        "minhash": None,  # filled while a helper works: reading the version takes 0.15 s
         "lsh_weights": {"false_positive": config.false_positive_weight,
                         "false_negative": config.false_negative_weight},
         "candidate_probability_at": {
@@ -514,6 +514,7 @@ def _prepare(records: list[dict], config: DedupConfig, laps: _Laps, helper: _Hel
             for s in (0.5, 0.7, config.threshold, 0.85, 0.9, 0.95)},
     }
     if n == 0:
+        stats["minhash"] = _minhash_name()
         stats.update(exact_duplicates_removed=0, near_duplicates_removed=0, removed=0,
                      candidate_pairs=0, exact_checked_pairs=0, verified_pairs=0, clusters=0,
                      largest_cluster=0, large_buckets=0, records_without_shingles=0,
@@ -522,11 +523,11 @@ def _prepare(records: list[dict], config: DedupConfig, laps: _Laps, helper: _Hel
     return _deduplicate(records, config, stats, laps, helper)
 
 
-@lru_cache(maxsize=4)
-def _version(package: str) -> str:
+@lru_cache(maxsize=1)
+def _minhash_name() -> str:
     from importlib import metadata
 
-    return metadata.version(package)
+    return f"rensa {metadata.version('rensa')} RMinHash + RMinHashLSH"
 
 
 def _split_at(weights: list[int], share: float) -> int:
@@ -554,6 +555,7 @@ def _deduplicate(records: list[dict], config: DedupConfig, stats: dict, laps: _L
     if cut < n:
         helper.submit("prepare_share", parts[cut:], *share_args)
     keys, firsts, sketches = _prepare_share(parts[:cut], *share_args)
+    stats["minhash"] = _minhash_name()
     laps.lap("signatures")
     if cut < n:
         their_keys, their_firsts, their_sketches = helper.result()
