@@ -21,7 +21,8 @@ file, all at threshold 0.8 with 128 permutations split into the bands x rows tha
 chooses (16 x 8), word 3-gram shingles of the lowercased, whitespace-collapsed text:
 - ours: cogumi.data.dedup.near_duplicates with phase 0's defaults (rensa's MinHash and LSH
   inside since this benchmark showed rensa faster than our hand-written numpy MinHash; the
-  exact duplicates, verification, clusters and audit fields are ours);
+  exact duplicates, verification, clusters and audit fields are ours; on 2 cores it starts
+  one helper process for a share of the Python shingling and of the exact checks);
 - datasketch: MinHash.bulk (update_batch under it) with xxhash as hashfunc, MinHashLSH with
   params=(16, 8) filled through insertion_session, one query per record; candidate pairs
   verified on exact Jaccard of their shingle sets, clusters by union-find;
@@ -33,7 +34,12 @@ chooses (16 x 8), word 3-gram shingles of the lowercased, whitespace-collapsed t
   and whitespace normalisation, so its shingles are ours. It has no verification step: a
   pair that shares a bucket is a duplicate.
 Timed: from the records in memory (datatrove: JSONL files on disk, which is its input) to the
-set of removed records. Not timed: loading the corpus file, writing datatrove's input shards.
+set of removed records, with each removed record's kept record and (except datatrove, which
+checks nothing) its exact Jaccard to it; the result file's timed_region says what each run
+does. Not timed: loading the corpus file, writing datatrove's input shards, importing the
+libraries, the peers' bands x rows (given to them; ours chooses its own inside its run).
+Python's cyclic garbage collector is paused in every timed run (ours pauses it itself in
+phase 0 too), so no implementation pays for another's object count.
 
 Ground truth: exact Jaccard of the word-trigram sets (Python sets of word tuples, no hashing)
 on every pair that any implementation declared, the planted pairs, and the pairs of a
@@ -49,6 +55,7 @@ import argparse
 import ast
 import gc
 import hashlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -85,6 +92,8 @@ PLANT_LEVELS = (0.5, 0.6, 0.7, 0.75, 0.78, 0.82, 0.85, 0.9, 0.95)
 RESPONSE_WORDS = 150
 IMPLEMENTATIONS = ("ours", "datasketch", "rensa", "datatrove")
 LIBRARIES = ("numpy", "datasketch", "rensa", "datatrove", "xxhash", "psutil")
+LIBRARY_MODULE = {"ours": "rensa", "datasketch": "datasketch", "rensa": "rensa",
+                  "datatrove": "datatrove.pipeline.dedup.minhash"}
 
 
 # --------------------------------------------------------------------------- corpus
@@ -389,9 +398,10 @@ def lsh_shape() -> tuple[int, int]:
 
 
 def verify_and_cluster(ids: list[str], shingles: list[list[str]], candidates) -> dict:
-    """What a user of a MinHash library adds to reach our precision: exact Jaccard of the
-    shingle sets of every candidate pair (index pairs), union-find over the verified pairs,
-    and one record kept per cluster (the smallest id)."""
+    """What a user of a MinHash library adds to reach our precision and our audit: exact
+    Jaccard of the shingle sets of every candidate pair (index pairs), union-find over the
+    verified pairs, one record kept per cluster (the smallest id), and each removed record's
+    exact Jaccard to the one kept (phase 0 reports it for every removal)."""
     sets: dict[int, set] = {}
 
     def set_of(index: int) -> set:
@@ -400,12 +410,16 @@ def verify_and_cluster(ids: list[str], shingles: list[list[str]], candidates) ->
             found = sets[index] = set(shingles[index])
         return found
 
-    verified = []
-    for i, j in candidates:
+    def exact(i: int, j: int) -> float:
         first, second = set_of(i), set_of(j)
         common = len(first & second)
-        if common / (len(first) + len(second) - common) >= THRESHOLD:
-            verified.append((i, j))
+        return common / (len(first) + len(second) - common)
+
+    verified = {}
+    for i, j in candidates:
+        value = exact(i, j)
+        if value >= THRESHOLD:
+            verified[(i, j)] = value
     parent = list(range(len(ids)))
 
     def find(x: int) -> int:
@@ -421,16 +435,23 @@ def verify_and_cluster(ids: list[str], shingles: list[list[str]], candidates) ->
             if ids[a] > ids[b]:
                 a, b = b, a
             parent[b] = a
-    removed = {ids[x]: ids[find(x)] for x in range(len(ids)) if find(x) != x}
+    removed, removed_jaccard = {}, {}
+    for x in range(len(ids)):
+        root = find(x)
+        if root != x:
+            removed[ids[x]] = ids[root]
+            pair = (min(x, root), max(x, root))
+            removed_jaccard[ids[x]] = verified[pair] if pair in verified else exact(*pair)
     return {"pairs": [(ids[i], ids[j]) for i, j in verified], "removed": removed,
-            "candidate_pairs": len(candidates)}
+            "removed_jaccard": removed_jaccard, "candidate_pairs": len(candidates)}
 
 
-def run_ours(records: list[dict], workdir: Path) -> dict:
+def run_ours(records: list[dict], workdir: Path, shape: None) -> dict:
     config = DedupConfig()  # phase 0's defaults; workers=None is every core
-    result = near_duplicates(records, config)
+    result = near_duplicates(records, config)  # chooses its bands x rows itself, timed
     return {"pairs": [(e["a"], e["b"]) for e in result.edges],
             "removed": {r["id"]: r["kept_id"] for r in result.removed},
+            "removed_jaccard": {r["id"]: r["jaccard"] for r in result.removed},
             "candidate_pairs": result.stats["candidate_pairs"],
             "stats": result.stats}
 
@@ -458,16 +479,16 @@ def _datasketch_pairs(records: list[dict], bands: int, rows: int
     return ids, shingles, sorted(candidates)
 
 
-def run_datasketch(records: list[dict], workdir: Path) -> dict:
-    bands, rows = lsh_shape()
+def run_datasketch(records: list[dict], workdir: Path, shape: tuple[int, int]) -> dict:
+    bands, rows = shape
     ids, shingles, candidates = _datasketch_pairs(records, bands, rows)
     return verify_and_cluster(ids, shingles, candidates)
 
 
-def run_rensa(records: list[dict], workdir: Path) -> dict:
+def run_rensa(records: list[dict], workdir: Path, shape: tuple[int, int]) -> dict:
     from rensa import RMinHash, RMinHashLSH
 
-    bands, _ = lsh_shape()
+    bands, _ = shape
     ids = [r["id"] for r in records]
     shingles = [word_shingles(r) for r in records]
     minhashes = RMinHash.from_token_sets(shingles, num_perm=NUM_PERM, seed=1)
@@ -516,7 +537,8 @@ def datatrove_prepare(records: list[dict], workdir: Path, shards: int) -> list[l
     return order
 
 
-def run_datatrove(records: list[dict], workdir: Path, order: list[list[str]]) -> dict:
+def run_datatrove(records: list[dict], workdir: Path, shape: tuple[int, int],
+                  order: list[list[str]]) -> dict:
     import struct
 
     from datatrove.executor import LocalPipelineExecutor
@@ -531,7 +553,7 @@ def run_datatrove(records: list[dict], workdir: Path, order: list[list[str]]) ->
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.text import TextNormConfig
 
-    bands, rows = lsh_shape()
+    bands, rows = shape
     shards = len(order)
     cores = len(os.sched_getaffinity(0))
     config = MinhashConfig(
@@ -587,16 +609,26 @@ def run_worker(name: str, corpus_path: Path, result_path: Path, workdir: Path) -
         records = [json.loads(line) for line in f]
     prepared = datatrove_prepare(records, workdir, len(os.sched_getaffinity(0))) \
         if name == "datatrove" else None
+    # Not timed, the same for every implementation: importing the libraries. The peers are
+    # given the bands x rows; ours chooses them inside its timed run (so nothing of it is
+    # warmed here).
+    importlib.import_module(LIBRARY_MODULE[name])
+    shape = None if name == "ours" else lsh_shape()
     gc.collect()
     before = psutil.Process().memory_info().rss
+    # Every timed run with Python's cyclic collector paused, as ours pauses it itself: none
+    # of them makes reference cycles, and the collector's passes over the corpus would
+    # otherwise be counted against whichever implementation keeps more objects alive.
+    gc.disable()
     with Monitor() as monitor:
         started = time.perf_counter()
         if name == "datatrove":
-            out = run_datatrove(records, workdir, prepared)
+            out = run_datatrove(records, workdir, shape, prepared)
         else:
             out = {"ours": run_ours, "datasketch": run_datasketch,
-                   "rensa": run_rensa}[name](records, workdir)
+                   "rensa": run_rensa}[name](records, workdir, shape)
         seconds = time.perf_counter() - started
+    gc.enable()
     out.update(
         records=len(records),
         seconds=round(seconds, 2),
@@ -753,6 +785,11 @@ def git_commit() -> dict:
 
 # --------------------------------------------------------------------------- main
 
+PEER_NOT_TIMED = ("Not in it, and done by ours: an exact-duplicate pass (the peer finds "
+                  "exact copies as Jaccard-1 pairs), the id sort, representatives by domain, "
+                  "MinHash estimates of candidates. Given, not timed: bands x rows")
+
+
 def parameters(bands: int, rows: int, cores: int) -> dict[str, dict]:
     """What each implementation was run with, for the report."""
     from cogumi.data.dedup import config_dict
@@ -766,7 +803,22 @@ def parameters(bands: int, rows: int, cores: int) -> dict[str, dict]:
                        "query_all), signatures of exact-group representatives only",
             "verification": "exact Jaccard of Python sets of shingle strings (pairs whose "
                             "MinHash estimate is 5 sd below the threshold rejected first)",
-            "shingling": same},
+            "processes": "this one and, for 20K records or more with 2 or more cores, one "
+                         "helper process it starts (subprocess): the helper normalises, "
+                         "shingles and sketches the later 40% of the characters and checks "
+                         "half of the pairs; its memory and CPU are counted",
+            "shingling": same,
+            "timed_region": "near_duplicates(records): sort by id and check ids unique; "
+                            "choose bands x rows; start the helper; normalise; exact-duplicate "
+                            "groups (normalised instruction and response both equal); "
+                            "signatures of each group's first record; LSH insert and query; "
+                            "MinHash estimate of every candidate pair; exact Jaccard of the "
+                            "pairs not 5 sd below the threshold; union-find over verified "
+                            "pairs and exact groups; one representative per cluster by "
+                            "domain balance, response length, id; a removal entry per removed "
+                            "record (kind, kept id, cluster size, estimated and exact Jaccard "
+                            "to the kept record) and an edge per verified pair (both "
+                            "similarities)"},
         "datasketch": {
             "api": f"MinHash.bulk(shingles, num_perm={NUM_PERM}, seed=1, "
                    "hashfunc=xxhash.xxh32_intdigest) (update_batch per record); "
@@ -775,7 +827,11 @@ def parameters(bands: int, rows: int, cores: int) -> dict[str, dict]:
                    "lsh.query per record",
             "scheme": "affine32 (datasketch 2 default)",
             "verification": "exact Jaccard of Python sets of shingle strings, every candidate",
-            "clusters": "union-find, smallest id kept", "shingling": same},
+            "clusters": "union-find, smallest id kept", "shingling": same,
+            "timed_region": "shingles of every record (normalise, word 3-grams), MinHash.bulk, "
+                            "LSH insert and a query per record; every candidate pair checked "
+                            "on exact Jaccard; union-find, smallest id kept; each removed "
+                            "record's kept id and exact Jaccard to it. " + PEER_NOT_TIMED},
         "rensa": {
             "api": f"RMinHash.from_token_sets(shingles, num_perm={NUM_PERM}, seed=1); "
                    f"RMinHashLSH(threshold={THRESHOLD}, num_perm={NUM_PERM}, "
@@ -783,6 +839,11 @@ def parameters(bands: int, rows: int, cores: int) -> dict[str, dict]:
             "threads": "rensa's default (Rayon, every core)",
             "verification": "exact Jaccard of Python sets of shingle strings, every candidate",
             "clusters": "union-find, smallest id kept", "shingling": same,
+            "timed_region": "shingles of every record (normalise, word 3-grams), "
+                            "from_token_sets, insert_many, query_all; every candidate pair "
+                            "checked on exact Jaccard; union-find, smallest id kept; each "
+                            "removed record's kept id and exact Jaccard to it. "
+                            + PEER_NOT_TIMED,
             "not_used": "the rho sketch (samples token positions: not a full-set MinHash) and "
                         "the duplicate-flag matrix APIs (they return flags, not pairs, so "
                         "nothing can be verified or audited)"},
@@ -806,7 +867,11 @@ def parameters(bands: int, rows: int, cores: int) -> dict[str, dict]:
                          "shorter than 3 words (datatrove: no shingles, never a duplicate), "
                          "of which this corpus has none (every record has at least 8 words)",
             "input": "JSONL shards written before timing (one per core), read by datatrove "
-                     "inside the timed run"},
+                     "inside the timed run",
+            "timed_region": "the four steps (reading the shards, signatures, buckets, "
+                            "clusters, filter writing the removed records), then reading back "
+                            "the .dups pairs and the removed ids; bands x rows are given. It "
+                            "checks no pair, so it does less than the others"},
     }
 
 
@@ -959,7 +1024,10 @@ def main() -> None:
                 "shingles": f"word {NGRAM}-grams"},
         "rounds": args.rounds,
         "measurement": "each implementation in its own subprocess, one after another (round "
-                       "robin when rounds > 1; seconds is the median round); peak RSS summed "
+                       "robin when rounds > 1; seconds is the median round); what each timed "
+                       "run contains is its parameters' timed_region; in every one Python's "
+                       "cyclic garbage collector is paused and the libraries are imported "
+                       "before the clock starts; peak RSS summed "
                        "over that subprocess and every process it started, sampled every "
                        "50 ms (rss_mb_before: that process with the corpus loaded, before "
                        "the timed run); other_processes_cpu_share: share of the machine's "

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cogumi.data import dedup
 from cogumi.data.dedup import (
     DedupConfig,
     UnionFind,
@@ -287,6 +288,44 @@ def test_batches_and_threads_give_the_same_result():
     assert whole.stats["near_duplicates_removed"] >= 95
     with pytest.raises(ValueError, match="batch_records"):
         DedupConfig(batch_records=0)
+
+
+def test_helper_process_gives_the_same_result(monkeypatch):
+    """With two workers a helper process takes the later records' shingling and half of the
+    exact checks; nothing of the result may depend on it: exact copies across the two
+    shares, near pairs across them and chains included."""
+    rng = random.Random(43)
+    records = []
+    for k in range(120):
+        base = words_text(rng, 40)
+        records.append(record(f"{k:03d}a", "q", base, domain=("math", "code")[k % 2]))
+        if k % 2 == 0:
+            records.append(record(f"{k:03d}b", "q", edited(rng, base, 0.88)))
+        if k % 5 == 0:  # a chain: a copy of the edited copy, edited again
+            records.append(record(f"{k:03d}c", "q", edited(rng, records[-1]["response"], 0.9)))
+    # Exact copies whose first copy is early and whose repeat is in the helper's share.
+    records += [record(f"z{k:03d}", " Q ", records[k]["response"].upper()) for k in range(0, 60, 6)]
+    monkeypatch.setattr(dedup, "_PROCESS_MIN_RECORDS", 10)
+    alone = near_duplicates(records, DedupConfig(workers=1))
+    helped = near_duplicates(records, DedupConfig(workers=2))
+    assert (alone.stats["processes"], helped.stats["processes"]) == (1, 2)
+    assert helped.keep_ids == alone.keep_ids and helped.removed == alone.removed
+    assert helped.edges == alone.edges
+    # Each copy or its first is removed (as "near" when its cluster keeps a near-duplicate).
+    removed = {r["id"] for r in alone.removed}
+    assert all(f"z{k:03d}" in removed or records[k]["id"] in removed for k in range(0, 60, 6))
+    assert alone.stats["exact_duplicates_removed"] >= 5
+    assert alone.stats["near_duplicates_removed"] >= 60
+    assert any(r["jaccard"] < 0.8 for r in alone.removed)  # a chain, checked by no pair
+
+
+def test_a_failing_helper_process_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(dedup, "_PROCESS_MIN_RECORDS", 1)
+    monkeypatch.setattr(dedup, "_HELPER_CODE", "import sys; sys.exit(3)")
+    records = [record(f"{k}", "q", f"words {k} and more words here") for k in range(4)]
+    with pytest.raises(RuntimeError, match=r"helper process ended without an answer "
+                                           r"\(exit code 3\)"):
+        near_duplicates(records, DedupConfig(workers=2))
 
 
 def test_deterministic_for_a_seed():

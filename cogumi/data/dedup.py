@@ -44,18 +44,29 @@ The pipeline, in order:
 7. One representative per cluster (see ``_choose_representatives``): the member whose
    domain has the fewest records kept so far, then the longest response, then the smallest
    id.
+
+Speed. Shingling is Python code holding the GIL, so with ``workers`` of 2 or more (None:
+every core) and at least 20K records, a helper process (``_Helper``, a subprocess) normalises,
+shingles and sketches the later records (about 40% of the characters) while this process does
+the rest, and later checks half of the candidate pairs; the result is the same as with one
+process (a test checks). Python's cyclic garbage collector is paused during the call.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+import pickle
+import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from operator import itemgetter
 
 import numpy as np
 
@@ -76,7 +87,8 @@ class DedupConfig:
     workers: int | None = None
     """Threads rensa may use (Rayon's RAYON_NUM_THREADS, which Rayon reads once per process,
     when rensa first starts its threads: a later call cannot change it); None leaves rensa's
-    default, every core."""
+    default, every core. Two or more (None on a machine with two or more cores) also lets a
+    helper process take a share of the Python shingling on 20K records or more."""
     seed: int = 1
     verify: str = "exact"
     """"exact" (Jaccard of shingle sets) or "estimated" (MinHash agreement)."""
@@ -123,7 +135,7 @@ class DedupResult:
     estimated_jaccard, jaccard. Pairs inside an exact-duplicate group are not listed."""
     stats: dict = field(default_factory=dict)
     """records, threshold, num_perm, signature_slots, bands, rows, shingle, ngram, verify,
-    seed, workers, minhash (library and version), lsh_weights, candidate_probability_at
+    seed, workers, processes (2 when a helper process shared the work), minhash (library and version), lsh_weights, candidate_probability_at
     (P(candidate) at several similarities), candidate_pairs, exact_checked_pairs,
     verified_pairs, exact_duplicates_removed, near_duplicates_removed, removed, clusters
     (with two or more members), largest_cluster, large_buckets, records_without_shingles,
@@ -145,6 +157,15 @@ def _record_text(instruction: str, response: str) -> tuple[str, int]:
     return (f"{inst} {resp}" if inst and resp else inst or resp), len(inst)
 
 
+def _word_ngrams(words: list[str], n: int) -> list[str]:
+    """Word n-grams joined by single spaces (fewer than n words: one, all of them)."""
+    if len(words) <= n:
+        return [" ".join(words)] if words else []
+    if n == 3:  # the default; an f-string is the cheapest way to build them
+        return [f"{a} {b} {c}" for a, b, c in zip(words, words[1:], words[2:], strict=False)]
+    return list(map(" ".join, zip(*[words[k:] for k in range(n)], strict=False)))
+
+
 def shingles(text: str, shingle: str = "word", n: int = 3) -> list[str]:
     """The shingles of an (already normalised) text, repeats kept: word n-grams joined by
     single spaces, or character n-grams. A text shorter than n words (or characters) is one
@@ -152,10 +173,7 @@ def shingles(text: str, shingle: str = "word", n: int = 3) -> list[str]:
     if not text:
         return []
     if shingle == "word":
-        words = text.split()
-        if len(words) <= n:
-            return [" ".join(words)]
-        return list(map(" ".join, zip(*[words[k:] for k in range(n)], strict=False)))
+        return _word_ngrams(text.split(), n)
     if shingle == "char":
         if len(text) <= n:
             return [text]
@@ -205,18 +223,27 @@ def optimal_bands_rows(threshold: float, num_perm: int, false_positive_weight: f
                        false_negative_weight: float = 0.5) -> tuple[int, int]:
     """(bands, rows) minimising fp_weight * FP area + fn_weight * FN area, as datasketch's
     ``_optimal_param``: FP area = integral over [0, t] of P(candidate | s), FN area = integral
-    over [t, 1] of 1 - P(candidate | s). Integrals by the trapezoid rule on 4097 points
+    over [t, 1] of 1 - P(candidate | s). Integrals by the trapezoid rule on 1025 points
     (datasketch uses scipy's quad; the choices agree, which a test checks)."""
-    below = np.linspace(0.0, threshold, 4097)
-    above = np.linspace(threshold, 1.0, 4097)
+    below = np.linspace(0.0, threshold, 1025)
+    above = np.linspace(threshold, 1.0, 1025)
     best, best_error = (0, 0), math.inf
-    for bands in range(1, num_perm + 1):
-        for rows in range(1, num_perm // bands + 1):
-            fp = _trapezoid(_collision_probability(below, bands, rows), below)
-            fn = _trapezoid(1.0 - _collision_probability(above, bands, rows), above)
-            error = fp * false_positive_weight + fn * false_negative_weight
-            if error < best_error:
-                best, best_error = (bands, rows), error
+    for rows in range(1, num_perm + 1):
+        # Every band count for these rows at once, (1 - s^r)^b as exp(b * log1p(-s^r)): a
+        # loop of pow over every shape on 4097 points took 0.2 s per process, inside phase
+        # 0's dedup time; this takes about 0.03 s, and on thresholds 0.3 to 0.95 with 16 to
+        # 256 permutations it chose the same shapes as that loop and datasketch.
+        bands = np.arange(1, num_perm // rows + 1, dtype=np.float64)[:, None]
+        with np.errstate(divide="ignore"):  # s = 1: log1p(-1) = -inf, exp(-inf) = 0
+            miss_below = np.exp(bands * np.log1p(-below ** rows))
+            miss_above = np.exp(bands * np.log1p(-above ** rows))
+        fp = _trapezoid(1.0 - miss_below, below, axis=1)
+        fn = _trapezoid(miss_above, above, axis=1)
+        error = fp * false_positive_weight + fn * false_negative_weight
+        at = int(np.argmin(error))
+        # Ties keep the fewest bands, then the fewest rows, as datasketch's loop does.
+        if error[at] < best_error or (error[at] == best_error and at + 1 < best[0]):
+            best, best_error = (at + 1, rows), float(error[at])
     return best
 
 
@@ -248,10 +275,11 @@ class UnionFind:
 
     def groups(self) -> dict[int, list[int]]:
         """Root -> members (ascending), for every set with more than one member."""
+        parent, size = self.parent, self.size
         out: dict[int, list[int]] = {}
-        for x in range(len(self.parent)):
-            if self.size[self.find(x)] > 1:
-                out.setdefault(self.find(x), []).append(x)
+        # Members of sets with more than one: every non-root, and the roots that have some.
+        for x in [x for x in range(len(parent)) if parent[x] != x or size[x] > 1]:
+            out.setdefault(self.find(x), []).append(x)
         return out
 
 
@@ -268,6 +296,135 @@ class _Laps:
         now = time.perf_counter()
         self.timings[name] = round(now - self._clock, 4)
         self._clock = now
+
+
+# --------------------------------------------------------------------------- a second process
+
+_PROCESS_MIN_RECORDS = 10_000
+"""Fewest records per process before a helper process is started: starting one costs about
+0.2 s of CPU, which shingling about 10K records takes."""
+
+_HELPER_CODE = (
+    "import pickle, sys\n"
+    "sys.path[:0] = pickle.load(sys.stdin.buffer)\n"
+    "out, sys.stdout = sys.stdout.buffer, sys.stderr  # stdout carries pickles only\n"
+    "from cogumi.data.dedup import _serve\n"
+    "_serve(sys.stdin.buffer, out)\n")
+
+
+def _prepare_share(parts: list[tuple[str, str]], shingle: str, n: int, slots: int, seed: int,
+                   batch: int) -> tuple[list[tuple[str, int]], list[int], list]:
+    """For consecutive records given as (instruction, response): each one's exact-duplicate
+    key (see _record_text), the positions of the first record with each key (in this share;
+    a later share may still find the key in an earlier one), and their rensa signatures, a
+    batch of records per call (bounds the shingle strings held)."""
+    import rensa
+
+    keys: list[tuple[str, int]] = []
+    firsts: list[int] = []
+    sketches: list = []
+    first_with: dict[tuple[str, int], int] = {}
+    for lo in range(0, len(parts), batch):
+        tokens = []
+        for k, (instruction, response) in enumerate(parts[lo:lo + batch], lo):
+            # _record_text's key, from words split once for the key and the shingles both.
+            instruction_words = instruction.lower().split()
+            words = instruction_words + response.lower().split()
+            key = (" ".join(words), len(" ".join(instruction_words)))
+            keys.append(key)
+            if first_with.setdefault(key, k) == k:
+                firsts.append(k)
+                tokens.append(_word_ngrams(words, n) if shingle == "word"
+                              else shingles(key[0], shingle, n))
+        sketches += rensa.RMinHash.from_token_sets(tokens, num_perm=slots, seed=seed)
+    return keys, firsts, sketches
+
+
+def _pair_jaccards(texts: dict[int, str], left: list[int], right: list[int], shingle: str,
+                   n: int) -> list[float]:
+    """Exact Jaccard of each pair's shingle sets, each set built once."""
+    sets = {i: set(shingles(text, shingle, n)) for i, text in texts.items()}
+    return [exact_jaccard(sets[i], sets[j]) for i, j in zip(left, right, strict=True)]
+
+
+def _serve(requests, replies) -> None:
+    """The helper process: answer pickled (task, args) requests until stdin closes."""
+    tasks = {"prepare_share": _prepare_share, "pair_jaccards": _pair_jaccards}
+    gc.disable()  # as in near_duplicates: nothing here can form a cycle
+    while True:
+        try:
+            task, args = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            reply = (True, tasks[task](*args))
+        except Exception as error:  # noqa: BLE001 - sent back, raised in the parent
+            reply = (False, f"{type(error).__name__}: {error}")
+        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
+        replies.flush()
+
+
+class _Helper:
+    """A second Python process that takes a share of the shingling (Python code that holds
+    the GIL, so threads cannot split it): the parent sends a task, does its own share, then
+    reads the answer. Started with subprocess rather than multiprocessing, so the caller's
+    main module is never re-imported; rensa in it uses one thread."""
+
+    def __init__(self):
+        env = dict(os.environ, RAYON_NUM_THREADS="1")
+        self._process = subprocess.Popen([sys.executable, "-c", _HELPER_CODE],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         env=env)
+        self._writer: threading.Thread | None = None
+        self._send(list(sys.path))
+
+    def _send(self, payload: object) -> None:
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._writer is not None:
+            self._writer.join()
+
+        def write() -> None:
+            try:
+                self._process.stdin.write(data)
+                self._process.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass  # the process died; result() says so
+
+        # Written from a thread: the pipe takes 64 KB at a time and the helper may still be
+        # starting, so the parent goes on with its own share meanwhile.
+        self._writer = threading.Thread(target=write, daemon=True)
+        self._writer.start()
+
+    def submit(self, task: str, *args) -> None:
+        self._send((task, args))
+
+    def result(self):
+        try:
+            ok, value = pickle.load(self._process.stdout)
+        except (EOFError, pickle.UnpicklingError) as error:
+            try:
+                code = self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise RuntimeError(f"dedup helper process ended without an answer (exit code "
+                               f"{code}): {error or 'no output'}") from None
+        if not ok:
+            raise RuntimeError(f"dedup helper process failed: {value}")
+        return value
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.join(timeout=5)
+        try:
+            self._process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process.stdout.close()
 
 
 def _choose_representatives(records: list[dict], groups: list[list[int]]) -> list[int]:
@@ -306,14 +463,41 @@ def near_duplicates(records: Iterable[dict], config: DedupConfig | None = None
     representatives). Ids must be unique.
     """
     config = config or DedupConfig()
+    # The cyclic garbage collector is paused for the call: it would walk every record dict
+    # and shingle list again each time enough new lists pile up (about 0.4 s of 5 on 66K
+    # records), and nothing made here can form a cycle.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _near_duplicates(records, config)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _near_duplicates(records: Iterable[dict], config: DedupConfig) -> DedupResult:
     laps = _Laps()
-    records = sorted(records, key=lambda r: r["id"])
+    records = sorted(records, key=itemgetter("id"))
     n = len(records)
     for prev, cur in zip(records, records[1:], strict=False):
         if prev["id"] == cur["id"]:
             raise ValueError(f"duplicate record id {cur['id']!r}")
     laps.lap("sort")
-    rensa = _rensa(config.workers)
+    processes = 2 if (_worker_count(config.workers) > 1
+                      and n >= 2 * _PROCESS_MIN_RECORDS) else 1
+    # Started first: it imports numpy and rensa while this process finds exact duplicates.
+    helper = _Helper() if processes > 1 else None
+    try:
+        return _prepare(records, config, laps, helper)
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+def _prepare(records: list[dict], config: DedupConfig, laps: _Laps, helper: _Helper | None
+             ) -> DedupResult:
+    n = len(records)
+    _rensa(config.workers)  # before rensa first runs: Rayon reads its thread cap once
     bands, rows = optimal_bands_rows(config.threshold, config.num_perm,
                                      config.false_positive_weight, config.false_negative_weight)
     stats = {
@@ -321,7 +505,8 @@ def near_duplicates(records: Iterable[dict], config: DedupConfig | None = None
         "signature_slots": bands * rows, "bands": bands, "rows": rows,
         "shingle": config.shingle, "ngram": config.n, "verify": config.verify,
         "seed": config.seed, "workers": _worker_count(config.workers),
-        "minhash": f"rensa {_version('rensa')} RMinHash + RMinHashLSH",
+        "processes": 1 if helper is None else 2,
+        "minhash": None,  # filled while a helper works: reading the version takes 0.15 s
         "lsh_weights": {"false_positive": config.false_positive_weight,
                         "false_negative": config.false_negative_weight},
         "candidate_probability_at": {
@@ -329,57 +514,85 @@ def near_duplicates(records: Iterable[dict], config: DedupConfig | None = None
             for s in (0.5, 0.7, config.threshold, 0.85, 0.9, 0.95)},
     }
     if n == 0:
+        stats["minhash"] = _minhash_name()
         stats.update(exact_duplicates_removed=0, near_duplicates_removed=0, removed=0,
                      candidate_pairs=0, exact_checked_pairs=0, verified_pairs=0, clusters=0,
                      largest_cluster=0, large_buckets=0, records_without_shingles=0,
                      seconds=0.0, timings={})
         return DedupResult(set(), [], [], stats)
-    return _deduplicate(records, config, rensa, stats, laps)
+    return _deduplicate(records, config, stats, laps, helper)
 
 
-@lru_cache(maxsize=4)
-def _version(package: str) -> str:
+@lru_cache(maxsize=1)
+def _minhash_name() -> str:
     from importlib import metadata
 
-    return metadata.version(package)
+    return f"rensa {metadata.version('rensa')} RMinHash + RMinHashLSH"
 
 
-def _deduplicate(records: list[dict], config: DedupConfig, rensa, stats: dict, laps: _Laps
-                 ) -> DedupResult:
+def _split_at(weights: list[int], share: float) -> int:
+    """The index that leaves about ``share`` of the total weight after it."""
+    total, running = sum(weights), 0
+    for index, weight in enumerate(weights):
+        if running >= total * (1 - share):
+            return index
+        running += weight
+    return len(weights)
+
+
+def _deduplicate(records: list[dict], config: DedupConfig, stats: dict, laps: _Laps,
+                 helper: _Helper | None) -> DedupResult:
     n = len(records)
     bands, rows = stats["bands"], stats["rows"]
     slots = bands * rows
 
-    # Exact duplicates: every record points at its group's first (smallest id) member.
-    texts: list[str] = []
+    # Exact-duplicate keys and signatures: with a helper, it takes the later records (about
+    # 40% of the characters: it also starts up, and pickles its signatures back) while this
+    # process does the first; each sketches the first record with each key in its share.
+    parts = [(r.get("instruction") or "", r.get("response") or "") for r in records]
+    share_args = (config.shingle, config.n, slots, config.seed, config.batch_records)
+    cut = n if helper is None else _split_at([len(a) + len(b) for a, b in parts], 0.4)
+    if cut < n:
+        helper.submit("prepare_share", parts[cut:], *share_args)
+    keys, firsts, sketches = _prepare_share(parts[:cut], *share_args)
+    stats["minhash"] = _minhash_name()
+    laps.lap("signatures")
+    if cut < n:
+        their_keys, their_firsts, their_sketches = helper.result()
+        keys += their_keys
+        firsts += [cut + k for k in their_firsts]
+        sketches += their_sketches
+        del their_keys, their_firsts, their_sketches
+    del parts
+
+    # Exact duplicates: every record points at its group's first (smallest id) member; only
+    # those keep their signatures.
     first_with: dict[tuple[str, int], int] = {}
-    canonical = np.empty(n, dtype=np.int64)
-    for index, r in enumerate(records):
-        key = _record_text(r.get("instruction") or "", r.get("response") or "")
-        texts.append(key[0])
-        canonical[index] = first_with.setdefault(key, index)
+    canonical = np.fromiter((first_with.setdefault(key, index) for index, key in enumerate(keys)),
+                            dtype=np.int64, count=n)
     del first_with
-    unique = np.flatnonzero(canonical == np.arange(n))
+    texts = [key[0] for key in keys]
+    del keys
+    is_first = canonical == np.arange(n)
+    unique = np.flatnonzero(is_first)
+    if unique.size < len(sketches):  # a later share's first copy of an earlier share's key
+        sketches = [sketch for sketch, keep in zip(sketches, is_first[firsts].tolist(),
+                                                   strict=True) if keep]
+    del firsts
     position = np.full(n, -1, dtype=np.int64)  # record index -> its row among `unique`
     position[unique] = np.arange(unique.size)
     laps.lap("exact")
 
-    # Signatures of the representatives of exact groups, a batch of records per call.
-    sketches = []
-    step = config.batch_records
-    unique_list = unique.tolist()
-    for lo in range(0, len(unique_list), step):
-        sketches += rensa.RMinHash.from_token_sets(
-            [shingles(texts[i], config.shingle, config.n) for i in unique_list[lo:lo + step]],
-            num_perm=slots, seed=config.seed)
-    laps.lap("signatures")
-
     # LSH: candidates of each representative after it in id order, capped (see
     # max_bucket_pairs).
+    import rensa
+
     lsh = rensa.RMinHashLSH(threshold=config.threshold, num_perm=slots, num_bands=bands)
     lsh.insert_many(sketches)  # keys are positions in `unique`
     left_list, right_list, large_buckets = [], [], 0
     for k, hits in enumerate(lsh.query_all(sketches)):
+        if len(hits) < 2:  # only itself: most records
+            continue
         later = sorted(j for j in hits if j > k)
         if len(later) > config.max_bucket_pairs:
             large_buckets += 1
@@ -405,12 +618,21 @@ def _deduplicate(records: list[dict], config: DedupConfig, rensa, stats: dict, l
         # below it.
         margin = 5.0 * math.sqrt(config.threshold * (1 - config.threshold) / slots)
         plausible = np.flatnonzero(estimated >= config.threshold - margin)
-        for i in np.unique(np.concatenate((left[plausible], right[plausible]))).tolist():
+        checked_left, checked_right = left[plausible].tolist(), right[plausible].tolist()
+        # With a helper, it checks the later half of the pairs (they are in id order of
+        # their first record) from the texts of their records; this process the rest.
+        cut = len(checked_left) if helper is None else len(checked_left) // 2
+        if cut < len(checked_left):
+            theirs = set(checked_left[cut:]) | set(checked_right[cut:])
+            helper.submit("pair_jaccards", {i: texts[i] for i in theirs},
+                          checked_left[cut:], checked_right[cut:], config.shingle, config.n)
+        for i in set(checked_left[:cut]) | set(checked_right[:cut]):
             shingle_sets[i] = set(shingles(texts[i], config.shingle, config.n))
-        exact[plausible] = np.fromiter(
-            (exact_jaccard(shingle_sets[i], shingle_sets[j])
-             for i, j in zip(left[plausible].tolist(), right[plausible].tolist(), strict=True)),
-            dtype=np.float64, count=plausible.size)
+        values = [exact_jaccard(shingle_sets[i], shingle_sets[j])
+                  for i, j in zip(checked_left[:cut], checked_right[:cut], strict=True)]
+        if cut < len(checked_left):
+            values += helper.result()
+        exact[plausible] = values
         verified = exact >= config.threshold  # NaN (not checked) compares False
         stats["exact_checked_pairs"] = int(plausible.size)
     else:
@@ -444,15 +666,26 @@ def _deduplicate(records: list[dict], config: DedupConfig, rensa, stats: dict, l
                 entry.update(kind="near", estimated_jaccard=None, jaccard=None)
             removed.append(entry)
     # Similarity of each near removal to what was kept (below the threshold only when the
-    # two are linked through other verified pairs). Every near removal and its keeper are in
-    # a verified pair, so their shingle sets are built.
+    # two are linked through other verified pairs): a verified pair's own value, else from
+    # the shingle sets (built here when the helper checked their pairs).
+    verified_exact = dict(zip(zip(left[verified].tolist(), right[verified].tolist(),
+                                  strict=True), exact[verified].tolist(), strict=True))
+
+    def shingle_set(i: int) -> set:
+        if i not in shingle_sets:
+            shingle_sets[i] = set(shingles(texts[i], config.shingle, config.n))
+        return shingle_sets[i]
+
     near_entries = (entry for entry in removed if entry["kind"] == "near")
     for (member, keeper), entry in zip(near_pairs, near_entries, strict=True):
         entry["estimated_jaccard"] = round(
             sketches[position[member]].jaccard(sketches[position[keeper]]), 4)
         if config.verify == "exact":
-            entry["jaccard"] = round(exact_jaccard(shingle_sets[member], shingle_sets[keeper]),
-                                     4)
+            pair = (min(member, keeper), max(member, keeper))
+            value = verified_exact.get(pair)
+            if value is None:
+                value = exact_jaccard(shingle_set(member), shingle_set(keeper))
+            entry["jaccard"] = round(value, 4)
     removed.sort(key=lambda r: r["id"])
     removed_ids = {r["id"] for r in removed}
     keep_ids = {r["id"] for r in records if r["id"] not in removed_ids}
