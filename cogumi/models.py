@@ -97,10 +97,44 @@ def spm_bpe_tokenizer_from_gguf(tokens: list[str], scores: list[float], token_ty
     return tokenizer
 
 
-def _gguf_tokenizer(gguf_path: Path):
-    """The tokenizer of a GGUF file; Gemma's SentencePiece-BPE vocabulary is rebuilt (above).
+def match_gguf_tokens_whole(tokenizer, tokens: list[str], token_types: list[int],
+                            eos_token_id: int | None = None):
+    """The GGUF's control and user-defined tokens matched whole, as llama.cpp matches them,
+    and its EOS as the tokenizer's.
 
-    Only Gemma: other "llama"-type vocabularies (Llama 2) add a prefix space, which
+    Why: for a GPT-2-type vocabulary (Qwen2.5) transformers 5.17's GGUF converter registers
+    only some of the control tokens (the chat ones); the rest (<|fim_prefix|>, <|repo_name|>,
+    ...) and the user-defined <tool_call> are split into characters, while llama.cpp reads
+    each as its one id. Its EOS is <|endoftext|>, where the GGUF (and so llama.cpp) ends a
+    turn at tokenizer.ggml.eos_token_id (<|im_end|>). Tokens the tokenizer already holds whole
+    keep their ids; tests/test_models.py checks the result against llama.cpp id for id.
+    """
+    from tokenizers import AddedToken
+
+    have = set(tokenizer.get_added_vocab())
+    for gguf_id, (t, kind) in enumerate(zip(tokens, token_types, strict=True)):
+        if kind not in (_GGUF_CONTROL, _GGUF_USER_DEFINED) or t in have:
+            continue
+        # One at a time, in id order: a token the vocabulary lacks gets the next free id,
+        # which must then be the GGUF's.
+        token = AddedToken(t, normalized=False, special=kind == _GGUF_CONTROL)
+        if kind == _GGUF_CONTROL:
+            tokenizer._tokenizer.add_special_tokens([token])
+        else:
+            tokenizer._tokenizer.add_tokens([token])
+        if tokenizer.convert_tokens_to_ids(t) != gguf_id:
+            raise RuntimeError(f"GGUF token {t!r} is id {gguf_id}, but the tokenizer "
+                               f"transformers built gives it {tokenizer.convert_tokens_to_ids(t)}")
+    if eos_token_id is not None and tokenizer.eos_token_id != eos_token_id:
+        tokenizer.eos_token = tokens[eos_token_id]
+    return tokenizer
+
+
+def _gguf_tokenizer(gguf_path: Path):
+    """The tokenizer of a GGUF file; Gemma's SentencePiece-BPE vocabulary is rebuilt (above),
+    and every other one gets the GGUF's special tokens matched whole (match_gguf_tokens_whole).
+
+    Only Gemma is rebuilt: other "llama"-type vocabularies (Llama 2) add a prefix space, which
     transformers' own converter handles with merges already.
     """
     from transformers import AutoTokenizer
@@ -110,7 +144,11 @@ def _gguf_tokenizer(gguf_path: Path):
     meta = checkpoint["tokenizer"]
     if (not str(checkpoint["config"].get("model_type", "")).startswith("gemma")
             or meta.get("tokenizer_type") != "llama" or "merges" in meta):
-        return AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        if "token_type" in meta:
+            match_gguf_tokens_whole(tokenizer, meta["tokens"], meta["token_type"],
+                                    meta.get("eos_token_id"))
+        return tokenizer
     tokens = meta["tokens"]
     special = {name: tokens[meta[f"{name}_id"]]
                for name in ("bos_token", "eos_token", "unk_token", "pad_token")
