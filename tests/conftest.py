@@ -22,3 +22,14 @@ def profile_with(tmp_path: Path, extra_toml: str, base: str = "tiny"):
     path = tmp_path / f"{base}-variant.toml"
     path.write_text(text)
     return parse_profile(text, str(path)), path
+
+
+@pytest.fixture(scope="session")
+def tiny_f32_gguf(tmp_path_factory):
+    """The tiny fixture Llama exported by 2C's converter to F32 GGUF, once per session:
+    (folder holding f32.gguf, the converter's pre-tokenizer decision)."""
+    from cogumi.compression import gguf_export as G
+    out = tmp_path_factory.mktemp("tiny-gguf")
+    decision = G.convert_to_gguf(ROOT / "fixtures" / "tiny-llama", out / "f32.gguf", "F32",
+                                 out / "convert.log")
+    return out, decision
