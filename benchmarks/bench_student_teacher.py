@@ -127,6 +127,9 @@ def main() -> int:
     ap.add_argument("--tasks", default="gsm8k,humaneval,gpqa,bfcl")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--items", type=Path, default=ITEMS)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the (model, benchmark) results already in --out and --items "
+                         "(same sample and settings) and measure only the missing ones")
     ap.add_argument("--published-only", action="store_true",
                     help="rewrite only the published figures of an existing result file "
                          "from PUBLISHED (measures nothing)")
@@ -150,7 +153,8 @@ def main() -> int:
 
     profile = load_profile(PROFILE)
     wanted = args.tasks.split(",")
-    tasks = [t for t in tasks_of(profile) if t.name in wanted]
+    tasks = sorted((t for t in tasks_of(profile) if t.name in wanted),
+                   key=lambda t: wanted.index(t.name))
     max_new = args.max_new_tokens or profile.eval.max_new_tokens
     settings = GenerationSettings(max_new_tokens=max_new, temperature=0.0, seed=0, samples=1)
     models = args.models.split(",")
@@ -176,6 +180,19 @@ def main() -> int:
         "results": {m: {} for m in models},
     }
     item_out: list[str] = []
+    if args.resume and args.out.is_file():
+        before = json.loads(args.out.read_text())
+        if before["sample"] != result["sample"] or before["settings"] != result["settings"]:
+            raise SystemExit(f"{args.out}: --resume needs the same sample and settings")
+        for key in models:
+            result["results"][key] = before["results"].get(key, {})
+        result["earlier_runs"] = [*before.get("earlier_runs", []),
+                                  {k: before[k] for k in ("command", "git_commit", "machine",
+                                                          "recorded_at", "wall_s")
+                                   if k in before}]
+        item_out = [line for line in args.items.read_text().splitlines()
+                    if (lambda r: r["task"] in result["results"].get(r["model"], {}))(
+                        json.loads(line))]
 
     def write():
         args.out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
@@ -197,7 +214,7 @@ def main() -> int:
     with (teacher_ctx if teacher_ctx is not None else _nothing()) as teacher_be:
         for task in tasks:
             for key, backend in (("student", student_backend), ("teacher", teacher_be)):
-                if backend is None:
+                if backend is None or task.name in result["results"][key]:
                     continue
                 print(f"{key} {task.name}: {args.limit} items ...", flush=True)
                 report = evaluate(backend, [task], settings, limit=args.limit,

@@ -6,8 +6,8 @@ its retries, failure counts by reason, cache and price table. A local teacher
 (`[teacher] source = "served-gguf"`) is a GGUF that cogumi serves itself for the length of
 a `with` block: llama-cpp-python's own server (`python -m llama_cpp.server`, its `server`
 extra) in a child process on a free loopback port, health-checked on /v1/models before the
-first request, and stopped when the block ends, on an exception too. The child also gets
-SIGTERM if cogumi's process dies without unwinding (Linux: PR_SET_PDEATHSIG).
+first request, and stopped when the block ends, on an exception too. The child is killed
+if cogumi's process dies without unwinding (Linux: PR_SET_PDEATHSIG).
 
 ```python
 with teacher_backend(profile.teacher) as teacher:   # an OpenAIBackend
@@ -47,7 +47,9 @@ def free_loopback_port() -> int:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        # SIGKILL, not SIGTERM: on SIGTERM uvicorn waits for the request in flight, which on a
+        # busy CPU is minutes of generation nobody will read (seen when the bench was killed).
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
