@@ -182,7 +182,8 @@ def main() -> int:
     item_out: list[str] = []
     if args.resume and args.out.is_file():
         before = json.loads(args.out.read_text())
-        if before["sample"] != result["sample"] or before["settings"] != result["settings"]:
+        if (before["sample"] != result["sample"]
+                or before["settings"] != json.loads(json.dumps(result["settings"]))):
             raise SystemExit(f"{args.out}: --resume needs the same sample and settings")
         for key in models:
             result["results"][key] = before["results"].get(key, {})
