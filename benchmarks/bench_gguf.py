@@ -156,7 +156,7 @@ def prepare(profile_name: str, work: Path) -> tuple[Path, Path | None, bool, obj
     profile = load_profile(profile_name)
     hf = work / "hf"
     vocab = None
-    if profile.model.source == "gguf-package":
+    if profile.model.from_gguf:
         where, extra = model_location(profile.model, ROOT)
         vocab = Path(where) / extra["gguf_file"]
     if not (hf / "config.json").exists():

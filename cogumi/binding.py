@@ -139,6 +139,11 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
             files.append(m.path)  # a folder: every file in it
         elif m.source == "hub":
             refs[f"hub:{m.hub_id}"] = {"hub_id": m.hub_id, "revision": None}
+        elif m.source == "gguf-parts":  # the assembled file's pinned sha256 is its identity
+            from cogumi.locations import part_packaged_gguf
+            gguf = part_packaged_gguf(m.parts)
+            refs[f"gguf-parts:{m.parts}"] = {"parts": list(gguf.distributions),
+                                              "version": gguf.version, "sha256": gguf.sha256}
         else:
             refs[f"package:{m.package}"] = _package_ref(m.package)
     if "eval" in tables:

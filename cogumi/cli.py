@@ -191,7 +191,7 @@ def _summary(args) -> int:
 def cmd_plan(args) -> int:
     profile = _load(args)
     m, t = profile.model, profile.training
-    where = m.hub_id or m.path or m.package
+    where = m.hub_id or m.path or m.package or m.parts
     console.print(f"[bold]profile {profile.name}[/]: {profile.description}")
     console.print(f"model {where} ({m.parameters / 1e9:.3g} B parameters, {m.dtype}); "
                   f"{len(profile.data.sources)} data sources; training {t.backend} rank "

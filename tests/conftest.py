@@ -40,3 +40,14 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_f32_gguf(tmp_path_factory):
+    """The tiny fixture Llama exported by 2C's converter to F32 GGUF, once per session:
+    (folder holding f32.gguf, the converter's pre-tokenizer decision)."""
+    from cogumi.compression import gguf_export as G
+    out = tmp_path_factory.mktemp("tiny-gguf")
+    decision = G.convert_to_gguf(ROOT / "fixtures" / "tiny-llama", out / "f32.gguf", "F32",
+                                 out / "convert.log")
+    return out, decision

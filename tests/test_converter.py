@@ -68,7 +68,7 @@ def offline_pip(tmp_path, monkeypatch):
 
 def test_the_pin_is_the_llama_cpp_python_that_reads_the_files():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert f"llama-cpp-python=={C.LLAMA_CPP_PYTHON_VERSION}" in deps
+    assert f"llama-cpp-python[server]=={C.LLAMA_CPP_PYTHON_VERSION}" in deps
     assert len(C.SDIST_SHA256) == 64
 
 

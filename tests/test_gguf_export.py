@@ -33,9 +33,8 @@ TEXTS = ["Which number is the largest? 131, 125, 67 or 104.",
 
 
 @pytest.fixture(scope="module")
-def tiny_q5(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gguf")
-    decision = G.convert_to_gguf(TINY, out / "f32.gguf", "F32", out / "convert.log")
+def tiny_q5(tiny_f32_gguf):
+    out, decision = tiny_f32_gguf  # the session's export (tests/conftest.py)
     G.quantize(out / "f32.gguf", out / "q5.gguf", "Q5_K_M", 2, out / "quantize.log")
     return out, decision
 

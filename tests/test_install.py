@@ -90,6 +90,7 @@ def test_an_installed_copy_inside_another_repository_is_not_its_commit(tmp_path,
     ([], "dev"),
     (["--profile", "gemma-270m"], "dev,gemma"),
     (["--profile=gemma-270m", "--keep-going"], "dev,gemma"),
+    (["--profile", "qwen-coder-0.5b"], "dev,qwen"),
     (["--profile", "cogumi/profiles/llama-3.1-8b.toml"], "dev,gpu,unsloth"),
 ])
 def test_nox_picks_the_profiles_extras(posargs, extras):

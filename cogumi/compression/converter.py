@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from cogumi.locations import CACHE_ENV, cache_root  # noqa: F401 - CACHE_ENV: re-exported
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 """Must equal the llama-cpp-python pin in pyproject.toml (tests/test_converter.py checks):
@@ -47,7 +48,6 @@ EXTRACTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "LICENSE", "con
 """What is taken from vendor/llama.cpp/: the two converters, the package the HF converter
 imports, the gguf-py it needs, and the licences (MIT)."""
 SCRIPTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")
-CACHE_ENV = "COGUMI_CACHE_DIR"
 FETCH_COMMAND = "cogumi fetch-converter"
 RECORD = "cogumi-record.json"
 """Written last into the extracted folder: the sdist's sha256 and every file's sha256."""
@@ -55,16 +55,6 @@ RECORD = "cogumi-record.json"
 
 class ConverterUnavailable(RuntimeError):
     """The converter is not in the cache and cannot be put there; one line with the fix."""
-
-
-def cache_root() -> Path:
-    """cogumi's cache directory: $COGUMI_CACHE_DIR, else the platform's user cache folder
-    (~/.cache/cogumi on Linux, honouring XDG_CACHE_HOME)."""
-    given = os.environ.get(CACHE_ENV, "").strip()
-    if given:
-        return Path(given).expanduser()
-    import platformdirs
-    return platformdirs.user_cache_path("cogumi", appauthor=False)
 
 
 def converter_dir() -> Path:

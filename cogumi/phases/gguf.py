@@ -98,7 +98,7 @@ def run(ctx: PhaseContext) -> dict:
     base = folder / f"model-{cfg.base_type}.gguf"
     ctx.console.print(f"2C.1 export {src} -> {base.name} (llama.cpp converter)")
     vocab_gguf = None
-    if ctx.profile.model.source == "gguf-package":
+    if ctx.profile.model.from_gguf:
         # The HF tokenizer transformers builds from a GGUF is not the original (see
         # _convert_child.py): ship the source GGUF's own tokenizer, with the model's BOS policy.
         where, extra = model_location(ctx.profile.model, ctx.root)

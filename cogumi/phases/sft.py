@@ -44,7 +44,7 @@ def run(ctx: PhaseContext) -> dict:
                          f"records (training.max_examples)")
         train_records = train_records[:cfg.max_examples]
 
-    ctx.console.print(f"loading {profile.model.source} model {profile.model.path or profile.model.hub_id or profile.model.package}")
+    ctx.console.print(f"loading {profile.model.source} model {profile.model.path or profile.model.hub_id or profile.model.package or profile.model.parts}")
     loaded = load_for_training(profile.model, cfg, ctx.root, profile.hardware.device)
     tok = loaded.tokenizer
     train = encode_records(train_records, tok, loaded.add_bos, cfg.max_seq_len)

@@ -1,10 +1,14 @@
 """Any OpenAI-compatible HTTP endpoint (hosted teachers and judges, or a local server).
 
-Retries with exponential backoff (transport errors, 408, 429 honouring Retry-After, 5xx),
-a concurrency limit, an on-disk cache keyed by the request (endpoint, model and the exact
-request body; never the API key), and token and cost accounting in ``self.usage``. A
-request that still fails after the retries becomes an output with ``error`` set, which the
-runner records as that item's failure; the run goes on.
+Retries with exponential backoff (the server unreachable or timing out, 408, 429 honouring
+Retry-After, 5xx, a 200 whose body is not JSON or not a completion), a concurrency limit, an
+on-disk cache keyed by the request (endpoint, model and the exact request body; never the
+API key) that only ever holds complete answers, and token and cost accounting in
+``self.usage``; ``self.usage["failures"]`` counts every failed attempt by its reason
+(:data:`FAILURE_REASONS`). A request that still fails after the retries becomes an output
+with ``error`` set, which the runner records as that item's failure and the run goes on;
+with ``on_failure="raise"`` (a teacher, whose every answer is needed) it raises
+:class:`EndpointFailed` instead, one line.
 """
 
 from __future__ import annotations
@@ -26,6 +30,19 @@ from .base import Backend
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
+FAILURE_REASONS = {
+    "unreachable": "the connection was refused or could not be made (server down)",
+    "timeout": "no complete answer within timeout_s",
+    "transport": "another transport error (connection reset, protocol error)",
+    "http_<status>": "the server answered with this HTTP status (429 and 5xx are retried)",
+    "malformed_json": "a 200 whose body is not JSON",
+    "malformed_response": "a 200 JSON body that is not a completion (no choices[0] text)",
+}
+
+
+class EndpointFailed(RuntimeError):
+    """A request failed after the retry budget (``on_failure="raise"``); one line."""
+
 
 class OpenAIBackend(Backend):
     name = "openai"
@@ -46,11 +63,19 @@ class OpenAIBackend(Backend):
         price_per_mtok: tuple[float, float] | None = None,
         extra_body: dict[str, Any] | None = None,
         transport: Any = None,
+        on_failure: str = "record",
+        model_digest: str | None = None,
     ) -> None:
         import httpx
 
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if on_failure not in ("record", "raise"):
+            raise ValueError("on_failure must be 'record' or 'raise'")
+        self.on_failure = on_failure
+        # A model whose weights are known (a GGUF cogumi serves on a port of the moment):
+        # its digest names it in reports and cache keys instead of the endpoint.
+        self.model_digest = model_digest
         self.base_url = base_url.rstrip("/")
         self.model = model
         key = api_key if api_key is not None else os.environ.get(api_key_env)
@@ -67,7 +92,8 @@ class OpenAIBackend(Backend):
         self.extra_body = dict(extra_body or {})
         self._lock = threading.Lock()
         self.usage = {"requests": 0, "http_calls": 0, "cache_hits": 0, "retries": 0, "errors": 0,
-                      "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+                      "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+                      "failures": {}}
 
     # ------------------------------------------------------------------ interface
     def render(self, messages: Sequence[dict[str, str]], answer_prefix: str | None = None) -> str:
@@ -77,6 +103,8 @@ class OpenAIBackend(Backend):
         return json.dumps(list(messages), ensure_ascii=False)
 
     def identity(self) -> dict[str, Any]:
+        if self.model_digest is not None:
+            return {"backend": self.name, "model": self.model, "model_digest": self.model_digest}
         return {"backend": self.name, "base_url": self.base_url, "model": self.model,
                 # A remote model's weights are unknown: its name and endpoint stand in.
                 "model_digest": f"openai:{self.model}@{self.base_url}"}
@@ -108,7 +136,8 @@ class OpenAIBackend(Backend):
 
     def cache_key(self, req: GenerationRequest) -> str:
         path, body = self._body(req)
-        blob = json.dumps({"url": self.base_url + path, "body": body}, sort_keys=True)
+        where = self.model_digest or self.base_url  # a served GGUF: any port, same answers
+        blob = json.dumps({"url": where + path, "body": body}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _one(self, req: GenerationRequest) -> GenerationOutput:
@@ -126,6 +155,8 @@ class OpenAIBackend(Backend):
         if error is not None:
             with self._lock:
                 self.usage["errors"] += 1
+            if self.on_failure == "raise":
+                raise EndpointFailed(f"{self.base_url}{path} (model {self.model}): {error}")
             return GenerationOutput(text="", prompt_text=prompt_text, finish_reason="error",
                                     error=error)
         self._cache_put(key, data)
@@ -136,6 +167,14 @@ class OpenAIBackend(Backend):
 
         url = self.base_url + path
         last = "no attempt"
+        reasons: dict[str, int] = {}
+
+        def failed(reason: str, detail: str) -> str:
+            reasons[reason] = reasons.get(reason, 0) + 1
+            with self._lock:
+                self.usage["failures"][reason] = self.usage["failures"].get(reason, 0) + 1
+            return f"{reason}: {detail}"
+
         for attempt in range(self.max_retries + 1):
             if attempt:
                 with self._lock:
@@ -145,16 +184,27 @@ class OpenAIBackend(Backend):
             wait = None
             try:
                 resp = self._client.post(url, json=body)
+            except httpx.ConnectError as e:
+                last = failed("unreachable", f"{type(e).__name__}: {e}")
+            except httpx.TimeoutException as e:
+                last = failed("timeout", f"{type(e).__name__}: {e}")
             except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
+                last = failed("transport", f"{type(e).__name__}: {e}")
             else:
                 if resp.status_code == 200:
                     try:
-                        return resp.json(), None
+                        data = resp.json()
                     except ValueError:
-                        last = "200 with a body that is not JSON"
+                        last = failed("malformed_json", f"200 with a body that is not JSON: "
+                                                        f"{resp.text[:120]!r}")
+                    else:
+                        if _completion_text(data) is not None:
+                            return data, None
+                        last = failed("malformed_response", f"200 JSON that is not a "
+                                                            f"completion: {str(data)[:120]}")
                 elif resp.status_code in RETRY_STATUS:
-                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    last = failed(f"http_{resp.status_code}",
+                                  f"HTTP {resp.status_code}: {resp.text[:200]}")
                     ra = resp.headers.get("retry-after")
                     if ra:
                         try:
@@ -162,26 +212,24 @@ class OpenAIBackend(Backend):
                         except ValueError:
                             wait = None
                 else:
-                    return None, f"HTTP {resp.status_code}: {resp.text[:300]}"
+                    failed(f"http_{resp.status_code}", "")
+                    return None, f"HTTP {resp.status_code} (not retried): {resp.text[:300]}"
             if attempt < self.max_retries:
                 if wait is None:
                     wait = min(self.max_backoff_s, self.backoff_s * 2**attempt)
                     wait *= 0.5 + random.random() / 2  # jitter: no synchronized retries
                 time.sleep(min(wait, self.max_backoff_s))
-        return None, f"gave up after {self.max_retries + 1} attempts: {last}"
+        counts = ", ".join(f"{r} x{n}" for r, n in sorted(reasons.items()))
+        return None, (f"gave up after {self.max_retries + 1} attempts ({counts}); "
+                      f"last: {last}").replace("\n", " ")
 
     def _to_output(self, data: dict, prompt_text: str, req: GenerationRequest,
                    from_cache: bool) -> GenerationOutput:
-        try:
-            choice = data["choices"][0]
-            if "message" in choice:
-                text = choice["message"].get("content") or ""
-            else:
-                text = choice.get("text") or ""
-            finish = choice.get("finish_reason") or "stop"
-        except (KeyError, IndexError, TypeError, AttributeError):
+        text = _completion_text(data)
+        if text is None:  # a cache entry from before responses were checked
             return GenerationOutput(text="", prompt_text=prompt_text, finish_reason="error",
                                     error=f"unexpected response shape: {str(data)[:200]}")
+        finish = data["choices"][0].get("finish_reason") or "stop"
         for s in req.stop:  # servers differ on whether the stop string is included
             j = text.find(s) if s else -1
             if j != -1:
@@ -221,3 +269,15 @@ class OpenAIBackend(Backend):
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
         os.replace(tmp, p)
+
+
+def _completion_text(data: Any) -> str | None:
+    """The text of an OpenAI-style (chat) completion body, or None if it is not one."""
+    try:
+        choice = data["choices"][0]
+        text = choice["message"].get("content") if "message" in choice else choice.get("text")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    if text is None and "message" in choice:
+        return ""  # a chat message with no content (e.g. only tool calls): empty text
+    return text if isinstance(text, str) else None
