@@ -280,10 +280,10 @@ def test_merged_1b_model_equals_base_plus_adapter(tmp_path):
     ids = torch.tensor([[0, 5, 6, 7, 8]])
     with torch.no_grad():
         expected = peft_model(input_ids=ids).logits
-    profile = SimpleNamespace(model=SimpleNamespace(source="local", path=str(tmp_path / "base"),
-                                                    chat_template=None, dtype="float32",
-                                                    add_bos=False),
-                              hardware=SimpleNamespace(device="cpu"))
+    from cogumi.profile import ModelConfig
+    model_cfg = ModelConfig(source="local", path=str(tmp_path / "base"), dtype="float32",
+                            parameters=sum(p.numel() for p in base.model.parameters()))
+    profile = SimpleNamespace(model=model_cfg, hardware=SimpleNamespace(device="cpu"))
     ctx = SimpleNamespace(profile=profile, root=tmp_path,
                           input_dir=lambda pid: tmp_path / "runs" / pid)
     merged = load_merged_phase_model(ctx, "1B")
