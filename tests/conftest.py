@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,21 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 from cogumi.profile import load_profile, parse_profile
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class LoopbackServer:
+    """A ThreadingHTTPServer on a free loopback port, serving `handler` from a daemon thread
+    (the fake OpenAI-compatible endpoints of the tests); `url` ends in /v1."""
+
+    def serve(self, handler) -> None:
+        from http.server import ThreadingHTTPServer
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @pytest.fixture

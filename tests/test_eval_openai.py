@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -16,8 +16,10 @@ from cogumi.evaluation.backends.openai_backend import OpenAIBackend
 from cogumi.evaluation.compare import compare_judged, compare_verified
 from cogumi.evaluation.testing import ScriptedBackend
 
+from .conftest import LoopbackServer
 
-class FakeServer:
+
+class FakeServer(LoopbackServer):
     """Answers /v1/chat/completions with a function of the request body; can fail the
     first N calls and records the most requests ever in flight at once."""
 
@@ -68,13 +70,7 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -20,14 +19,14 @@ from cogumi.evaluation.backends.openai_backend import EndpointFailed, OpenAIBack
 from cogumi.profile import ProfileError
 from cogumi.teacher import LlamaCppServer, TeacherUnavailable, free_loopback_port
 
-from .conftest import profile_with
+from .conftest import LoopbackServer, profile_with
 
 OK = {"choices": [{"message": {"role": "assistant", "content": "The answer is 4"},
                    "finish_reason": "stop"}],
       "usage": {"prompt_tokens": 12, "completion_tokens": 5}}
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """/v1/chat/completions answers with the next step of a script, then with OK:
     an int is that HTTP status, "not-json" a 200 whose body is not JSON, "no-choices" a
     200 JSON body that is not a completion."""
@@ -59,13 +58,7 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
