@@ -188,6 +188,11 @@ def _summary(args) -> int:
     return 0
 
 
+def _measured_on(where: dict) -> str:
+    """The machine a result file says it was measured on."""
+    return where.get("device") or where.get("cpu") or "machine unrecorded"
+
+
 def cmd_plan(args) -> int:
     profile = _load(args)
     m, t = profile.model, profile.training
@@ -225,36 +230,30 @@ def cmd_plan(args) -> int:
             api = f" + ${step.api_usd:,.0f} API" if step.api_tokens else ""
             api_note = (f"; API: {step.api_tokens:.3g} tokens at ${step.api_price_usd_per_mtok:g}"
                         f" per 1M (a price) = ${step.api_usd:,.0f}" if step.api_tokens else "")
-            if step.hours is not None:
-                # A projection, read from its result file each time: never a typed copy.
-                h, where = step.hours.read(repo_root())
+            if step.hours is not None or step.throughput is not None:
+                # A projection or a measurement, read from its result file each time: never
+                # a typed copy.
                 price = profile.price_of(step.hardware)
+                if step.hours is not None:
+                    h, where = step.hours.read(repo_root())
+                    hours = f"{h:.2f}"
+                    basis = (f"{h:.3g} h projected from measurements on {_measured_on(where)} "
+                             f"({step.hours.file}: {' > '.join(step.hours.key)})")
+                else:
+                    tps, where = step.throughput.read(repo_root())
+                    h = step.tokens / tps / 3600
+                    hours = f"{h:.1f}"
+                    basis = (f"{step.tokens:.3g} tokens / {tps:,.0f} tokens/s measured on "
+                             f"{_measured_on(where)} ({step.throughput.file}: "
+                             f"{' > '.join(step.throughput.key)})")
                 c = h * price + step.api_usd
                 total_hours += h
                 total_cost += c
                 seed_total += _seed_dollars(phase.seed_cost_usd)
                 measured.append(phase.id)
-                hours, cost = f"{h:.2f}", f"{c:,.2f}"
-                device = where.get("device") or where.get("cpu") or "machine unrecorded"
-                bases.append(f"{phase.id}: {h:.3g} h projected from measurements on {device} "
-                             f"({step.hours.file}: {' > '.join(step.hours.key)}) at "
-                             f"${price}/h (a price){api_note}; {step.basis}")
-            elif step.throughput is not None:
-                # A measurement, read from its result file each time: never a typed copy.
-                tps, where = step.throughput.read(repo_root())
-                h = step.tokens / tps / 3600
-                c = h * profile.price_of(step.hardware) + step.api_usd
-                total_hours += h
-                total_cost += c
-                seed_total += _seed_dollars(phase.seed_cost_usd)
-                measured.append(phase.id)
-                hours, cost = f"{h:.1f}", f"{c:,.0f}"
-                device = where.get("device") or where.get("cpu") or "machine unrecorded"
-                bases.append(f"{phase.id}: {step.tokens:.3g} tokens / {tps:,.0f} tokens/s "
-                             f"measured on {device} ({step.throughput.file}: "
-                             f"{' > '.join(step.throughput.key)}) at "
-                             f"${profile.price_of(step.hardware)}/h (a price){api_note}; "
-                             f"{step.basis}")
+                cost = f"{c:,.2f}" if step.hours is not None else f"{c:,.0f}"
+                bases.append(f"{phase.id}: {basis} at ${price}/h "
+                             f"(a price){api_note}; {step.basis}")
             else:
                 unmeasured.append(phase.id)
                 hours, cost = "not measured", "not measured" + api
