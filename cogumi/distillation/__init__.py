@@ -25,7 +25,10 @@ from .budget import Budget, BudgetExceeded
 from .cache import ExampleCache, request_key
 from .generate import (
     REJECT_REASONS,
+    Answers,
+    BudgetedTeacher,
     GenerationResult,
+    ask_teacher,
     generate_examples,
     to_generation_request,
     validate_requests,
@@ -33,8 +36,8 @@ from .generate import (
 from .verify import ExampleVerifier, Verdict, check_for_item
 
 __all__ = [
-    "REJECT_REASONS", "Budget", "BudgetExceeded", "ExampleCache", "ExampleVerifier",
-    "GenerationResult", "Verdict", "check_for_item", "generate_examples", "import_batch_output",
+    "REJECT_REASONS", "Answers", "Budget", "BudgetExceeded", "BudgetedTeacher", "ExampleCache", "ExampleVerifier",
+    "GenerationResult", "Verdict", "ask_teacher", "check_for_item", "generate_examples", "import_batch_output",
     "read_batch_output", "request_key", "to_generation_request", "validate_requests",
     "write_batch_file",
 ]

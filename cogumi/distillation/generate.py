@@ -25,7 +25,9 @@ from typing import Any
 
 from cogumi.evaluation.settings import GenerationOutput, GenerationRequest
 
-from .budget import Budget, cost_usd, prompt_token_bound
+from cogumi.evaluation.backends.base import Backend
+
+from .budget import Budget, BudgetExceeded, cost_usd, prompt_token_bound
 from .cache import ExampleCache, request_key
 
 REJECT_REASONS = {
@@ -98,34 +100,51 @@ def to_generation_request(request: dict[str, Any], defaults: dict[str, Any] | No
                              seed=int(request.get("seed", d["seed"])), stop=tuple(stop))
 
 
-def generate_examples(backend, requests: Sequence[dict[str, Any]], *, verifier: Verifier,
-                      cache_dir: str | Path | None, budget: Budget | None = None,
-                      prices: tuple[float, float] = (0.0, 0.0),
-                      defaults: dict[str, Any] | None = None, concurrency: int | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> GenerationResult:
-    """The teacher's verified answers to ``requests`` (see the module docstring).
+@dataclass
+class Answers:
+    """The teacher's raw answers to requests (no verification): by id, the answer dict
+    (text, tokens, finish_reason); the errors by id; the requests the budget kept back."""
+    answers: dict[str, dict[str, Any]]
+    errors: dict[str, str]
+    not_sent: list[dict[str, Any]]
+    usage: dict[str, Any]
+    budget: dict[str, Any]
+    budget_stopped: bool
 
-    ``backend``: any cogumi generation backend (``generate``, ``identity``); its
-    ``model_digest`` keys the cache. ``prices``: (input, output) dollars per million tokens.
-    ``concurrency``: requests in flight at once (default: the backend's ``concurrency``, else
-    1). ``progress(done, total)`` is called as answers arrive.
-    """
+
+def ask_teacher(backend, requests: Sequence[dict[str, Any]], *, cache_dir: str | Path | None,
+                budget: Budget | None = None, prices: tuple[float, float] = (0.0, 0.0),
+                defaults: dict[str, Any] | None = None, concurrency: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> Answers:
+    """The teacher's answers to ``requests``, from the cache or sent under the budget (the
+    part of :func:`generate_examples` before verification; cluster labels use it alone)."""
     validate_requests(requests)
-    budget = budget if budget is not None else Budget()
-    cache = ExampleCache(cache_dir)
+    gen = {r["id"]: to_generation_request(r, defaults) for r in requests}
+    return _collect(backend, gen, cache=ExampleCache(cache_dir),
+                    budget=budget if budget is not None else Budget(), prices=prices,
+                    concurrency=concurrency, progress=progress,
+                    index={r["id"]: r for r in requests})
+
+
+def _collect(backend, gen: dict[str, GenerationRequest], *, cache: ExampleCache, budget: Budget,
+             prices: tuple[float, float], concurrency: int | None,
+             progress: Callable[[int, int], None] | None, index: dict[str, Any]) -> Answers:
     digest = backend.identity()["model_digest"]
     concurrency = max(1, int(concurrency or getattr(backend, "concurrency", 1) or 1))
     before = _backend_usage(backend)
     answers: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
-    not_sent: list[dict[str, Any]] = []
-    usage = Counter()
+    not_sent: list[Any] = []
+    usage: Counter = Counter()
     lock = threading.Lock()
-    gen = {r["id"]: to_generation_request(r, defaults) for r in requests}
     keys = {rid: request_key(digest, g) for rid, g in gen.items()}
 
     def send(rid: str, reserved: tuple[int, float]) -> None:
-        out: GenerationOutput = backend.generate([gen[rid]])[0]
+        try:
+            out: GenerationOutput = backend.generate([gen[rid]])[0]
+        except BaseException:
+            budget.settle(*reserved, 0, 0.0)
+            raise
         if out.error or not isinstance(out.text, str):
             budget.settle(*reserved, 0, 0.0)
             with lock:
@@ -145,40 +164,38 @@ def generate_examples(backend, requests: Sequence[dict[str, Any]], *, verifier: 
             usage["cost_usd"] += usd
 
     done = 0
-    pending = []
-    for r in requests:
-        hit = cache.get(keys[r["id"]])
+    queue = []
+    for rid in gen:
+        hit = cache.get(keys[rid])
         if hit is not None:
-            answers[r["id"]] = hit
+            answers[rid] = hit
             usage["cache_hits"] += 1
             done += 1
         else:
-            pending.append(r)
+            queue.append(rid)
     if progress and done:
-        progress(done, len(requests))
+        progress(done, len(gen))
 
     stopped = False
     in_flight: dict[Future, str] = {}
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         try:
-            queue = list(pending)
             while queue or in_flight:
                 while queue and not stopped and len(in_flight) < concurrency:
-                    r = queue[0]
-                    g = gen[r["id"]]
-                    tokens = prompt_token_bound(list(g.messages), None) + g.max_new_tokens
+                    g = gen[queue[0]]
+                    tokens = prompt_token_bound(
+                        list(g.messages) if g.messages is not None else None, g.prompt
+                    ) + g.max_new_tokens
                     usd = cost_usd(prices, tokens - g.max_new_tokens, g.max_new_tokens)
                     if not budget.try_reserve(tokens, usd):
-                        if in_flight:
-                            break  # what is in flight may cost less than reserved: wait
-                        stopped = True
+                        # What is in flight may cost less than reserved: wait for it first.
+                        stopped = not in_flight
                         break
-                    queue.pop(0)
-                    in_flight[pool.submit(send, r["id"], (tokens, usd))] = r["id"]
-                if stopped and not in_flight:
-                    not_sent.extend(queue)
+                    rid = queue.pop(0)
+                    in_flight[pool.submit(send, rid, (tokens, usd))] = rid
+                if stopped:
+                    not_sent.extend(index[rid] for rid in queue)
                     queue = []
-                    break
                 if not in_flight:
                     continue
                 finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
@@ -187,15 +204,109 @@ def generate_examples(backend, requests: Sequence[dict[str, Any]], *, verifier: 
                     f.result()  # EndpointFailed (a teacher's exhausted retries) ends here
                     done += 1
                     if progress:
-                        progress(done, len(requests))
+                        progress(done, len(gen))
         except BaseException:
             for f in in_flight:
                 f.cancel()
             raise
 
+    after = _backend_usage(backend)
+    usage_out = {
+        "requests": len(gen), "cache_hits": usage["cache_hits"], "sent": usage["sent"],
+        "errors": len(errors), "not_sent": len(not_sent),
+        "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
+        "cost_usd": float(usage["cost_usd"]), "prices_usd_per_mtok": list(prices),
+        # The backend's own counts of HTTP calls, retries and failed attempts by reason.
+        "http_calls": after["http_calls"] - before["http_calls"],
+        "retries": after["retries"] - before["retries"],
+        "failures": {k: n - before["failures"].get(k, 0) for k, n in after["failures"].items()
+                     if n - before["failures"].get(k, 0)},
+    }
+    return Answers(answers, errors, not_sent, usage_out, budget.to_dict(), stopped)
+
+
+class BudgetedTeacher(Backend):
+    """The teacher as a :class:`Backend` whose every generation goes through the same
+    content cache and budget as :func:`generate_examples`, so that scoring the teacher on a
+    suite (``cogumi.evaluation.evaluate``) is cached and costed the same way. A request the
+    budget cannot take raises :class:`BudgetExceeded` (a partial suite measures nothing).
+    ``usage`` sums every call's accounting."""
+
+    name = "teacher"
+
+    def __init__(self, backend, *, cache_dir: str | Path | None, budget: Budget,
+                 prices: tuple[float, float] = (0.0, 0.0), concurrency: int | None = None):
+        self.backend, self.cache = backend, ExampleCache(cache_dir)
+        self.budget, self.prices, self.concurrency = budget, prices, concurrency
+        self.usage: Counter = Counter()
+        self.failures: Counter = Counter()
+
+    def render(self, messages, answer_prefix=None):
+        return self.backend.render(messages, answer_prefix)
+
+    def identity(self) -> dict[str, Any]:
+        return self.backend.identity()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutput]:
+        gen = {str(i): r for i, r in enumerate(requests)}
+        got = _collect(self.backend, gen, cache=self.cache, budget=self.budget,
+                       prices=self.prices, concurrency=self.concurrency, progress=None,
+                       index={k: k for k in gen})
+        for k in ("requests", "cache_hits", "sent", "errors", "prompt_tokens",
+                  "completion_tokens", "http_calls", "retries"):
+            self.usage[k] += got.usage[k]
+        self.usage["cost_usd"] += got.usage["cost_usd"]
+        self.failures.update(got.usage["failures"])
+        if got.budget_stopped:
+            raise BudgetExceeded(
+                f"the teacher budget ({_limits(self.budget)}) cannot take {len(got.not_sent)} "
+                f"more requests of the teacher's evaluation; spent ${self.budget.spent_usd:.4f}, "
+                f"{self.budget.spent_tokens} tokens")
+        outs = []
+        for k, r in gen.items():
+            prompt_text = (self.render(r.messages) if r.messages is not None else r.prompt)
+            if k in got.errors:
+                outs.append(GenerationOutput(text="", prompt_text=prompt_text,
+                                             finish_reason="error", error=got.errors[k]))
+                continue
+            a = got.answers[k]
+            outs.append(GenerationOutput(
+                text=a["text"], prompt_text=prompt_text, prompt_tokens=a["prompt_tokens"],
+                completion_tokens=a["completion_tokens"],
+                finish_reason="length" if a.get("finish_reason") == "length" else "stop"))
+        return outs
+
+
+def _limits(budget: Budget) -> str:
+    parts = []
+    if budget.max_usd is not None:
+        parts.append(f"${budget.max_usd:g}")
+    if budget.max_tokens is not None:
+        parts.append(f"{budget.max_tokens} tokens")
+    return " and ".join(parts) or "no limit"
+
+
+def generate_examples(backend, requests: Sequence[dict[str, Any]], *, verifier: Verifier,
+                      cache_dir: str | Path | None, budget: Budget | None = None,
+                      prices: tuple[float, float] = (0.0, 0.0),
+                      defaults: dict[str, Any] | None = None, concurrency: int | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+    """The teacher's verified answers to ``requests`` (see the module docstring).
+
+    ``backend``: any cogumi generation backend (``generate``, ``identity``); its
+    ``model_digest`` keys the cache. ``prices``: (input, output) dollars per million tokens.
+    ``budget``: stops before a request whose worst case would exceed it (default: none).
+    ``defaults``: max_tokens, temperature, top_p, seed for requests that do not set them.
+    ``concurrency``: requests in flight at once (default: the backend's ``concurrency``, else
+    1). ``progress(done, total)`` is called as answers arrive.
+    """
+    got = ask_teacher(backend, requests, cache_dir=cache_dir, budget=budget, prices=prices,
+                      defaults=defaults, concurrency=concurrency, progress=progress)
+    answers, errors = got.answers, got.errors
     result = GenerationResult(not_sent=[{"id": r["id"], "domain": r["domain"],
-                                         "reason": "budget"} for r in not_sent],
-                              budget_stopped=stopped)
+                                         "reason": "budget"} for r in got.not_sent],
+                              usage=got.usage, budget=got.budget,
+                              budget_stopped=got.budget_stopped)
     judged = [r for r in requests if r["id"] in answers]
     verdicts = verifier([(r, answers[r["id"]]["text"]) for r in judged]) if judged else []
     if len(verdicts) != len(judged):
@@ -206,10 +317,13 @@ def generate_examples(backend, requests: Sequence[dict[str, Any]], *, verifier: 
         if rid in verdict_of:
             v, a = verdict_of[rid], answers[rid]
             if v.ok:
-                result.kept.append({"id": rid, "domain": r["domain"],
-                                    "instruction": r.get("instruction", r["prompt"]),
-                                    "response": a["text"], "source": "teacher",
-                                    "verified_by": v.verified_by})
+                kept = {"id": rid, "domain": r["domain"],
+                        "instruction": r.get("instruction", r["prompt"]),
+                        "response": a["text"], "source": "teacher",
+                        "verified_by": v.verified_by}
+                if r.get("system"):
+                    kept["system"] = r["system"]  # cogumi.training.sft.messages_for reads it
+                result.kept.append(kept)
             else:
                 reason = ("truncated" if a.get("finish_reason") == "length"
                           and v.reason in ("no_answer", "empty_response") else v.reason)
@@ -218,20 +332,6 @@ def generate_examples(backend, requests: Sequence[dict[str, Any]], *, verifier: 
         elif rid in errors:
             result.rejected.append({"id": rid, "domain": r["domain"], "reason": "teacher_error",
                                     "detail": errors[rid][:300], "response": ""})
-    after = _backend_usage(backend)
-    result.usage = {
-        "requests": len(requests), "cache_hits": usage["cache_hits"], "sent": usage["sent"],
-        "errors": len(errors), "prompt_tokens": usage["prompt_tokens"],
-        "completion_tokens": usage["completion_tokens"],
-        "cost_usd": float(usage["cost_usd"]), "prices_usd_per_mtok": list(prices),
-        # The backend's own counts of HTTP calls, retries and failed attempts by reason.
-        "http_calls": after.get("http_calls", 0) - before.get("http_calls", 0),
-        "retries": after.get("retries", 0) - before.get("retries", 0),
-        "failures": {k: n - before.get("failures", {}).get(k, 0)
-                     for k, n in after.get("failures", {}).items()
-                     if n - before.get("failures", {}).get(k, 0)},
-    }
-    result.budget = budget.to_dict()
     if result.accounted != len(requests):  # pragma: no cover - a bug, never data
         raise RuntimeError(f"accounted for {result.accounted} of {len(requests)} requests")
     return result
