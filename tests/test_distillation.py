@@ -166,23 +166,20 @@ def test_the_budget_stops_before_it_is_exceeded(servers, tmp_path):
     worst = prompt_token_bound(list(g.messages), None) + 100
     prices = (2.0, 4.0)
     worst_usd = cost_usd(prices, worst - 100, 100)
-    # Room for two worst cases (and not three): the server's real usage (15 tokens) is far
-    # below a worst case, so settling frees budget and more requests fit, but never one
-    # whose worst case would cross the limit.
-    budget = Budget(max_usd=2.5 * worst_usd)
+    spent_each = cost_usd(prices, 10, 5)  # what the fake server reports per answer
+    # Room for one worst case plus 2.5 real answers: a request is sent only while what was
+    # spent plus its own worst case fits, so three are sent (spent 2 answers + a worst case
+    # fits; 3 answers + a worst case does not) and two are kept back.
+    budget = Budget(max_usd=worst_usd + 2.5 * spent_each)
     res = generate_examples(OpenAIBackend(srv.url, "t", concurrency=1), reqs,
                             verifier=ExampleVerifier(), cache_dir=tmp_path / "c",
                             budget=budget, prices=prices, concurrency=1)
-    spent_each = cost_usd(prices, 10, 5)
-    # Each request is sent only when spent + its worst case fits the limit.
-    expected = 0
-    while expected * spent_each + worst_usd <= 2.5 * worst_usd and expected < 5:
-        expected += 1
+    expected = 3
     assert res.usage["sent"] == srv.calls == expected
     assert res.budget["spent_usd"] == pytest.approx(expected * spent_each)
     assert res.budget["spent_usd"] <= budget.max_usd
-    if expected < 5:
-        assert res.budget_stopped and len(res.not_sent) == 5 - expected
+    assert res.budget_stopped and [r["id"] for r in res.not_sent] == ["m4", "m5"]
+    assert res.accounted == 5
     # A token budget that cannot take one worst case sends nothing.
     none = generate_examples(OpenAIBackend(srv.url, "t"), _math_requests(3, start=20),
                              verifier=ExampleVerifier(), cache_dir=tmp_path / "c",
@@ -339,3 +336,62 @@ def test_code_verifier_runs_the_tests_in_the_sandbox():
     assert [(v.ok, v.reason) for v in got] == [(True, "accepted"), (False, "wrong_answer"),
                                                (True, "accepted")]  # a body continues the stub
     assert got[0].verified_by == "tests in the sandbox"
+
+
+# ------------------------------------------------------------------ the teacher on a suite
+def test_the_teacher_is_scored_through_the_same_cache_and_budget(servers, tmp_path):
+    from cogumi.distillation import BudgetedTeacher, BudgetExceeded
+    from cogumi.evaluation import GenerationSettings, evaluate, load_task
+    rows = [{"problem": f"What is {i} + {i}?", "level": "Level 1", "type": "Algebra",
+             "solution": f"$\\boxed{{{2 * i}}}$"} for i in range(1, 5)]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    task = load_task("math", path)
+    srv = servers(FakeServer, _adder)
+    teacher = BudgetedTeacher(OpenAIBackend(srv.url, "t"), cache_dir=tmp_path / "c",
+                              budget=Budget(), prices=(1.0, 1.0))
+    report = evaluate(teacher, [task], GenerationSettings(max_new_tokens=16))
+    assert report.metrics["math.accuracy"] == 0.75 and srv.calls == 4  # 3 % 3 == 0 is wrong
+    assert teacher.usage["sent"] == 4 and teacher.usage["cost_usd"] == pytest.approx(4 * 15e-6)
+    again = BudgetedTeacher(OpenAIBackend(srv.url, "t"), cache_dir=tmp_path / "c",
+                            budget=Budget(max_usd=0.0), prices=(1.0, 1.0))
+    assert evaluate(again, [task], GenerationSettings(max_new_tokens=16)).metrics[
+        "math.accuracy"] == 0.75
+    assert srv.calls == 4 and again.usage["cache_hits"] == 4
+    poor = BudgetedTeacher(OpenAIBackend(srv.url, "t"), cache_dir=tmp_path / "other",
+                           budget=Budget(max_tokens=10), prices=(1.0, 1.0))
+    with pytest.raises(BudgetExceeded, match="cannot take 4 more requests"):
+        evaluate(poor, [task], GenerationSettings(max_new_tokens=16))
+    assert srv.calls == 4
+
+
+# ------------------------------------------------------------------ cluster count
+def test_the_cluster_count_is_chosen_by_silhouette_in_the_declared_range():
+    import numpy as np
+
+    from cogumi.distillation.clusters import choose_clusters, top_terms
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 16)) * 5
+    x = np.concatenate([c + rng.normal(scale=0.1, size=(6, 16)) for c in centres])
+    got = choose_clusters(x, 8, 12, seed=0)
+    assert got.k == 10 and got.searched == (8, 12)
+    assert max(got.silhouette, key=got.silhouette.get) == 10
+    assert len(set(got.labels[:6])) == 1 and got.labels[0] != got.labels[6]
+    # Held-out points land on their own blob's centroid.
+    near, _ = got.predict(centres + rng.normal(scale=0.1, size=centres.shape))
+    assert [int(near[i]) for i in range(10)] == [int(got.labels[6 * i]) for i in range(10)]
+    # Three blobs: the declared range keeps k >= 8 even though 3 fits better.
+    three = np.concatenate([c + rng.normal(scale=0.1, size=(10, 16)) for c in centres[:3]])
+    assert choose_clusters(three, 8, 12, seed=0).k >= 8
+    assert choose_clusters(three, 2, 12, seed=0).k == 3
+    # Too few failures for the declared range: searched lower, and said so.
+    nine = choose_clusters(x[:18:2], 8, 12, seed=0)  # 9 points: k = 8 is the only one
+    assert nine.searched == (8, 8) and nine.k == 8 and not nine.note
+    few = choose_clusters(x[:14:2], 8, 12, seed=0)
+    assert few.searched == (2, 6) and "declared range 8..12 needs at least 9" in few.note
+    assert "2..6 was searched" in few.criterion
+    assert choose_clusters(x[:2], 8, 12, seed=0).k == 1
+    assert choose_clusters(x[:0], 8, 12, seed=0).k == 0
+    terms = top_terms(["add the apples", "add more apples", "reverse the string",
+                       "reverse a string"], np.array([0, 0, 1, 1]), 2, n_terms=2)
+    assert set(terms[0]) == {"add", "apples"} and set(terms[1]) == {"reverse", "string"}
