@@ -175,6 +175,8 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
                 refs[f"package:{package}"] = _package_ref(package)
             elif pool.source != "curated":  # curated: phase 0's artifact, an input phase
                 files.append(pool.source)
+        if dc.batch_output:
+            files.append(dc.batch_output)
     t = profile.teacher
     if "teacher" in tables and t is not None and t.source == "served-gguf":
         if getattr(t, "path", None):

@@ -335,6 +335,13 @@ class DistillConfig(_Strict):
     [teacher].price_usd_per_mtok); the phase stops before a request would exceed either."""
     batch_file: bool = False
     """Also write the example requests as an OpenAI Batch API file (teacher_batch.jsonl)."""
+    batch_output: str | None = None
+    """The Batch API's output file for those requests (relative to the repository): its
+    complete answers fill the teacher cache before anything is sent, so only what the batch
+    did not answer goes over the live endpoint."""
+    batch_price_usd_per_mtok: tuple[float, float] | None = None
+    """(input, output) dollars per million tokens of the batch (an input: the provider's batch
+    price table); needed with batch_output."""
     epochs: float = Field(default=2, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)
     embed_batch_size: int = Field(default=16, gt=0)
@@ -344,6 +351,9 @@ class DistillConfig(_Strict):
         if self.clusters_min > self.clusters_max:
             raise ValueError(f"distill.clusters_min {self.clusters_min} > clusters_max "
                              f"{self.clusters_max}")
+        if self.batch_output is not None and self.batch_price_usd_per_mtok is None:
+            raise ValueError("distill.batch_output needs distill.batch_price_usd_per_mtok "
+                             "(what the batch cost is priced at)")
         if self.teacher_samples > 1 and self.teacher_temperature == 0:
             raise ValueError("distill.teacher_samples > 1 needs teacher_temperature > 0 "
                              "(greedy answers to one prompt are the same answer)")

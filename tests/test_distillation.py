@@ -265,6 +265,9 @@ def test_batch_file_round_trip_fills_the_cache(servers, tmp_path):
                                   batch_prices=(0.5, 1.0))
     assert summary["imported"] == 3 and list(summary["failed"]) == ["m2"]
     assert summary["cost_usd"] == pytest.approx(3 * (20 * 0.5 + 10 * 1.0) / 1e6)
+    twice = import_batch_output(out, reqs, cache_dir=tmp_path / "c", model_digest=digest,
+                                batch_prices=(0.5, 1.0))
+    assert twice["imported"] == 0 and twice["already_cached"] == 3 and twice["cost_usd"] == 0
     calls = srv.calls
     res = generate_examples(be, [r for r in reqs if r["id"] != "m2"], verifier=ExampleVerifier(),
                             cache_dir=tmp_path / "c")

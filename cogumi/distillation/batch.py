@@ -108,7 +108,8 @@ def import_batch_output(path: str | Path, requests: Sequence[dict[str, Any]], *,
                         cache_dir: str | Path, model_digest: str,
                         batch_prices: tuple[float, float],
                         defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Store a batch's complete answers in the cache; returns what it cost and what failed.
+    """Store a batch's complete answers in the cache; returns what they cost and what failed.
+    An answer the cache holds already (a second import) is neither stored nor costed again.
     ``model_digest``: the live backend's (``backend.identity()["model_digest"]``), so the
     live path finds these answers."""
     validate_requests(requests)
@@ -119,7 +120,7 @@ def import_batch_output(path: str | Path, requests: Sequence[dict[str, Any]], *,
         raise BatchFileError(f"{path}: custom_id {unknown[0]!r} is not one of the requests "
                              f"({len(unknown)} unknown)")
     cache = ExampleCache(cache_dir)
-    summary = {"imported": 0, "failed": {}, "missing": sorted(set(by_id) - set(results)),
+    summary = {"imported": 0, "already_cached": 0, "failed": {}, "missing": sorted(set(by_id) - set(results)),
                "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
                "batch_prices_usd_per_mtok": list(batch_prices)}
     for cid, res in results.items():
@@ -127,6 +128,9 @@ def import_batch_output(path: str | Path, requests: Sequence[dict[str, Any]], *,
             summary["failed"][cid] = res["error"][:300]
             continue
         key = request_key(model_digest, to_generation_request(by_id[cid], defaults))
+        if cache.get(key) is not None:  # imported before (a rerun): neither stored nor costed
+            summary["already_cached"] += 1
+            continue
         cache.put(key, {**res, "model_digest": model_digest, "via": "batch"})
         summary["imported"] += 1
         summary["prompt_tokens"] += res["prompt_tokens"]

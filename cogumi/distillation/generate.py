@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cogumi.evaluation.settings import GenerationOutput, GenerationRequest
-
 from cogumi.evaluation.backends.base import Backend
+from cogumi.evaluation.settings import GenerationOutput, GenerationRequest
 
 from .budget import Budget, BudgetExceeded, cost_usd, prompt_token_bound
 from .cache import ExampleCache, request_key

@@ -43,10 +43,11 @@ from cogumi.distillation import (
     ask_teacher,
     check_for_item,
     generate_examples,
+    import_batch_output,
     write_batch_file,
 )
 from cogumi.distillation.clusters import choose_clusters, mean_pooled_embeddings, top_terms
-from cogumi.evaluation import EvalReport, GenerationSettings, Task, evaluate
+from cogumi.evaluation import GenerationSettings, Task, evaluate
 from cogumi.evaluation.paired import SUITE, item_scores
 from cogumi.evaluation.splits import IdSplit, prompt_text, split_by_id
 from cogumi.models import load_base_model
@@ -234,6 +235,16 @@ def run(ctx: PhaseContext) -> dict:
                                  prices=prices, defaults={"temperature": 0.0})
         _stop_if_budget(labels_got.budget_stopped, budget, "the cluster labels")
         stages["labels"] = labels_got.usage
+        if dc.batch_output:
+            batch = import_batch_output(
+                ctx.resolve(dc.batch_output), example_reqs, cache_dir=cache,
+                model_digest=teacher.identity()["model_digest"],
+                batch_prices=tuple(dc.batch_price_usd_per_mtok), defaults=defaults)
+            # Already paid for: counted against the budget before anything live is sent.
+            budget.settle(0, 0.0, batch["prompt_tokens"] + batch["completion_tokens"],
+                          batch["cost_usd"])
+            stages["batch"] = {"sent": 0, "cache_hits": 0, **batch,
+                               "failed": len(batch["failed"]), "missing": len(batch["missing"])}
         with ctx.progress() as progress:
             bar = progress.add_task("teacher examples", total=len(example_reqs))
             result = generate_examples(
@@ -384,7 +395,7 @@ def teacher_relative(student_dir: Path, teacher_dir: Path) -> dict[str, float]:
     student gets right over items the teacher gets right; pooled over every task."""
     s, t = item_scores(student_dir), item_scores(teacher_dir)
     out, num, den = {}, 0.0, 0.0
-    for metric, task in SUITE.items():
+    for task in SUITE.values():
         if task not in s or task not in t:
             continue
         if set(s[task]) != set(t[task]):
