@@ -398,3 +398,36 @@ def test_the_cluster_count_is_chosen_by_silhouette_in_the_declared_range():
     terms = top_terms(["add the apples", "add more apples", "reverse the string",
                        "reverse a string"], np.array([0, 0, 1, 1]), 2, n_terms=2)
     assert set(terms[0]) == {"add", "apples"} and set(terms[1]) == {"reverse", "string"}
+
+
+def test_a_killed_run_leaves_only_complete_entries_and_a_rerun_sends_the_rest(servers, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    srv = servers(FakeServer, _adder, delay=0.15)
+    cache = tmp_path / "c"
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import sys; sys.path.insert(0, {str(os.getcwd())!r})
+from cogumi.distillation import generate_examples
+from cogumi.evaluation.backends.openai_backend import OpenAIBackend
+from tests.test_distillation import _math_requests, _verify_all_ok
+generate_examples(OpenAIBackend({srv.url!r}, "t", concurrency=1), _math_requests(40),
+                  verifier=_verify_all_ok, cache_dir={str(cache)!r})
+"""], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while len(ExampleCache(cache).entries()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)  # no cleanup runs: whatever is on disk stays
+    child.wait()
+    entries = ExampleCache(cache).entries()
+    assert 3 <= len(entries) < 40
+    for p in entries:  # each one complete
+        assert json.loads(p.read_text())["text"]
+    calls = srv.calls
+    res = generate_examples(OpenAIBackend(srv.url, "t", concurrency=4), _math_requests(40),
+                            verifier=_verify_all_ok, cache_dir=cache)
+    # The killed child may have had one request in flight: it is sent again.
+    assert res.usage["cache_hits"] == len(entries) and res.usage["sent"] == 40 - len(entries)
+    assert srv.calls - calls == 40 - len(entries) and len(res.kept) == 40
