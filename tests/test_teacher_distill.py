@@ -185,3 +185,23 @@ def test_phase_1c_refuses_a_pool_that_is_the_evaluation_set(tmp_path):
         pool_tasks(ctx)
     assert len(pool_tasks(ctx.__class__(profile=profile, phase=get_phase("1C"), out_dir=tmp_path,
                                         runs_dir=tmp_path, console=Console(quiet=True)))) == 2
+
+
+def test_a_bad_distill_table_is_one_line_naming_the_key(tmp_path):
+    from cogumi.profile import ProfileError, parse_profile
+    text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text()
+    for extra, msg in (("clusters_min = 13", r"distill\.clusters_min 13 > clusters_max 12"),
+                       ('batch_output = "out.jsonl"', r"needs distill\.batch_price_usd_per_mtok"),
+                       ("teacher_samples = 3", r"teacher_samples > 1 needs teacher_temperature"),
+                       ("budget_usd = -1", r"distill\.budget_usd")):
+        bad = text.replace("[distill]\n", f"[distill]\n{extra}\n")
+        with pytest.raises(ProfileError, match=msg) as err:
+            parse_profile(bad, "x.toml")
+        assert "\n" not in str(err.value)
+    pools = text.replace('{ task = "code", source', '{ task = "code", source = "curated", x')
+    with pytest.raises(ProfileError):
+        parse_profile(pools, "x.toml")
+    curated = text.replace('{ task = "code", source = "fixtures/benchmarks/code_dev.jsonl" }',
+                           '{ task = "code", source = "curated" }')
+    with pytest.raises(ProfileError, match="source 'curated' is phase 0's math records"):
+        parse_profile(curated, "x.toml")
