@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -129,8 +128,10 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+    from cogumi.provenance import provenance
     serial, conc = results["one_at_a_time"], results["concurrent"]
     out = {
+        **provenance(("llama-cpp-python", "httpx", "math-verify", "fastapi", "uvicorn")),
         "what": "teacher requests through cogumi.distillation.generate_examples: one at a "
                 "time, with a concurrency limit, and a rerun answered by the cache",
         "teacher": {"gguf": args.gguf, "base_url": None if args.gguf else base_url,
@@ -147,9 +148,6 @@ def main() -> None:
                   "cache_hits": results["rerun_cached"]["cache_hits"],
                   "cost_usd": results["rerun_cached"]["cost_usd"],
                   "target": "0 requests, $0"},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
