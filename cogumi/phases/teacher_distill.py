@@ -46,7 +46,12 @@ from cogumi.distillation import (
     import_batch_output,
     write_batch_file,
 )
-from cogumi.distillation.clusters import choose_clusters, mean_pooled_embeddings, top_terms
+from cogumi.distillation.clusters import (
+    choose_clusters,
+    mean_pooled_embeddings,
+    normalise,
+    top_terms,
+)
 from cogumi.evaluation import GenerationSettings, Task, evaluate
 from cogumi.evaluation.paired import SUITE, item_scores
 from cogumi.evaluation.splits import IdSplit, prompt_text, split_by_id
@@ -175,8 +180,10 @@ def run(ctx: PhaseContext) -> dict:
         raise PhaseInputError("1C.1 the 1B model failed no fit-side pool item: nothing to "
                               "cluster or distil (see pool_before/)")
     assigned, distance = clustering.predict(emb)
+    z = normalise(emb)
     for j, row in enumerate(fail_rows):  # k-means' own labels for the points it was fit on
         assigned[row] = clustering.labels[j]
+        distance[row] = float(np.linalg.norm(z[row] - clustering.centroids[assigned[row]]))
     fail_texts = [prompt_text(items[i][1]) for i in fail_rows]
     terms = top_terms(fail_texts, clustering.labels, k)
     ctx.console.print(f"1C.2 {len(fail_rows)} fit-side failures in {k} clusters "
