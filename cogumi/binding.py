@@ -164,6 +164,28 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
             refs[str(sc.code_prompts)] = hub_task_ref(sc.code_prompts)
         else:
             files.append(sc.code_prompts)
+    dc = profile.distill
+    if "distill" in tables and dc is not None:
+        for pool in dc.pools:
+            if isinstance(pool.source, HubTask):
+                refs[str(pool.source)] = hub_task_ref(pool.source)
+            elif pool.source == "package":
+                from cogumi.evaluation.tasks import PACKAGE_BENCHMARKS
+                package = PACKAGE_BENCHMARKS[pool.task][1]
+                refs[f"package:{package}"] = _package_ref(package)
+            elif pool.source != "curated":  # curated: phase 0's artifact, an input phase
+                files.append(pool.source)
+        if dc.batch_output:
+            files.append(dc.batch_output)
+    t = profile.teacher
+    if "teacher" in tables and t is not None and t.source == "served-gguf":
+        if getattr(t, "path", None):
+            files.append(t.path)
+        elif t.parts:
+            from cogumi.locations import part_packaged_gguf
+            gguf = part_packaged_gguf(t.parts)
+            refs[f"gguf-parts:{t.parts}"] = {"parts": list(gguf.distributions),
+                                              "version": gguf.version, "sha256": gguf.sha256}
     if "calibration" in tables:
         data = profile.calibration.data or profile.eval.mmlu
         if isinstance(data, HubTask):

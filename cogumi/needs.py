@@ -56,6 +56,10 @@ PHASE_PACKAGES: dict[str, tuple[Package, ...]] = {
     "0": (_p("pyarrow"), _p("rensa"), _p("py3langid"), _p("matplotlib"), _p("numpy")),
     "1A": _EVALUATION + _TRAINING,
     "1B": _EVALUATION + _TRAINING + (_p("lm_eval", "lm-eval"), _p("yaml", "pyyaml")),
+    # 1C: the teacher over httpx (a served GGUF also needs llama-cpp-python, which
+    # cogumi.teacher names in one line when it is missing); clusters
+    # and TF-IDF terms by scikit-learn.
+    "1C": _EVALUATION + _TRAINING + (_p("httpx"), _p("sklearn", "scikit-learn")),
     "2A": _EVALUATION + _LLMC,
     "2E": _EVALUATION + _TRAINING,
     "2B": _EVALUATION + _LLMC,
@@ -66,7 +70,7 @@ PHASE_PACKAGES: dict[str, tuple[Package, ...]] = {
 """The packages each implemented phase imports (tests/test_preflight.py checks that every
 implemented phase has an entry)."""
 
-CODE_EVALUATING = ("1A", "1B", "2A", "2E", "2B", "2C")
+CODE_EVALUATING = ("1A", "1B", "1C", "2A", "2E", "2B", "2C")
 """Phases that score the profile's code task: generated code runs in bubblewrap."""
 
 CONVERTER_PHASES = ("2C",)
@@ -79,7 +83,7 @@ BACKEND_PACKAGES: dict[str, tuple[Package, ...]] = {
 }
 """training.backend -> the GPU packages it imports (phases that train: TRAINING_PHASES)."""
 
-TRAINING_PHASES = ("1A", "1B")
+TRAINING_PHASES = ("1A", "1B", "1C")
 
 
 def _normalise(name: str) -> str:

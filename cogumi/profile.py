@@ -290,6 +290,76 @@ class SelfConsistencyConfig(_Strict):
     """Seed 1B: 2 epochs at lr 5e-6 (an 8B model); small models state their own scale."""
 
 
+class DistillPool(_Strict):
+    """One pool of prompts 1C's failure analysis runs the 1B model on: never an evaluation
+    item (overlap with the [eval] suite, by id or text, stops phase 1C)."""
+    task: Literal["math", "mmlu", "code", "gsm8k", "humaneval", "mbpp", "bfcl"]
+    """How the pool is read, prompted and verified (a benchmark of cogumi.evaluation)."""
+    source: TaskSource
+    """"curated": phase 0's math records whose response states a final answer (task math);
+    else a file in the task's schema (relative to the repository), or a hub dataset."""
+    limit: int | None = Field(default=None, gt=0)
+    """At most this many items of the pool (the first ones; reduced runs say so)."""
+
+    @model_validator(mode="after")
+    def _curated_is_math(self) -> DistillPool:
+        if self.source == "curated" and self.task != "math":
+            raise ValueError(f"distill.pools: source 'curated' is phase 0's math records; "
+                             f"task must be 'math', not {self.task!r}")
+        return self
+
+
+class DistillConfig(_Strict):
+    """Phase 1C, as the seed describes it: failure analysis, cluster and label, targeted
+    distillation from the profile's [teacher], train, re-evaluate."""
+    pools: list[DistillPool] = Field(min_length=1)
+    heldout_fraction: float = Field(default=0.5, gt=0, lt=1)
+    """Share of the pool, by id (cogumi.evaluation.splits.IdSplit), kept out of clustering
+    and distillation: each cluster's failure rate is measured on these items."""
+    split_salt: str = Field(default="phase-1c", min_length=1)
+    clusters_min: int = Field(default=8, ge=2)
+    clusters_max: int = Field(default=12, ge=2)
+    """The cluster counts searched (silhouette decides); the seed's 8-12 failure patterns."""
+    examples_per_cluster: int = Field(default=16, gt=0)
+    """Pool prompts per cluster the teacher answers: its failures first, then the nearest."""
+    teacher_samples: int = Field(default=1, ge=1)
+    """Answers asked per prompt (seeds differ; > 1 needs teacher_temperature > 0)."""
+    teacher_temperature: float = Field(default=0.0, ge=0)
+    max_tokens: int = Field(default=512, gt=0)
+    """The teacher's completion budget per request."""
+    label_members: int = Field(default=8, gt=0)
+    """Members of a cluster the teacher reads when it names the cluster."""
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_tokens: int | None = Field(default=None, ge=0)
+    """What 1C may spend on the teacher (prompt + completion tokens, dollars at
+    [teacher].price_usd_per_mtok); the phase stops before a request would exceed either."""
+    batch_file: bool = False
+    """Also write the example requests as an OpenAI Batch API file (teacher_batch.jsonl)."""
+    batch_output: str | None = None
+    """The Batch API's output file for those requests (relative to the repository): its
+    complete answers fill the teacher cache before anything is sent, so only what the batch
+    did not answer goes over the live endpoint."""
+    batch_price_usd_per_mtok: tuple[float, float] | None = None
+    """(input, output) dollars per million tokens of the batch (an input: the provider's batch
+    price table); needed with batch_output."""
+    epochs: float = Field(default=2, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    embed_batch_size: int = Field(default=16, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        if self.clusters_min > self.clusters_max:
+            raise ValueError(f"distill.clusters_min {self.clusters_min} > clusters_max "
+                             f"{self.clusters_max}")
+        if self.batch_output is not None and self.batch_price_usd_per_mtok is None:
+            raise ValueError("distill.batch_output needs distill.batch_price_usd_per_mtok "
+                             "(what the batch cost is priced at)")
+        if self.teacher_samples > 1 and self.teacher_temperature == 0:
+            raise ValueError("distill.teacher_samples > 1 needs teacher_temperature > 0 "
+                             "(greedy answers to one prompt are the same answer)")
+        return self
+
+
 class GGUFConfig(_Strict):
     """Phase 2C: GGUF export with llama.cpp's converter, K-quants with its quantizer."""
     base_type: Literal["F32", "F16", "BF16"] = "F16"
@@ -536,6 +606,7 @@ class Profile(_Strict):
     training: TrainingConfig
     eval: EvalConfig
     self_consistency: SelfConsistencyConfig | None = None
+    distill: DistillConfig | None = None
     prune: PruneConfig = Field(default_factory=PruneConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
@@ -561,7 +632,7 @@ class Profile(_Strict):
         every = [k for k in type(self).model_fields
                  if k not in ("name", "seed", "description", "source_file", "sha256",
                               "gate_overrides", "gating", "plan", "prices_usd_per_hour",
-                              # No built phase reads the teacher yet (1C will name it).
+                              # Read only by the phases that name it (1C).
                               "teacher")]
         picked = {k: data[k] for k in (tables or every)}
         picked.update(name=self.name, seed=self.seed)

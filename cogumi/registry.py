@@ -105,13 +105,27 @@ PHASES: tuple[PhaseSpec, ...] = (
         config=("model", "training", "eval", "self_consistency", "hardware"),
         seed_cost_usd="12-17", seed_duration="1 week"),
     PhaseSpec(
-        "1C", "Teacher distillation on clustered failures", ("1B", "0"), ("adapter/",),
-        _EVAL + ("failure_clusters", "teacher_examples", "gpt4_relative"),
-        seed_cost_usd="285", seed_duration="1 week"),
+        "1C", "Teacher distillation on clustered failures", ("1B", "0"),
+        ("adapter/", "pool_before/", "pool_after/", "failure_pool.jsonl", "clusters.json",
+         "teacher_examples.jsonl", "teacher_rejected.jsonl", "teacher_usage.json",
+         "teacher_eval/", "eval_after/", "loss_curve.png", "report.md"),
+        _EVAL + _JUDGED + (
+            "failure_clusters", "clusters.silhouette", "clusters.min_failure_drop_lower",
+            "failure_pool.items", "failure_pool.fit_items", "failure_pool.heldout_items",
+            "failure_pool.fit_failures", "failure_pool.failure_rate_before",
+            "teacher_examples", "teacher.requests", "teacher.rejected", "teacher.sent",
+            "teacher.cache_hits", "teacher.prompt_tokens", "teacher.completion_tokens",
+            "teacher.cost_usd", "teacher_relative")
+        + tuple(f"{t}.teacher_relative" for t in ("math", "mmlu", "code")),
+        entry="cogumi.phases.teacher_distill:run",
+        config=("model", "training", "eval", "distill", "teacher", "hardware"),
+        seed_cost_usd="285", seed_duration="1 week",
+        notes=("the student's score over the teacher's on the same items is teacher_relative "
+               "(the seed's \"% of GPT-4\": the profile's teacher stands in for GPT-4)",)),
     # Phase 2's ids keep the seed's names, but its inputs follow the real data flow: recovery
     # (2E) must come before quantization and export to end up in the shipped file, so
     # 1B -> 2A prune -> 2E recover -> 2B quantize; 2C exports 2E's full-precision weights.
-    # 1C is not built: 2A reads 1B (and 0 for calibration records).
+    # 2A reads 1B (and 0 for calibration records); whether it reads 1C is the lead's call.
     PhaseSpec("2A", "Pruning (SparseGPT)", ("1B", "0"),
               ("model/", "eval/", "calibration.json", "sparsity.json", "retention.json",
                "sizes.json", "report.md"),
@@ -121,7 +135,7 @@ PHASES: tuple[PhaseSpec, ...] = (
                                       "prune.heldout_loss_1b", "prune.heldout_loss_after"),
               entry="cogumi.phases.prune:run", seed_cost_usd="180", seed_duration="2 weeks",
               config=("model", "training", "eval", "prune", "hardware"),
-              notes=("reads 1B (1C is not built) and 0's curated records for calibration",
+              notes=("reads 1B (not 1C: its inputs are unchanged since 1C was built) and 0's curated records for calibration",
                      "data flow: 2A -> 2E -> 2B, and 2E -> 2C -> 2D -> 2F (2C requires 2B's "
                      "sign-off)")),
     PhaseSpec("2B", "4-bit quantization (AWQ / GPTQ, W4A16)", ("2E", "0"),
