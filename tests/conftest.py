@@ -39,8 +39,14 @@ def tiny_profile():
 
 
 def profile_with(tmp_path: Path, extra_toml: str, base: str = "tiny"):
-    """A copy of a shipped profile with extra TOML appended, written to a file."""
-    text = (ROOT / "cogumi" / "profiles" / f"{base}.toml").read_text() + "\n" + extra_toml
+    """A copy of a shipped profile with extra TOML appended, written to a file. A table the
+    extra TOML declares (`[teacher]`, `[distill]`, ...) replaces the profile's own."""
+    import re
+
+    text = (ROOT / "cogumi" / "profiles" / f"{base}.toml").read_text()
+    for table in re.findall(r"(?m)^\[([A-Za-z0-9_.]+)\]\s*$", extra_toml):
+        text = re.sub(rf"(?ms)^\[{re.escape(table)}\]\s*\n.*?(?=^\[|\Z)", "", text)
+    text += "\n" + extra_toml
     path = tmp_path / f"{base}-variant.toml"
     path.write_text(text)
     return parse_profile(text, str(path)), path

@@ -19,7 +19,7 @@ from cogumi.evaluation.backends.openai_backend import EndpointFailed, OpenAIBack
 from cogumi.profile import ProfileError
 from cogumi.teacher import LlamaCppServer, TeacherUnavailable, free_loopback_port
 
-from .conftest import ROOT, LoopbackServer
+from .conftest import LoopbackServer, profile_with
 
 OK = {"choices": [{"message": {"role": "assistant", "content": "The answer is 4"},
                    "finish_reason": "stop"}],
@@ -175,12 +175,10 @@ def test_the_tiny_profiles_teacher_is_served_from_its_fixture_and_solves_fixture
 
 def profile_with_teacher(body: str):
     """The tiny profile with its [teacher] table replaced by `body`."""
-    import re
-
-    from cogumi.profile import parse_profile
-    text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text()
-    text = re.sub(r"(?ms)^\[teacher\]\n.*?(?=^\[)", "", text)
-    return parse_profile(f"{text}\n[teacher]\n{body}\n", "tiny-variant.toml")
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        return profile_with(Path(d), f"[teacher]\n{body}\n")[0]
 
 
 def _port_open(port: int) -> bool:
