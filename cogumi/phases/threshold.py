@@ -103,7 +103,8 @@ def run(ctx: PhaseContext) -> dict:
         "apgr": a, "cpt50": cpt50, "cpt80": cpt80,
         "apgr_minus_random": None if vs_random is None else vs_random.to_dict(),
         "weak": weak, "strong": strong, "always_teacher_usd": always_usd,
-        "prices_usd_per_mtok": list(ctx.profile.teacher.price_usd_per_mtok),
+        "prices_usd_per_mtok": (list(ctx.profile.teacher.price_usd_per_mtok)
+                                if ctx.profile.teacher else None),
     }
     (out / "thresholds.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "curve.json").write_text(json.dumps(

@@ -64,12 +64,18 @@ def sweep(p_wrong: Sequence[float], local_correct: Sequence[bool],
         raise ValueError(f"sweep: {len(p)} probabilities, {len(local)} system verdicts, "
                          f"{len(teacher)} teacher verdicts, {len(usd)} costs")
     weak, strong = gap(local, teacher)
-    points = []
-    for t in [NEVER, *sorted(set(p.tolist()), reverse=True)]:
-        esc = p >= t
-        q = float(np.where(esc, teacher, local).mean())
-        points.append(Point(float(t), int(esc.sum()), float(esc.mean()), q,
-                            float(usd[esc].sum()), pgr(q, weak, strong)))
+    # Escalating in order of decreasing p_wrong, a query adds (teacher - system) to the
+    # number right and its teacher cost; a threshold escalates a whole group of ties.
+    order = np.argsort(-p, kind="stable")
+    ps = p[order]
+    gain = np.cumsum(teacher[order].astype(int) - local[order].astype(int))
+    spent = np.cumsum(usd[order])
+    ends = np.flatnonzero(np.r_[ps[1:] != ps[:-1], True])  # last index of each tie group
+    points = [Point(NEVER, 0, 0.0, weak, 0.0, pgr(weak, weak, strong))]
+    for e in ends:
+        q = weak + float(gain[e]) / n
+        points.append(Point(float(ps[e]), int(e + 1), float((e + 1) / n), q, float(spent[e]),
+                            pgr(q, weak, strong)))
     return points
 
 

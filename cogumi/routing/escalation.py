@@ -98,9 +98,10 @@ class Escalation:
                    intercept=lr.intercept_[0], info=info)
 
     def p_wrong_many(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
+        X = _matrix(rows, self.signals)  # a missing signal is an error for every model kind
         if self.constant is not None:
             return np.full(len(rows), self.constant)
-        return self._pipe.predict_proba(_matrix(rows, self.signals))[:, 1]
+        return self._pipe.predict_proba(X)[:, 1]
 
     def p_wrong(self, signals: Mapping[str, float]) -> float:
         """P(wrong) for one query's signals (a dict with every name of ``self.signals``)."""
