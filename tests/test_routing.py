@@ -377,13 +377,13 @@ def test_llama_cpp_routes_record_logprobs_and_embed(tiny_f32_gguf, tmp_path):
     root = Path(__file__).resolve().parents[1]
     task = load_task("math", root / "fixtures" / "benchmarks" / "math_dev.jsonl")
     backend = route_backend(gguf, None, n_ctx=512, n_threads=1)
-    rep = evaluate(backend, task, GenerationSettings(max_new_tokens=24), limit=3,
+    rep = evaluate(backend, task, GenerationSettings(max_new_tokens=8), limit=2,
                    loglikelihood=False)
     for rec in rep.records:
         lps = rec["token_logprobs"][0]
         assert len(lps) == rec["completion_tokens"][0] > 0 and all(x <= 0 for x in lps)
     backend.llama.close()
-    qs, labs = _queries(24, 5)
+    qs, labs = _queries(9, 5)
     emb = LlamaEmbedding(gguf, n_ctx=512, n_threads=1)
     router = Router.fit(qs, labs, ROUTES, emb)
     saved = router.save(tmp_path / "router")
