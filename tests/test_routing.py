@@ -396,3 +396,42 @@ def test_llama_cpp_routes_record_logprobs_and_embed(tiny_f32_gguf, tmp_path):
     assert [r for r, _ in before] == [r for r, _ in after]
     assert np.allclose([m for _, m in before], [m for _, m in after])
     loaded.close()
+
+
+# ---------------------------------------------------------------------- phase 4A's rules
+def test_router_features_are_chosen_by_accuracy_then_latency():
+    from cogumi.phases.route import choose_features
+    # best 0.90 on 100 queries: standard error 0.03, so 0.88 counts as equally accurate
+    fast = {"kind": "hashed-ngrams", "cv_accuracy": 0.88, "latency_ms_median": 0.2}
+    slow = {"kind": "llama-embedding", "cv_accuracy": 0.90, "latency_ms_median": 9.0}
+    assert choose_features([fast, slow], 100)[0] is fast
+    worse = {**fast, "cv_accuracy": 0.85}  # more than one standard error below
+    pick, why = choose_features([worse, slow], 100)
+    assert pick is slow and "standard error 0.030" in why
+
+
+def test_modifiers_are_checked_against_their_adapter_and_the_base(tmp_path):
+    from cogumi.artifacts import sha256_file
+    from cogumi.phases.route import read_modifiers
+    from cogumi.runner import PhaseInputError
+    ctx = _ctx(tmp_path, "4A")
+    for pid in ("3A", "3B", "3C"):
+        (tmp_path / "runs" / pid).mkdir(parents=True)
+    adapter = tmp_path / "runs" / "3A" / "adapter.gguf"
+    adapter.write_bytes(b"lora")
+    mod = {"name": "code", "phase": "3A", "domain": "code", "task": "code",
+           "adapter_gguf_sha256": sha256_file(adapter), "adapter_bytes": 4, "lora_rank": 8,
+           "lora_alpha": 16.0, "base_gguf_sha256": "b" * 64}
+    (tmp_path / "runs" / "3A" / "modifier.json").write_text(json.dumps(mod))
+    mods = read_modifiers(ctx, "b" * 64)
+    assert [m["name"] for m in mods] == ["code"] and mods[0]["adapter"] == adapter
+    assert any("3B ships no modifier" in n for n in ctx.notes)
+    with pytest.raises(PhaseInputError, match="'base_gguf_sha256' is not 2C's model.gguf"):
+        read_modifiers(ctx, "c" * 64)
+    adapter.write_bytes(b"changed")
+    with pytest.raises(PhaseInputError, match="'adapter_gguf_sha256' does not match"):
+        read_modifiers(ctx, "b" * 64)
+    (tmp_path / "runs" / "3A" / "modifier.json").write_text(json.dumps(
+        {k: v for k, v in mod.items() if k != "task"}))
+    with pytest.raises(PhaseInputError, match="modifier.json: missing key 'task'"):
+        read_modifiers(ctx, "b" * 64)
