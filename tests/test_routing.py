@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from cogumi.routing import SIGNALS, Escalation, Router, RouterFileError, serving_signals
-from cogumi.routing import curve
+from cogumi.routing import SIGNALS, Escalation, Router, RouterFileError, curve, serving_signals
 from cogumi.routing.escalation import EMPTY_LOGPROB, EscalationFileError
 from cogumi.routing.labels import (
     OutcomesFileError,
