@@ -113,7 +113,7 @@ def test_verifier_label_tie_rule():
     assert verifier_label({"base": False, "code": True, "reasoning": True}, "base",
                           ROUTES) == "code"
     assert verifier_label({"base": False, "code": False, "reasoning": False}, "code",
-                          ROUTES) == "code"
+                          ROUTES) == "base"  # all wrong: a tie of every route
     assert source_route("code", {"code": "code"}) == "code"
     assert source_route("math", {"code": "code"}) == "base"
 

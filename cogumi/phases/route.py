@@ -3,8 +3,8 @@
 Held-out queries ([routing] queries: the fixture's dev split, never an evaluation or
 training problem) are answered by every route in llama.cpp: the shipped base (2C's
 model.gguf) alone and with each modifier's GGUF LoRA (3A-3C's adapter.gguf). Each query
-gets two labels (cogumi.routing.labels): the verifier-accepted route (ties: base, then the
-source domain's modifier) and its source domain's route. Queries are split by a hash of
+gets two labels (cogumi.routing.labels): the verifier-accepted route (ties, and no route
+accepted: base, then the source domain's modifier) and its source domain's route. Queries are split by a hash of
 their id into "fit" and "report"; every number a gate reads is measured on "report".
 
 Router features are measured, not assumed: each candidate of [routing] features is
@@ -27,8 +27,8 @@ import numpy as np
 
 from cogumi.artifacts import sha256_file
 from cogumi.evaluation import GenerationSettings
-from cogumi.evaluation.splits import IdSplit, normalise, prompt_text
-from cogumi.phases.common import eval_cache, profile_task, refuse_evaluation_items
+from cogumi.evaluation.splits import IdSplit, normalise
+from cogumi.phases.common import eval_cache, eval_tasks, profile_task
 from cogumi.routing.labels import (
     BASE,
     confusion,
@@ -37,7 +37,7 @@ from cogumi.routing.labels import (
     verifier_label,
     write_outcomes,
 )
-from cogumi.routing.outcomes import outcome_rows, run_routes
+from cogumi.routing.outcomes import outcome_rows, qualified_id, query_text, run_routes
 from cogumi.routing.router import Router, make_features
 from cogumi.runner import PhaseContext, PhaseInputError
 
@@ -98,17 +98,30 @@ def read_modifiers(ctx: PhaseContext, base_sha: str) -> list[dict]:
     return mods
 
 
-def refuse_training_items(ctx: PhaseContext, tasks: list) -> None:
-    """Queries that are curated training records (phase 0), by normalised text, stop the
-    phase: the routes were trained on them, and their answers would not be held out."""
+def refuse_overlap(ctx: PhaseContext, tasks: list) -> None:
+    """Held-out queries are neither evaluation items nor curated training records (phase 0).
+
+    Compared by the whole normalised user turn (what the router and the routes see), not by
+    the question field alone: multiple-choice questions share their stem ("Which number is
+    the largest?") and differ in their options, so the stem alone would call different
+    questions the same (splits.assert_disjoint compares stems; it is right for training
+    data, where a shared stem is the leak to refuse)."""
+    seen: dict[str, str] = {}
+    for task in eval_tasks(ctx):
+        for it in task.items:
+            if it.malformed is None:
+                seen[normalise(query_text(task, it))] = f"evaluation item {task.name}:{it.id}"
     curated = ctx.input_dir("0") / "curated.jsonl"
-    texts = {normalise(json.loads(line)["instruction"])
-             for line in curated.read_text().splitlines() if line}
-    hits = [f"{t.name}:{it.id}" for t in tasks for it in t.items
-            if it.malformed is None and normalise(prompt_text(it)) in texts]
+    for line in curated.read_text().splitlines():
+        if line:
+            rec = json.loads(line)
+            seen.setdefault(normalise(rec["instruction"]), f"curated record {rec['id']}")
+    hits = [f"{qualified_id(t, it.id)} ({seen[key]})" for t in tasks for it in t.items
+            if it.malformed is None and (key := normalise(query_text(t, it))) in seen]
     if hits:
-        raise PhaseInputError(f"[routing] queries: {len(hits)} are curated training records "
-                              f"({', '.join(hits[:5])}); held-out queries must be unseen")
+        raise PhaseInputError(f"[routing] queries: {len(hits)} are evaluation items or "
+                              f"training records: {', '.join(hits[:5])}; held-out queries "
+                              f"must be unseen")
 
 
 def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
@@ -151,9 +164,7 @@ def run(ctx: PhaseContext) -> dict:
     routes = (BASE, *[m["name"] for m in mods])
     domain_routes = {m["task"]: m["name"] for m in mods}
     tasks = routing_tasks(ctx)
-    refuse_evaluation_items(ctx, ((it.id, prompt_text(it)) for t in tasks for it in t.items
-                                  if it.malformed is None), "[routing] queries")
-    refuse_training_items(ctx, tasks)
+    refuse_overlap(ctx, tasks)
     if cfg.limit is not None:
         ctx.notes.append(f"reduced query sample: at most {cfg.limit} per domain "
                          f"(routing.limit)")
@@ -196,7 +207,8 @@ def run(ctx: PhaseContext) -> dict:
         if c is not pick:
             c["router"].close()
     router.info["features_chosen_by"] = why
-    router.info["labelling"] = "verifier-accepted route (ties: base, then source domain)"
+    router.info["labelling"] = ("verifier-accepted route (ties, and no route accepted: base, "
+                                "then the source domain's modifier)")
     router.save(ctx.out_dir / "router")
 
     for r, d in zip(fit, oof[pick["kind"]], strict=True):
@@ -222,7 +234,8 @@ def run(ctx: PhaseContext) -> dict:
                    f"{ctx.profile.name}: router ({pick['kind']}) on the report split")
     ctx.add_figure("confusion.png", f"Confusion matrix of the router ({pick['kind']}) on "
                    f"{len(rep)} report-split queries: rows are the verifier-accepted route "
-                   f"(ties: base, then the source domain's modifier), columns the router's")
+                   f"(ties and all-wrong: base, then the source domain's modifier), columns "
+                   f"the router's")
     _report(ctx, metrics, candidates, pick, why, conf, conf_src, routes, mods, excluded)
     return metrics
 

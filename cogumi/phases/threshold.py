@@ -177,17 +177,23 @@ def _report(ctx, result, m, n) -> None:
         v = m.get(key)
         return "undefined" if v is None else format(v, fmt)
     at, seed = result["report"], result["seed_cutoff"]
+    chosen = ("escalate nothing (threshold above every probability)"
+              if result["threshold"] > 1 else
+              f"escalate when p_wrong >= **{result['threshold']:.4f}**")
+    gap = result["strong"] > result["weak"]
     ctx.write_report(
         f"Objective: {result['objective']}. Reading of the seed's 0.80: {result['seed_reading']}."
-        f"\n\nChosen on the fit split: escalate when p_wrong >= **{result['threshold']:.4f}**.\n\n"
+        f"\n\nChosen on the fit split: {chosen}.\n\n"
         f"| on {n} report-split queries | sent to teacher | verified accuracy | PGR | $ |\n"
         f"|---|---|---|---|---|\n"
-        f"| no escalation (weak) | 0.000 | {result['weak']:.3f} | 0 | 0 |\n"
+        f"| no escalation (weak) | 0.000 | {result['weak']:.3f} | "
+        f"{'0' if gap else 'undefined'} | 0 |\n"
         f"| operating point | {at['escalated_share']:.3f} | {at['quality']:.3f} | "
         f"{f('operating_point.pgr')} | {at['usd']:.4g} |\n"
         f"| seed's cut-off (confidence < 0.80) | {seed['escalated_share']:.3f} | "
         f"{seed['quality']:.3f} | {f('seed_cutoff.pgr')} | {seed['usd']:.4g} |\n"
-        f"| always teacher (strong) | 1.000 | {result['strong']:.3f} | 1 | "
+        f"| always teacher (strong) | 1.000 | {result['strong']:.3f} | "
+        f"{'1' if gap else 'undefined'} | "
         f"{result['always_teacher_usd']:.4g} |\n\n"
         f"RouteLLM's metrics (weak = system, strong = teacher): APGR {f('apgr')} (random 0.5; "
         f"APGR - 0.5 = {f('apgr_minus_random')}, 95% bootstrap interval "
