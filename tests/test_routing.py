@@ -434,3 +434,32 @@ def test_modifiers_are_checked_against_their_adapter_and_the_base(tmp_path):
         {k: v for k, v in mod.items() if k != "task"}))
     with pytest.raises(PhaseInputError, match="modifier.json: missing key 'task'"):
         read_modifiers(ctx, "b" * 64)
+
+
+def test_outcome_rows_follow_the_contract(tmp_path):
+    from cogumi.evaluation import EvalReport, load_task
+    from cogumi.evaluation.splits import IdSplit
+    from cogumi.routing.outcomes import outcome_rows
+    path = tmp_path / "math_q.jsonl"
+    path.write_text('{"problem": "1 + 1?", "level": "Level 1", "type": "Prealgebra", '
+                    '"solution": "$\\\\boxed{2}$"}\nnot json\n')
+    task = load_task("math", path, on_error="record")
+    good = task.items[0]
+
+    def report(correct, lps):
+        rec = {"task": "math", "item_id": good.id, "verdicts": [correct],
+               "reasons": ["correct" if correct else "wrong_answer"], "completion_tokens": [3],
+               "token_logprobs": [lps]}
+        return EvalReport(metrics={}, records=[rec], settings={}, backend={}, tasks=[])
+    rows, excluded = outcome_rows([task], {"base": report(True, [-0.1, -0.5, -0.3]),
+                                           "code": report(False, [])}, IdSplit(0.5, "s"))
+    assert [e["id"] for e in excluded] == [f"math:{task.items[1].id}"]
+    (row,) = rows
+    assert row["id"] == f"math:{good.id}" and row["domain"] == "math"
+    assert row["split"] in ("fit", "report") and "1 + 1?" in row["query"]
+    assert row["routes"]["base"]["correct"] is True
+    assert row["routes"]["base"]["mean_logprob"] == pytest.approx(-0.3)
+    assert row["routes"]["base"]["min_logprob"] == -0.5
+    assert row["routes"]["code"]["min_logprob"] == EMPTY_LOGPROB  # empty answer: least sure
+    write_outcomes(tmp_path / "o.jsonl", [{**row, "router": {"route": "base", "margin": 0.5}}])
+    assert read_outcomes(tmp_path / "o.jsonl")[0]["routes"]["base"]["completion_tokens"] == 3
