@@ -471,3 +471,85 @@ def test_outcome_rows_follow_the_contract(tmp_path):
     assert row["routes"]["code"]["min_logprob"] == EMPTY_LOGPROB  # empty answer: least sure
     write_outcomes(tmp_path / "o.jsonl", [{**row, "router": {"route": "base", "margin": 0.5}}])
     assert read_outcomes(tmp_path / "o.jsonl")[0]["routes"]["base"]["completion_tokens"] == 3
+
+
+def test_escalation_asks_the_teacher_the_same_queries_and_reads_detection(tmp_path):
+    """4B with a teacher: a fake OpenAI-compatible endpoint that knows the answers (all but
+    one), the same prompts and verifiers as the routes; detection at the operating point."""
+    from http.server import BaseHTTPRequestHandler
+
+    from cogumi.evaluation import load_task
+    from cogumi.phases import escalate
+    from cogumi.profile import parse_profile
+    from cogumi.registry import get_phase
+    from cogumi.routing.outcomes import qualified_id, query_text
+    from cogumi.runner import PhaseContext
+
+    from .conftest import ROOT, LoopbackServer
+    task = load_task("math", ROOT / "fixtures" / "benchmarks" / "math_dev.jsonl")
+    items = task.items[:16]
+    answers = {it.fields["problem"]: it.reference for it in items}
+    wrong_once = items[0].fields["problem"]
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            content = body["messages"][-1]["content"]
+            asked.append(content)
+            problem = next(p for p in answers if p in content)
+            n = "-1" if problem == wrong_once else answers[problem]
+            out = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                       "content": f"The answer is {n}"},
+                                           "finish_reason": "stop"}],
+                              "usage": {"prompt_tokens": 100, "completion_tokens": 5}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    server = LoopbackServer()
+    server.serve(Handler)
+    try:
+        text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text()
+        text = text.replace(
+            text[text.index("queries = {"):text.index("\nreport_fraction")],
+            'queries = { math = "fixtures/benchmarks/math_dev.jsonl" }\nlimit = 16')
+        text += (f'\n[teacher]\nsource = "endpoint"\nbase_url = "{server.url}"\n'
+                 f'model = "fake"\napi_key_env = "COGUMI_TEST_NO_KEY"\n'
+                 f'price_usd_per_mtok = [1.0, 2.0]\n')
+        profile = parse_profile(text, str(tmp_path / "p.toml"))
+        rng = np.random.default_rng(0)
+        rows = []
+        for i, it in enumerate(items):
+            right = i % 3 != 0
+            lp = (-0.2 if right else -2.5) + float(rng.normal(0, 0.2))
+            rows.append({"id": qualified_id(task, it.id), "split": "report" if i % 2 else "fit",
+                         "domain": "math", "query": query_text(task, it),
+                         "routes": {"base": {"correct": right, "mean_logprob": lp,
+                                             "min_logprob": 2 * lp, "completion_tokens": 9}},
+                         "router": {"route": "base", "margin": 1.0}})
+        (tmp_path / "runs" / "4A").mkdir(parents=True)
+        write_outcomes(tmp_path / "runs" / "4A" / "route_outcomes.jsonl", rows)
+        (tmp_path / "out").mkdir()
+        ctx = PhaseContext(profile, get_phase("4B"), tmp_path / "out", tmp_path / "runs",
+                           Console(quiet=True), code_sha256="test")
+        m = escalate.run(ctx)
+    finally:
+        server.close()
+    assert len(asked) == 16 and all(q in {r["query"] for r in rows} for q in asked)
+    teacher = [json.loads(x) for x in
+               (ctx.out_dir / "teacher_outcomes.jsonl").read_text().splitlines()]
+    assert {t["id"] for t in teacher} == {r["id"] for r in rows}
+    assert sum(t["correct"] for t in teacher) == 15
+    assert all((t["prompt_tokens"], t["completion_tokens"]) == (100, 5) for t in teacher)
+    sig = [json.loads(x) for x in (ctx.out_dir / "signals.jsonl").read_text().splitlines()]
+    assert sig[0]["teacher"]["usd"] == pytest.approx((100 * 1.0 + 5 * 2.0) / 1e6)
+    # the system is wrong on every third query, where its log-probabilities are low: the
+    # operating point escalates those and nothing else
+    assert m["escalation.detection"] == 1.0 and m["escalation.false_escalation_rate"] == 0.0
+    assert m["teacher.report_accuracy"] == 1.0
