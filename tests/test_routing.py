@@ -553,3 +553,31 @@ def test_escalation_asks_the_teacher_the_same_queries_and_reads_detection(tmp_pa
     # operating point escalates those and nothing else
     assert m["escalation.detection"] == 1.0 and m["escalation.false_escalation_rate"] == 0.0
     assert m["teacher.report_accuracy"] == 1.0
+
+
+def test_held_out_queries_that_are_evaluation_items_or_training_records_are_refused(tmp_path):
+    from cogumi.phases.common import eval_tasks
+    from cogumi.phases.route import refuse_overlap, routing_tasks
+    from cogumi.runner import PhaseInputError
+    ctx = _ctx(tmp_path, "4A")
+    (tmp_path / "runs" / "0").mkdir(parents=True)
+    curated = tmp_path / "runs" / "0" / "curated.jsonl"
+    tasks = routing_tasks(ctx)
+    mmlu = next(t for t in tasks if t.name == "mmlu").items[0].fields
+    # A shared multiple-choice stem with other options is another question: not refused.
+    curated.write_text(json.dumps({"id": "r1", "instruction": mmlu["question"] + " A. 1 B. 2"})
+                       + "\n")
+    refuse_overlap(ctx, tasks)
+    with pytest.raises(PhaseInputError, match=r"evaluation item math:"):
+        refuse_overlap(ctx, eval_tasks(ctx))
+    problem = next(t for t in tasks if t.name == "math").items[3].fields["problem"]
+    curated.write_text(json.dumps({"id": "r2", "instruction": "Solve the following word problem.",
+                                   "input": problem}) + "\n")
+    with pytest.raises(PhaseInputError, match=r"1 are evaluation items or training records: "
+                                              r"math:.* \(curated record r2\)"):
+        refuse_overlap(ctx, tasks)
+    options = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(mmlu["choices"]))
+    curated.write_text(json.dumps({"id": "r3", "instruction": f"{mmlu['question']}\n{options}"})
+                       + "\n")
+    with pytest.raises(PhaseInputError, match=r"curated record r3"):
+        refuse_overlap(ctx, tasks)

@@ -21,6 +21,7 @@ server will see; the report split's are the final router's.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 
 import numpy as np
@@ -98,26 +99,57 @@ def read_modifiers(ctx: PhaseContext, base_sha: str) -> list[dict]:
     return mods
 
 
+def _key_texts(task, item) -> list[str]:
+    """What identifies a query's problem inside another text, normalised: a math problem's
+    text, a code task's entry point, a multiple-choice question's stem and every option."""
+    f = item.fields
+    if task.kind == "math":
+        return [normalise(f.get("question") or f.get("problem") or "")]
+    if task.kind == "code":
+        return [normalise(f["entry_point"])]
+    if task.kind == "mmlu":
+        return [normalise(f["question"]), *(normalise(str(c)) for c in f["choices"])]
+    return [normalise(query_text(task, item))]
+
+
+def _contains(text: str, keys: list[str]) -> bool:
+    # Whole words: option "12" is not inside "120", entry point add_two not inside add_twenty.
+    return all(k and re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", text) for k in keys)
+
+
 def refuse_overlap(ctx: PhaseContext, tasks: list) -> None:
     """Held-out queries are neither evaluation items nor curated training records (phase 0).
 
-    Compared by the whole normalised user turn (what the router and the routes see), not by
-    the question field alone: multiple-choice questions share their stem ("Which number is
-    the largest?") and differ in their options, so the stem alone would call different
-    questions the same (splits.assert_disjoint compares stems; it is right for training
-    data, where a shared stem is the leak to refuse)."""
+    Evaluation items: compared by the whole normalised user turn (what the router and the
+    routes see), not by the question field alone: multiple-choice questions share their stem
+    ("Which number is the largest?") and differ in their options (splits.assert_disjoint
+    compares stems, which is right for training data but calls different questions the
+    same here). Curated records are worded freely (an instruction around the problem, the
+    problem as the input), so a record overlaps a query when its text contains the query's
+    problem: the math problem, the code task's entry point, or the question's stem with
+    every option (whole words)."""
     seen: dict[str, str] = {}
     for task in eval_tasks(ctx):
         for it in task.items:
             if it.malformed is None:
                 seen[normalise(query_text(task, it))] = f"evaluation item {task.name}:{it.id}"
-    curated = ctx.input_dir("0") / "curated.jsonl"
-    for line in curated.read_text().splitlines():
-        if line:
-            rec = json.loads(line)
-            seen.setdefault(normalise(rec["instruction"]), f"curated record {rec['id']}")
-    hits = [f"{qualified_id(t, it.id)} ({seen[key]})" for t in tasks for it in t.items
-            if it.malformed is None and (key := normalise(query_text(t, it))) in seen]
+    curated_path = ctx.input_dir("0") / "curated.jsonl"
+    curated = [json.loads(line) for line in curated_path.read_text().splitlines() if line]
+    texts = [(r["id"], normalise(" ".join(str(r.get(k) or "") for k in ("instruction", "input"))))
+             for r in curated]
+    hits = []
+    for t in tasks:
+        for it in t.items:
+            if it.malformed is not None:
+                continue
+            key = normalise(query_text(t, it))
+            if key in seen:
+                hits.append(f"{qualified_id(t, it.id)} ({seen[key]})")
+                continue
+            keys = _key_texts(t, it)
+            rec = next((rid for rid, text in texts if _contains(text, keys)), None)
+            if rec is not None:
+                hits.append(f"{qualified_id(t, it.id)} (curated record {rec})")
     if hits:
         raise PhaseInputError(f"[routing] queries: {len(hits)} are evaluation items or "
                               f"training records: {', '.join(hits[:5])}; held-out queries "
