@@ -223,6 +223,8 @@ def test_apgr_and_cpt_on_a_curve_checked_by_hand():
     assert [pt.pgr for pt in pts] == pytest.approx([0, 1, 0, 1, 1])
     assert [pt.usd for pt in pts] == [0, 1, 3, 6, 10]
     assert curve.apgr(pts) == pytest.approx(0.625)
+    # (strong - weak) x (APGR - 0.5) = 0.25 x 0.125
+    assert curve.area_over_random(pts) == pytest.approx(0.25 * 0.125)
     assert curve.cpt(pts, 0.5) == 0.25 and curve.cpt(pts, 0.8) == 0.25
     chosen = curve.Objective(0.8).choose(pts)
     assert (chosen.threshold, chosen.escalated_share) == (0.9, 0.25)
@@ -258,6 +260,11 @@ def test_a_random_policy_recovers_the_share_it_escalates():
 def test_no_gap_means_no_escalation():
     pts = curve.sweep([0.9, 0.1], [True, False], [True, False])
     assert pts[0].pgr is None and curve.apgr(pts) is None and curve.cpt(pts, 0.5) is None
+    assert curve.area_over_random(pts) == 0.0
+    # no gap, and the teacher is wrong exactly where the system is right and escalated
+    # first: 0.5 below random's (flat) line at share 0.5, area 2 x (0.5 x 0.5 / 2)
+    worse = curve.sweep([0.9, 0.1], [True, False], [False, True])
+    assert curve.apgr(worse) is None and curve.area_over_random(worse) == pytest.approx(-0.25)
     assert curve.Objective(0.8).choose(pts).threshold == curve.NEVER > 1.0
 
 
@@ -348,9 +355,9 @@ def test_threshold_is_chosen_on_fit_and_reported_on_report(tmp_path):
         [r["teacher"]["correct"] for r in fit]))
     assert th["threshold"] == m["threshold"] == expected.threshold
     assert th["fit"]["pgr"] >= 0.80
-    for key in ("apgr", "cpt50", "cpt80", "operating_point.pgr", "apgr_minus_random_lower"):
+    for key in ("apgr", "cpt50", "cpt80", "operating_point.pgr", "area_over_random_lower"):
         assert key in m
-    assert m["apgr"] > 0.5 and m["apgr_minus_random_lower"] > 0
+    assert m["apgr"] > 0.5 and m["area_over_random_lower"] > 0
     assert (ctx.out_dir / "cost_quality.png").stat().st_size > 0
     # Report-split verdicts do not move the threshold.
     for r in rows:
