@@ -71,9 +71,10 @@ def sweep(p_wrong: Sequence[float], local_correct: Sequence[bool],
     gain = np.cumsum(teacher[order].astype(int) - local[order].astype(int))
     spent = np.cumsum(usd[order])
     ends = np.flatnonzero(np.r_[ps[1:] != ps[:-1], True])  # last index of each tie group
+    right = int(local.sum())  # counts, not float sums: PGR 0 and 1 come out exactly
     points = [Point(NEVER, 0, 0.0, weak, 0.0, pgr(weak, weak, strong))]
     for e in ends:
-        q = weak + float(gain[e]) / n
+        q = (right + int(gain[e])) / n
         points.append(Point(float(ps[e]), int(e + 1), float((e + 1) / n), q, float(spent[e]),
                             pgr(q, weak, strong)))
     return points
