@@ -27,7 +27,7 @@ def _answers() -> dict[str, str]:
             r = json.loads(line)
             boxed = re.findall(r"\\boxed\{([^}]*)\}", r["solution"])[-1]
             out[r["problem"]] = f"Let me compute. The answer is {boxed}."
-    for name in ("code.jsonl", "code_dev.jsonl"):
+    for name in ("code.jsonl", "code_train.jsonl"):
         for line in (BENCH / name).read_text().splitlines():
             r = json.loads(line)
             out[r["prompt"]] = f"```python\n{r['prompt']}{r['canonical_solution']}```"
@@ -132,7 +132,7 @@ def test_phase_1c_clusters_distils_trains_and_a_rerun_asks_nothing(tmp_path):
         out = runs / "1C"
         # Every pool item is accounted for, on one side, in one cluster.
         pool = [json.loads(x) for x in (out / "failure_pool.jsonl").read_text().splitlines()]
-        assert len(pool) == metrics["failure_pool.items"] == 40 + 27
+        assert len(pool) == metrics["failure_pool.items"] == 40 + 40  # each pool at its limit
         assert {r["side"] for r in pool} == {"fit", "heldout"}
         k = int(metrics["failure_clusters"])
         assert k >= 1 and {r["cluster"] for r in pool} <= set(range(k))
@@ -201,7 +201,7 @@ def test_a_bad_distill_table_is_one_line_naming_the_key(tmp_path):
     pools = text.replace('{ task = "code", source', '{ task = "code", source = "curated", x')
     with pytest.raises(ProfileError):
         parse_profile(pools, "x.toml")
-    curated = text.replace('{ task = "code", source = "fixtures/benchmarks/code_dev.jsonl" }',
+    curated = text.replace('{ task = "code", source = "fixtures/benchmarks/code_train.jsonl" }',
                            '{ task = "code", source = "curated" }')
     with pytest.raises(ProfileError, match="source 'curated' is phase 0's math records"):
         parse_profile(curated, "x.toml")
