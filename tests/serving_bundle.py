@@ -1,0 +1,85 @@
+"""A real bundle from the tiny fixture model, for the serving tests (built once a session).
+
+The base is the fixture Llama exported to F32 GGUF by 2C's converter (conftest's
+tiny_f32_gguf); each modifier is a real PEFT LoRA on the same model, its weights drawn at
+random (init_lora_weights=False: a freshly initialised LoRA has B = 0 and would change
+nothing), converted by llama.cpp's convert_lora_to_gguf.py, so the modifiers answer
+differently from the base and from each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_MODEL = ROOT / "fixtures" / "tiny-llama"
+MODIFIERS = {"code": 1, "reasoning": 2}
+"""Modifier name -> the seed its random LoRA is drawn with."""
+
+
+def make_lora_gguf(name: str, seed: int, work: Path) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cogumi.compression.gguf_export import convert_lora_to_gguf
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(FIXTURE_MODEL, dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                            target_modules=["q_proj", "v_proj", "down_proj"]))
+    adapter = work / f"{name}-adapter"
+    peft.save_pretrained(adapter)
+    out = work / f"{name}.gguf"
+    convert_lora_to_gguf(adapter, FIXTURE_MODEL, out, "f32", work / f"{name}-convert.log")
+    return out
+
+
+def pack(src: Path, out: Path) -> Path:
+    import zstandard
+    with open(src, "rb") as fin, open(out, "wb") as fout:
+        zstandard.ZstdCompressor(level=3).copy_stream(fin, fout)
+    return out
+
+
+def build_parts(work: Path, base_gguf: Path) -> dict:
+    """Everything a bundle is made of except the router and escalation model."""
+    work.mkdir(parents=True, exist_ok=True)
+    modifiers = {}
+    for name, seed in MODIFIERS.items():
+        gguf = make_lora_gguf(name, seed, work)
+        modifiers[name] = (gguf, {"name": name, "domain": name, "lora_rank": 4,
+                                  "lora_alpha": 8.0})
+    return {"base_gguf": base_gguf, "packed": pack(base_gguf, work / "model.gguf.zst"),
+            "modifiers": modifiers}
+
+
+class RunningServer:
+    """uvicorn serving an app on a free loopback port, in a thread of this process."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        from cogumi.teacher import free_loopback_port
+        self.port = free_loopback_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            self.thread.join(timeout=10)
