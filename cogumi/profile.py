@@ -328,6 +328,39 @@ class CalibrationConfig(_Strict):
     bins: int = Field(default=10, ge=2)
 
 
+class RoutingConfig(_Strict):
+    """Phases 4A-4C: the router's held-out queries and how they are split.
+
+    ``queries`` maps an evaluation task's key (``math``, ``mmlu``, ``code``, ``gsm8k``,
+    ``humaneval``, ``bfcl``: a query's domain, matched to each modifier's ``task``) to a file
+    or hub dataset in that benchmark's schema, disjoint from the evaluation split and from
+    training data (phase 4A refuses an overlap). Every query is answered by every route and
+    verified: the labels and the escalation signals come from those answers."""
+    queries: dict[str, TaskSource] = Field(min_length=1)
+    limit: int | None = Field(default=None, gt=0)
+    """At most this many queries per domain (a reduced run, stated in the report)."""
+    report_fraction: float = Field(default=0.5, gt=0, lt=1)
+    """Share of queries (by a hash of the query id and ``salt``) on the "report" split; the
+    rest is the "fit" split: the router, the escalation model and the threshold are fitted
+    on "fit" and every gate reads "report"."""
+    salt: str = Field(default="cogumi-routing-1", min_length=1)
+    features: list[Literal["hashed-ngrams", "llama-embedding"]] = Field(
+        default_factory=lambda: ["hashed-ngrams", "llama-embedding"], min_length=1)
+    """Router feature candidates, measured on the fit split (cross-validated) and picked by
+    accuracy, then latency (cogumi.phases.route)."""
+    cv_folds: int = Field(default=5, ge=2)
+    max_new_tokens: int | None = Field(default=None, gt=0)
+    """Generation budget of each route's answer; default: [eval] max_new_tokens."""
+
+    @model_validator(mode="after")
+    def _known_domains(self) -> RoutingConfig:
+        known = ("math", "mmlu", "code", *PACKAGE_BENCHMARK_KEYS)
+        unknown = [k for k in self.queries if k not in known]
+        if unknown:
+            raise ValueError(f"routing.queries: {unknown} are not benchmark keys ({', '.join(known)})")
+        return self
+
+
 class PruneConfig(_Strict):
     """Phase 2A: one-shot SparseGPT pruning with llm-compressor, calibrated on curated data."""
     sparsity: float = Field(default=0.65, gt=0, lt=1)
@@ -535,6 +568,7 @@ class Profile(_Strict):
     gguf: GGUFConfig = Field(default_factory=GGUFConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    routing: RoutingConfig | None = None
     hardware: HardwareConfig
     prices_usd_per_hour: dict[str, float] = Field(default_factory=dict)
     plan: dict[str, PlanStep] = Field(default_factory=dict)

@@ -423,7 +423,10 @@ def _evaluate_task(backend, task, settings, limit, sandbox, workers, use_ll):
         rec.update(generations=texts, extracted=extracted, extraction_rules=rules,
                    verdicts=verdicts, reasons=reasons, details=details,
                    finish_reasons=[o.finish_reason for o in gens],
-                   completion_tokens=[o.completion_tokens for o in gens])
+                   completion_tokens=[o.completion_tokens for o in gens],
+                   prompt_tokens=[o.prompt_tokens for o in gens])
+        if any("token_logprobs" in o.extra for o in gens):
+            rec["token_logprobs"] = [o.extra.get("token_logprobs", []) for o in gens]
         if it.id in ll_scores:
             sc = ll_scores[it.id]
             best = max(range(len(sc)), key=lambda i: sc[i])

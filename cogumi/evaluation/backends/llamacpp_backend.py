@@ -69,6 +69,7 @@ class LlamaCppBackend(Backend):
         add_bos: bool | None = None,
         chat_template: str | None = None,
         model_digest: str | None = None,
+        logprobs: bool = False,
     ) -> None:
         if llama is None:
             if model_path is None:
@@ -86,6 +87,9 @@ class LlamaCppBackend(Backend):
             llama = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                           n_batch=n_batch, logits_all=True, verbose=False, seed=0)
         self.llama = llama
+        # The chosen tokens' log-probabilities of every generation (GenerationOutput.extra
+        # "token_logprobs"): the escalation signals of phases 4A-4C and of the server.
+        self.logprobs = logprobs
         self.model_path = str(model_path) if model_path else getattr(llama, "model_path", None)
         self._digest = model_digest
         meta = dict(getattr(llama, "metadata", {}) or {})
@@ -129,8 +133,11 @@ class LlamaCppBackend(Backend):
     def identity(self) -> dict[str, Any]:
         if self._digest is None:
             self._digest = file_digest(self.model_path) if self.model_path else "unknown"
-        return {"backend": self.name, "model_path": self.model_path, "add_bos": self.add_bos,
-                "model_digest": self._digest}
+        ident = {"backend": self.name, "model_path": self.model_path, "add_bos": self.add_bos,
+                 "model_digest": self._digest}
+        if self.logprobs:  # records carry more: a cached run without them is not this run
+            ident["logprobs"] = True
+        return ident
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutput]:
@@ -149,14 +156,21 @@ class LlamaCppBackend(Backend):
                 prompt=ids, max_tokens=min(req.max_new_tokens, room),
                 temperature=req.temperature, top_p=req.top_p, top_k=0 if req.temperature > 0 else 1,
                 seed=int(req.seed), stop=list(req.stop) or None,
+                **({"logprobs": 1} if self.logprobs else {}),
             )
             choice = res["choices"][0]
             usage = res.get("usage", {})
+            extra = {}
+            if self.logprobs:
+                extra["token_logprobs"] = [float(x) for x in
+                                           (choice.get("logprobs") or {}).get("token_logprobs")
+                                           or [] if x is not None]
             outs.append(GenerationOutput(
                 text=choice.get("text", ""), prompt_text=text,
                 prompt_tokens=int(usage.get("prompt_tokens", len(ids))),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
-                finish_reason="length" if choice.get("finish_reason") == "length" else "stop"))
+                finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+                extra=extra))
         return outs
 
     # ------------------------------------------------------------------ log-likelihood

@@ -1,0 +1,398 @@
+"""Routing (4A-4C): the router and escalation files the server loads, the labels, the
+confusion matrix, the cost-quality curve's RouteLLM metrics on curves small enough to check
+by hand, and the fit/report separation of phases 4B and 4C on synthetic route outcomes.
+One test runs the real llama.cpp on the fixture model (token log-probabilities, the
+embedding router)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from cogumi.routing import SIGNALS, Escalation, Router, RouterFileError, serving_signals
+from cogumi.routing import curve
+from cogumi.routing.escalation import EMPTY_LOGPROB, EscalationFileError
+from cogumi.routing.labels import (
+    OutcomesFileError,
+    confusion,
+    read_outcomes,
+    source_route,
+    verifier_label,
+    write_outcomes,
+)
+from cogumi.routing.router import HashedNgrams
+
+ROUTES = ("base", "code", "reasoning")
+
+
+def _queries(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Three kinds of text a router must tell apart, with their routes."""
+    rng = random.Random(seed)
+    qs, labs = [], []
+    for _ in range(n):
+        k = rng.randrange(3)
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        if k == 0:
+            qs.append(f"Tom has {a} apples and buys {b} more. How many apples does Tom have?")
+        elif k == 1:
+            qs.append(f"def add_{a}(x):\n    \"\"\"Return x plus {b}.\"\"\"\n")
+        else:
+            qs.append(f"Which number is the largest? A. {a} B. {b} C. {a + b} D. {abs(a - b)}")
+        labs.append(ROUTES[k])
+    return qs, labs
+
+
+# ---------------------------------------------------------------------- router
+def test_router_fit_save_load_route_roundtrip(tmp_path):
+    qs, labs = _queries(150, 0)
+    router = Router.fit(qs, labs, ROUTES, HashedNgrams(n_features=2 ** 12))
+    folder = router.save(tmp_path / "router")
+    loaded = Router.load(folder)
+    assert loaded.routes == ROUTES and loaded.classes == ROUTES
+    test_q, test_l = _queries(60, 1)
+    before, after = router.route_many(test_q), loaded.route_many(test_q)
+    assert [r for r, _ in before] == [r for r, _ in after]
+    assert np.allclose([m for _, m in before], [m for _, m in after])
+    assert all(0.0 <= m <= 1.0 for _, m in after)
+    # It learnt something: unseen queries of the three kinds go to their routes.
+    assert np.mean([r == lab for (r, _), lab in zip(after, test_l, strict=True)]) >= 0.95
+    route, margin = loaded.route(test_q[0])
+    assert route in ROUTES and isinstance(margin, float)
+    assert json.loads((folder / "router.json").read_text())["features"]["kind"] == "hashed-ngrams"
+
+
+def test_router_with_two_routes_keeps_the_class_order(tmp_path):
+    qs, labs = _queries(90, 2)
+    two = [("code" if lab == "code" else "base") for lab in labs]
+    router = Router.fit(qs, two, ("base", "code"), HashedNgrams(n_features=2 ** 12))
+    loaded = Router.load(router.save(tmp_path / "r"))
+    code_q = [q for q, lab in zip(qs, two, strict=True) if lab == "code"]
+    assert [r for r, _ in loaded.route_many(code_q)] == ["code"] * len(code_q)
+
+
+def test_router_with_one_label_always_picks_it(tmp_path):
+    qs, _ = _queries(10, 3)
+    router = Router.fit(qs, ["base"] * 10, ROUTES, HashedNgrams(n_features=2 ** 10))
+    loaded = Router.load(router.save(tmp_path / "r"))
+    assert loaded.route("anything at all") == ("base", 1.0)
+    assert loaded.routes == ROUTES and loaded.classes == ("base",)
+
+
+def test_router_load_errors_name_file_and_key(tmp_path):
+    with pytest.raises(RouterFileError, match="router.json: missing"):
+        Router.load(tmp_path)
+    qs, labs = _queries(60, 4)
+    folder = Router.fit(qs, labs, ROUTES, HashedNgrams(n_features=2 ** 10)).save(tmp_path / "r")
+    meta = json.loads((folder / "router.json").read_text())
+    (folder / "router.json").write_text(json.dumps({**meta, "format": 99}))
+    with pytest.raises(RouterFileError, match="key 'format'"):
+        Router.load(folder)
+    (folder / "router.json").write_text(json.dumps({**meta, "classes": ["base", "code"]}))
+    with pytest.raises(RouterFileError, match="coef has 3 rows for 2 classes"):
+        Router.load(folder)
+    del meta["routes"]
+    (folder / "router.json").write_text(json.dumps(meta))
+    with pytest.raises(RouterFileError, match="missing key 'routes'"):
+        Router.load(folder)
+
+
+def test_router_refuses_labels_that_are_not_routes():
+    with pytest.raises(ValueError, match="not routes"):
+        Router.fit(["a", "b"], ["base", "math"], ROUTES, HashedNgrams(n_features=2 ** 8))
+
+
+# ---------------------------------------------------------------------- labels
+def test_verifier_label_tie_rule():
+    assert verifier_label({"base": True, "code": True}, "code", ROUTES) == "base"
+    assert verifier_label({"base": False, "code": True, "reasoning": True}, "reasoning",
+                          ROUTES) == "reasoning"
+    assert verifier_label({"base": False, "code": True, "reasoning": True}, "base",
+                          ROUTES) == "code"
+    assert verifier_label({"base": False, "code": False, "reasoning": False}, "code",
+                          ROUTES) == "code"
+    assert source_route("code", {"code": "code"}) == "code"
+    assert source_route("math", {"code": "code"}) == "base"
+
+
+def test_confusion_matrix_by_hand():
+    true = ["base", "base", "code", "code", "code", "reasoning"]
+    pred = ["base", "code", "code", "code", "base", "reasoning"]
+    c = confusion(true, pred, ROUTES)
+    assert c["matrix"] == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    assert c["accuracy"] == pytest.approx(4 / 6)
+    assert c["per_route"]["code"]["recall"] == pytest.approx(2 / 3)
+    assert c["per_route"]["code"]["precision"] == pytest.approx(2 / 3)
+    assert c["per_route"]["reasoning"] == {"support": 1, "recall": 1.0, "precision": 1.0}
+
+
+def _outcome(i, split, correct_base=True):
+    return {"id": f"math:q{i}", "split": split, "domain": "math", "query": f"q{i}",
+            "routes": {"base": {"correct": correct_base, "mean_logprob": -0.5,
+                                "min_logprob": -2.0, "completion_tokens": 7}},
+            "router": {"route": "base", "margin": 1.0}}
+
+
+def test_route_outcomes_are_checked_line_by_line(tmp_path):
+    path = tmp_path / "route_outcomes.jsonl"
+    write_outcomes(path, [_outcome(0, "fit"), _outcome(1, "report")])
+    assert len(read_outcomes(path)) == 2
+    bad = _outcome(2, "fit")
+    del bad["routes"]["base"]["min_logprob"]
+    write_outcomes(path, [_outcome(0, "fit"), bad])
+    with pytest.raises(OutcomesFileError, match=r"route_outcomes.jsonl:2: missing key "
+                                                r"'routes.base.min_logprob'"):
+        read_outcomes(path)
+    write_outcomes(path, [_outcome(0, "fit"), _outcome(0, "report")])
+    with pytest.raises(OutcomesFileError, match="duplicate id"):
+        read_outcomes(path)
+    write_outcomes(path, [{**_outcome(0, "test")}])
+    with pytest.raises(OutcomesFileError, match="key 'split'"):
+        read_outcomes(path)
+
+
+# ---------------------------------------------------------------------- escalation
+def _signal_rows(n: int, seed: int):
+    """Wrong answers have low log-probabilities (with noise)."""
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(n) < 0.3
+    mean_lp = np.where(wrong, -2.0, -0.3) + rng.normal(0, 0.4, n)
+    rows = [{"mean_logprob": float(m), "min_logprob": float(m * 3 + rng.normal(0, 0.5)),
+             "router_margin": float(rng.random())} for m in mean_lp]
+    return rows, wrong.tolist()
+
+
+def test_escalation_fit_save_load_p_wrong(tmp_path):
+    rows, wrong = _signal_rows(300, 0)
+    esc = Escalation.fit(rows, wrong)
+    loaded = Escalation.load(esc.save(tmp_path / "escalation.json"))
+    assert loaded.signals == SIGNALS
+    assert np.allclose(esc.p_wrong_many(rows), loaded.p_wrong_many(rows))
+    p = loaded.p_wrong_many(rows)
+    assert p[np.array(wrong)].mean() > p[~np.array(wrong)].mean() + 0.3
+    confident = loaded.p_wrong({"mean_logprob": -0.1, "min_logprob": -0.3, "router_margin": 0.9})
+    unsure = loaded.p_wrong({"mean_logprob": -3.0, "min_logprob": -9.0, "router_margin": 0.9})
+    assert 0 <= confident < unsure <= 1
+
+
+def test_escalation_constant_and_load_errors(tmp_path):
+    rows, _ = _signal_rows(20, 1)
+    esc = Escalation.load(Escalation.fit(rows, [False] * 20).save(tmp_path / "e.json"))
+    assert esc.p_wrong(rows[0]) == 0.0
+    path = tmp_path / "bad.json"
+    good = Escalation.fit(*_signal_rows(100, 2)).to_dict()
+    path.write_text(json.dumps({**good, "model": {**good["model"], "coef": [1.0]}}))
+    with pytest.raises(EscalationFileError, match=r"key 'model.coef' needs 3 values"):
+        Escalation.load(path)
+    with pytest.raises(KeyError, match="router_margin"):
+        Escalation.load(tmp_path / "e.json").p_wrong_many([{"mean_logprob": 0.0}])
+    fitted = Escalation.fit(*_signal_rows(100, 2))
+    with pytest.raises(KeyError, match="router_margin"):
+        fitted.p_wrong({"mean_logprob": 0.0, "min_logprob": 0.0})
+
+
+def test_serving_signals():
+    s = serving_signals([-0.5, -1.5, -0.1], 0.25)
+    assert s == {"mean_logprob": pytest.approx(-0.7), "min_logprob": -1.5,
+                 "router_margin": 0.25}
+    assert serving_signals([], 0.5)["min_logprob"] == EMPTY_LOGPROB
+
+
+# ---------------------------------------------------------------------- the curve
+def test_apgr_and_cpt_on_a_curve_checked_by_hand():
+    # weak = 0.5, strong = 0.75, gap 0.25. Escalating by p_wrong (0.9, 0.8, 0.4, 0.1):
+    # share 0.25 -> quality 0.75 (PGR 1); 0.5 -> the teacher is wrong where the system was
+    # right: 0.5 (PGR 0); 0.75 -> 0.75 (PGR 1); 1 -> 0.75 (PGR 1).
+    # APGR = 0.25 * [(0 + 1) / 2 + (1 + 0) / 2 + (0 + 1) / 2 + (1 + 1) / 2] = 0.625.
+    p = [0.9, 0.8, 0.4, 0.1]
+    local = [False, True, False, True]
+    teacher = [True, False, True, True]
+    pts = curve.sweep(p, local, teacher, teacher_usd=[1.0, 2.0, 3.0, 4.0])
+    assert [pt.escalated_share for pt in pts] == [0, 0.25, 0.5, 0.75, 1.0]
+    assert [pt.pgr for pt in pts] == pytest.approx([0, 1, 0, 1, 1])
+    assert [pt.usd for pt in pts] == [0, 1, 3, 6, 10]
+    assert curve.apgr(pts) == pytest.approx(0.625)
+    assert curve.cpt(pts, 0.5) == 0.25 and curve.cpt(pts, 0.8) == 0.25
+    chosen = curve.Objective(0.8).choose(pts)
+    assert (chosen.threshold, chosen.escalated_share) == (0.9, 0.25)
+    # A perfect ranking of the system's mistakes with an always-right teacher:
+    # PGR 0, 0.5, 1, 1, 1 -> APGR = 0.25 * (0.25 + 0.75 + 1 + 1) = 0.75.
+    perfect = curve.sweep([0.9, 0.7, 0.3, 0.1], [False, False, True, True], [True] * 4)
+    assert curve.apgr(perfect) == pytest.approx(0.75)
+    assert curve.cpt(perfect, 0.5) == 0.25 and curve.cpt(perfect, 0.8) == 0.5
+    assert curve.Objective(0.8).choose(perfect).threshold == 0.7
+
+
+def test_tied_probabilities_escalate_together():
+    pts = curve.sweep([0.5, 0.5, 0.1, 0.1], [False, True, False, True], [True] * 4)
+    assert [pt.escalated_share for pt in pts] == [0, 0.5, 1.0]
+    assert curve.apgr(pts) == pytest.approx(0.5 * (0 + 0.5) / 2 + 0.5 * (0.5 + 1) / 2)
+
+
+def test_a_random_policy_recovers_the_share_it_escalates():
+    # Random p_wrong: on average APGR = 0.5 and CPT(50%) = 0.5, RouteLLM's random baseline.
+    rng = np.random.default_rng(0)
+    local = rng.random(200) < 0.6
+    teacher = rng.random(200) < 0.9
+    apgrs = [curve.apgr(curve.sweep(rng.random(200), local, teacher)) for _ in range(300)]
+    assert np.mean(apgrs) == pytest.approx(0.5, abs=0.02)
+    weak, strong = curve.gap(local, teacher)
+    line = curve.random_policy(weak, strong, [0.0, 0.5, 1.0])
+    assert line == pytest.approx([weak, (weak + strong) / 2, strong])
+    # and a model that ranks the mistakes first does much better than random
+    informed = np.where(local, 0.2, 0.8) + rng.normal(0, 0.05, 200)
+    assert curve.apgr(curve.sweep(informed, local, teacher)) > 0.8
+
+
+def test_no_gap_means_no_escalation():
+    pts = curve.sweep([0.9, 0.1], [True, False], [True, False])
+    assert pts[0].pgr is None and curve.apgr(pts) is None and curve.cpt(pts, 0.5) is None
+    assert curve.Objective(0.8).choose(pts).threshold == curve.NEVER > 1.0
+
+
+def test_at_threshold_detection_and_false_escalations():
+    at = curve.at_threshold(0.5, [0.9, 0.6, 0.4, 0.7, 0.1], [False, False, False, True, True],
+                            [True, True, True, True, False])
+    assert at["detection"] == pytest.approx(2 / 3)
+    assert at["false_escalation_rate"] == pytest.approx(1 / 2)
+    assert at["quality"] == pytest.approx(4 / 5)  # 3 escalated right, 1 kept wrong, 1 right
+
+
+# ---------------------------------------------------------------------- phases 4B, 4C
+def _ctx(tmp_path: Path, phase_id: str, out: str = "stage"):
+    """A context over tmp_path/runs (inputs) writing into tmp_path/<out>."""
+    from cogumi.profile import load_profile
+    from cogumi.registry import get_phase
+    from cogumi.runner import PhaseContext
+    (tmp_path / out).mkdir(parents=True, exist_ok=True)
+    return PhaseContext(load_profile("tiny"), get_phase(phase_id), tmp_path / out,
+                        tmp_path / "runs", Console(quiet=True))
+
+
+def _synthetic_outcomes(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        wrong = bool(rng.random() < 0.3)
+        lp = (-2.0 if wrong else -0.3) + float(rng.normal(0, 0.4))
+        rows.append({"id": f"math:q{i}", "split": "report" if i % 2 else "fit",
+                     "domain": "math", "query": f"question {i}",
+                     "routes": {"base": {"correct": not wrong, "mean_logprob": lp,
+                                         "min_logprob": 3 * lp, "completion_tokens": 9}},
+                     "router": {"route": "base", "margin": 1.0}})
+    return rows
+
+
+def test_escalation_is_fitted_on_the_fit_split_only(tmp_path):
+    from cogumi.phases import escalate
+    rows = _synthetic_outcomes(200, 0)
+    (tmp_path / "runs" / "4A").mkdir(parents=True)
+    outcomes = tmp_path / "runs" / "4A" / "route_outcomes.jsonl"
+    write_outcomes(outcomes, rows)
+    m = escalate.run(ctx := _ctx(tmp_path, "4B"))
+    first = (ctx.out_dir / "escalation.json").read_text()
+    assert m["escalation.fit_queries"] == 100 and m["escalation.report_queries"] == 100
+    assert m["escalation.auroc"] > 0.8
+    assert "escalation.detection" not in m  # tiny has no teacher yet: missing, not invented
+    # Flipping every report-split verdict changes nothing the model was fitted on...
+    for r in rows:
+        if r["split"] == "report":
+            r["routes"]["base"]["correct"] = not r["routes"]["base"]["correct"]
+    write_outcomes(outcomes, rows)
+    escalate.run(ctx2 := _ctx(tmp_path, "4B", "second"))
+    assert (ctx2.out_dir / "escalation.json").read_text() == first
+    # ... and flipping a fit-split verdict does change it.
+    for r in rows:
+        if r["split"] == "fit":
+            r["routes"]["base"]["correct"] = not r["routes"]["base"]["correct"]
+            break
+    write_outcomes(outcomes, rows)
+    escalate.run(ctx3 := _ctx(tmp_path, "4B", "third"))
+    assert (ctx3.out_dir / "escalation.json").read_text() != first
+
+
+def _signals_file(path: Path, n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        right = bool(rng.random() < 0.6)
+        p = float(np.clip((0.25 if right else 0.75) + rng.normal(0, 0.15), 0, 1))
+        rows.append({"id": f"q{i}", "split": "report" if i % 2 else "fit", "correct": right,
+                     "p_wrong": p, "teacher": {"correct": bool(rng.random() < 0.95),
+                                               "usd": 0.001}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_threshold_is_chosen_on_fit_and_reported_on_report(tmp_path):
+    from cogumi.phases import threshold
+    sig = tmp_path / "runs" / "4B" / "signals.jsonl"
+    rows = _signals_file(sig, 400, 0)
+    m = threshold.run(ctx := _ctx(tmp_path, "4C"))
+    th = json.loads((ctx.out_dir / "thresholds.json").read_text())
+    fit = [r for r in rows if r["split"] == "fit"]
+    expected = curve.Objective(0.80).choose(curve.sweep(
+        [r["p_wrong"] for r in fit], [r["correct"] for r in fit],
+        [r["teacher"]["correct"] for r in fit]))
+    assert th["threshold"] == m["threshold"] == expected.threshold
+    assert th["fit"]["pgr"] >= 0.80
+    for key in ("apgr", "cpt50", "cpt80", "operating_point.pgr", "apgr_minus_random_lower"):
+        assert key in m
+    assert m["apgr"] > 0.5 and m["apgr_minus_random_lower"] > 0
+    assert (ctx.out_dir / "cost_quality.png").stat().st_size > 0
+    # Report-split verdicts do not move the threshold.
+    for r in rows:
+        if r["split"] == "report":
+            r["correct"] = not r["correct"]
+    sig.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert threshold.run(_ctx(tmp_path, "4C", "second"))["threshold"] == expected.threshold
+
+
+def test_threshold_without_a_teacher_escalates_nothing_and_reports_no_metric(tmp_path):
+    from cogumi.phases import threshold
+    sig = tmp_path / "runs" / "4B" / "signals.jsonl"
+    rows = _signals_file(sig, 10, 1)
+    for r in rows:
+        del r["teacher"]
+    sig.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert threshold.run(ctx := _ctx(tmp_path, "4C")) == {}
+    assert json.loads((ctx.out_dir / "thresholds.json").read_text())["threshold"] > 1.0
+
+
+# ---------------------------------------------------------------------- llama.cpp
+llama_cpp = pytest.importorskip("llama_cpp")
+
+
+def test_llama_cpp_routes_record_logprobs_and_embed(tiny_f32_gguf, tmp_path):
+    from cogumi.evaluation import GenerationSettings, evaluate, load_task
+    from cogumi.routing.outcomes import route_backend
+    from cogumi.routing.router import LlamaEmbedding
+    folder, _ = tiny_f32_gguf
+    gguf = folder / "f32.gguf"
+    root = Path(__file__).resolve().parents[1]
+    task = load_task("math", root / "fixtures" / "benchmarks" / "math_dev.jsonl")
+    backend = route_backend(gguf, None, n_ctx=512, n_threads=1)
+    rep = evaluate(backend, task, GenerationSettings(max_new_tokens=24), limit=3,
+                   loglikelihood=False)
+    for rec in rep.records:
+        lps = rec["token_logprobs"][0]
+        assert len(lps) == rec["completion_tokens"][0] > 0 and all(x <= 0 for x in lps)
+    backend.llama.close()
+    qs, labs = _queries(24, 5)
+    emb = LlamaEmbedding(gguf, n_ctx=512, n_threads=1)
+    router = Router.fit(qs, labs, ROUTES, emb)
+    saved = router.save(tmp_path / "router")
+    before = router.route_many(qs[:4])
+    router.close()
+    with pytest.raises(RouterFileError, match="model.gguf is missing"):
+        Router.load(saved)
+    loaded = Router.load(saved, base_gguf=gguf, n_threads=1)
+    after = loaded.route_many(qs[:4])
+    assert [r for r, _ in before] == [r for r, _ in after]
+    assert np.allclose([m for _, m in before], [m for _, m in after])
+    loaded.close()
