@@ -73,13 +73,6 @@ class Generation:
     def completion_tokens(self) -> int:
         return len(self.token_ids)
 
-    @property
-    def mean_logprob(self) -> float:
-        return float(np.mean(self.token_logprobs)) if self.token_logprobs else 0.0
-
-    @property
-    def min_logprob(self) -> float:
-        return float(np.min(self.token_logprobs)) if self.token_logprobs else 0.0
 
 
 def _log_softmax_at(logits: np.ndarray, token: int) -> float:

@@ -24,9 +24,8 @@ import httpx
 from cogumi.serving.bundle import BASE_ROUTE, SYSTEM_MODEL, Bundle, BundleError
 from cogumi.serving.engine import Engine, Generation, SamplingParams
 
-GENERATION_SIGNALS = ("mean_logprob", "min_logprob", "completion_tokens")
-"""Signals known only after the local generation (the rest, router_margin, before it)."""
-SIGNALS = (*GENERATION_SIGNALS, "router_margin")
+GENERATION_SIGNALS = ("mean_logprob", "min_logprob")
+"""Signals known only after the local generation (router_margin is known before it)."""
 
 
 def load_routing(bundle: Bundle) -> tuple[Any, Any]:
@@ -35,12 +34,13 @@ def load_routing(bundle: Bundle) -> tuple[Any, Any]:
     router = escalation = None
     if bundle.router or bundle.escalation:
         try:
-            from cogumi.routing import Escalation, Router
+            from cogumi.routing import SIGNALS, Escalation, Router
         except ImportError as e:
             raise BundleError(f"{bundle.root}: the bundle has a router/escalation model but "
                               f"cogumi.routing is not importable ({e})") from None
         if bundle.router:
-            router = Router.load(bundle.path(bundle.router))
+            router = Router.load(bundle.path(bundle.router), base_gguf=bundle.path(bundle.base),
+                                 n_threads=bundle.serving.get("n_threads"))
             unknown = set(router.routes) - set(bundle.routes)
             if unknown:
                 raise BundleError(f"{bundle.path(bundle.router)}: routes {sorted(unknown)} "
@@ -198,10 +198,11 @@ class System:
         return route, float(margin)
 
     def p_wrong(self, gen: Generation | None, margin: float | None) -> float:
-        values = {"router_margin": margin if margin is not None else 1.0}
-        if gen is not None:
-            values.update(mean_logprob=gen.mean_logprob, min_logprob=gen.min_logprob,
-                          completion_tokens=float(gen.completion_tokens))
+        """4B's model over the signals computed as 4B computed them (serving_signals: the
+        chosen tokens' log-probabilities of the greedy generation, the router's margin)."""
+        from cogumi.routing import serving_signals
+        values = serving_signals(gen.token_logprobs if gen is not None else None,
+                                 margin if margin is not None else 1.0)
         return float(self.escalation.p_wrong({s: values[s] for s in self.escalation.signals}))
 
     async def escalate(self, messages: list[dict], params: SamplingParams, info: RouteInfo
