@@ -21,6 +21,9 @@ Rules:
   Linear (compressed-tensors' pack-quantized format: its ``weight_shape``, 2 x int64 = 128
   bits). It is gated against ``tensor_payload_bytes`` of the phase's own folder, which
   counts exactly that, so the rule and the metric have the same scope.
+* ``system_budget_mb``: the seed's whole-system size (668 MB: a 520 MB base and 3 x 40-50 MB
+  modifiers) scaled to this model: ``format_budget_mb`` of the base times
+  ``seed_system_mb / seed_base_mb``, the seed's own ratio of system to base.
 """
 
 from __future__ import annotations
@@ -127,9 +130,26 @@ def tensor_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | st
                 f"(phase {model_from}'s model), tensor data only = {mb:.4g} MB")
 
 
+def system_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | str,
+                     embedding_bits: float | str, other_bits: float | str,
+                     seed_base_mb: float, seed_system_mb: float) -> tuple[float, str]:
+    """The seed's system size scaled to this model: its base's format budget
+    (format_budget_mb) times the seed's system-to-base ratio (668 MB over its 520 MB base:
+    the modifiers, router and the rest as a share of the base they ride on)."""
+    base_mb, how = format_budget_mb(runs_dir, model_from=model_from, linear_bits=linear_bits,
+                                    embedding_bits=embedding_bits, other_bits=other_bits)
+    ratio = float(seed_system_mb) / float(seed_base_mb)
+    mb = base_mb * ratio
+    return mb, (f"base budget {how}; x the seed's {float(seed_system_mb):g} / "
+                f"{float(seed_base_mb):g} MB = {mb:.4g} MB")
+
+
 RULES: dict[str, Callable[..., tuple[float, str]]] = {"format_budget_mb": format_budget_mb,
-                                                      "tensor_budget_mb": tensor_budget_mb}
+                                                      "tensor_budget_mb": tensor_budget_mb,
+                                                      "system_budget_mb": system_budget_mb}
 RULE_ARGS = {"format_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits"},
+             "system_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits",
+                                  "seed_base_mb", "seed_system_mb"},
              "tensor_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits",
                                   "per_linear_bits"}}
 

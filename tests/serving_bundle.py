@@ -9,9 +9,6 @@ differently from the base and from each other.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,29 +54,4 @@ def build_parts(work: Path, base_gguf: Path) -> dict:
             "modifiers": modifiers}
 
 
-class RunningServer:
-    """uvicorn serving an app on a free loopback port, in a thread of this process."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        from cogumi.teacher import free_loopback_port
-        self.port = free_loopback_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> RunningServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        with contextlib.suppress(Exception):
-            self.thread.join(timeout=10)
+from cogumi.serving.app import RunningServer  # noqa: E402,F401 - re-exported for the tests

@@ -462,3 +462,31 @@ def create_app(bundle: Bundle | str | Path, *, teacher_url: str | None = None,
         return await handle("completion", req)
 
     return app
+
+
+class RunningServer:
+    """uvicorn serving an app on a free loopback port from a thread of this process, for
+    the length of a `with` block (5A's smoke test, the tests)."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        from cogumi.teacher import free_loopback_port
+        self.port = free_loopback_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
