@@ -500,12 +500,16 @@ class TeacherConfig(_Strict):
     endpoint (cogumi.teacher), the path a hosted model takes too.
 
     - served-gguf: a GGUF that cogumi serves itself with llama-cpp-python's OpenAI-compatible
-      server (`python -m llama_cpp.server`) on a free loopback port, for the run's duration;
+      server (`python -m llama_cpp.server`) on a free loopback port, for the run's duration:
+      a part-packaged model (`parts`) or a file (`path`, relative to the repository, as the
+      tiny profile's fixture teacher is);
     - endpoint: a running OpenAI-compatible server (a hosted API, vLLM, ...) at base_url.
     """
     source: Literal["served-gguf", "endpoint"]
     parts: str | None = None
     """served-gguf: the model's key in cogumi.locations.PART_PACKAGED_GGUFS."""
+    path: str | None = None
+    """served-gguf: a GGUF file, relative to the repository root (instead of parts)."""
     base_url: str | None = None
     """endpoint: the API root, ending in /v1."""
     model: str
@@ -524,9 +528,12 @@ class TeacherConfig(_Strict):
 
     @model_validator(mode="after")
     def _location_given(self) -> TeacherConfig:
-        needed = {"served-gguf": "parts", "endpoint": "base_url"}[self.source]
-        if getattr(self, needed) is None:
-            raise ValueError(f"teacher.source = {self.source!r} needs teacher.{needed}")
+        if self.source == "served-gguf":
+            if (self.parts is None) == (self.path is None):
+                raise ValueError("teacher.source = 'served-gguf' needs exactly one of "
+                                 "teacher.parts and teacher.path")
+        elif self.base_url is None:
+            raise ValueError(f"teacher.source = {self.source!r} needs teacher.base_url")
         if self.parts is not None:
             _known_parts("teacher.parts", self.parts)
         return self

@@ -200,6 +200,19 @@ def _refuse_amx_build() -> None:
         raise TeacherUnavailable(str(e)) from None
 
 
+def _served_file(cfg: TeacherConfig, root: Path | None) -> tuple[Path, str]:
+    """The GGUF a served-gguf teacher runs and its sha256 (a part-packaged model is
+    assembled and verified against its pinned digest; a file is hashed as it is)."""
+    if cfg.parts is not None:
+        from cogumi.locations import assemble_gguf, part_packaged_gguf
+        return assemble_gguf(cfg.parts), part_packaged_gguf(cfg.parts).sha256
+    from cogumi.artifacts import sha256_file
+    path = Path(root or Path.cwd()) / cfg.path
+    if not path.is_file():
+        raise TeacherUnavailable(f"teacher.path: no GGUF file at {path}")
+    return path, sha256_file(path)
+
+
 def _backend(cfg: TeacherConfig, base_url: str, cache_dir: Path | None,
              model_digest: str | None = None) -> OpenAIBackend:
     return OpenAIBackend(base_url, cfg.model, api_key_env=cfg.api_key_env,
@@ -211,10 +224,12 @@ def _backend(cfg: TeacherConfig, base_url: str, cache_dir: Path | None,
 
 @contextlib.contextmanager
 def teacher_backend(cfg: TeacherConfig, *, cache_dir: Path | None = None,
-                    log_dir: Path | None = None) -> Iterator[OpenAIBackend]:
+                    log_dir: Path | None = None,
+                    root: Path | None = None) -> Iterator[OpenAIBackend]:
     """The teacher as an OpenAI-compatible backend for the ``with`` block (a served GGUF is
     started first and stopped after). Its requests raise EndpointFailed after the retry
-    budget instead of recording an empty answer."""
+    budget instead of recording an empty answer. `root`: what a `path` teacher is relative
+    to (the repository; the working directory if None)."""
     if cfg.source == "endpoint":
         backend = _backend(cfg, cfg.base_url, cache_dir)
         try:
@@ -222,9 +237,9 @@ def teacher_backend(cfg: TeacherConfig, *, cache_dir: Path | None = None,
         finally:
             backend.close()
         return
-    from cogumi.locations import assemble_gguf, part_packaged_gguf
-    gguf = assemble_gguf(cfg.parts)
-    digest = f"gguf:{part_packaged_gguf(cfg.parts).sha256}:n_ctx={cfg.n_ctx}"
+    gguf, sha256 = _served_file(cfg, root)
+    # The cache key of every answer: the same file at the same context answers the same.
+    digest = f"gguf:{sha256}:n_ctx={cfg.n_ctx}"
     log = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)

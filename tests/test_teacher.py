@@ -19,7 +19,7 @@ from cogumi.evaluation.backends.openai_backend import EndpointFailed, OpenAIBack
 from cogumi.profile import ProfileError
 from cogumi.teacher import LlamaCppServer, TeacherUnavailable, free_loopback_port
 
-from .conftest import LoopbackServer, profile_with
+from .conftest import ROOT, LoopbackServer
 
 OK = {"choices": [{"message": {"role": "assistant", "content": "The answer is 4"},
                    "finish_reason": "stop"}],
@@ -138,13 +138,49 @@ def test_a_teacher_table_names_where_its_model_is():
         profile_with_teacher('source = "endpoint"\nmodel = "gpt-x"')
     with pytest.raises(ProfileError, match="teacher.parts = 'nope' is not a part-packaged model"):
         profile_with_teacher('source = "served-gguf"\nparts = "nope"\nmodel = "m"')
+    with pytest.raises(ProfileError, match="exactly one of teacher.parts and teacher.path"):
+        profile_with_teacher('source = "served-gguf"\nmodel = "m"')
+    with pytest.raises(ProfileError, match="exactly one of teacher.parts and teacher.path"):
+        profile_with_teacher('source = "served-gguf"\nparts = "qwen2.5-coder-1.5b-instruct"\n'
+                             'path = "x.gguf"\nmodel = "m"')
+
+
+def test_a_teacher_file_that_is_missing_is_unavailable_in_one_line(tmp_path):
+    from cogumi.teacher import teacher_backend
+    cfg = profile_with_teacher('source = "served-gguf"\npath = "nowhere/model.gguf"\n'
+                               'model = "m"').teacher
+    with pytest.raises(TeacherUnavailable, match="teacher.path: no GGUF file at .*nowhere"):
+        with teacher_backend(cfg, root=tmp_path):
+            pass
+
+
+@pytest.mark.slow
+def test_the_tiny_profiles_teacher_is_served_from_its_fixture_and_solves_fixture_math(tmp_path):
+    """The committed fixture teacher, through the path every phase takes (teacher_backend),
+    on the first items of the fixture MATH benchmark: it must solve most of them (its card
+    measures 0.96 on all 150 in transformers)."""
+    from cogumi.evaluation import GenerationSettings, evaluate, load_task
+    from cogumi.gates import repo_root
+    from cogumi.profile import load_profile
+    from cogumi.teacher import teacher_backend
+
+    root = repo_root()
+    profile = load_profile("tiny")
+    task = load_task("math", root / profile.eval.math)
+    with teacher_backend(profile.teacher, root=root, log_dir=tmp_path) as teacher:
+        report = evaluate(teacher, task, GenerationSettings(max_new_tokens=64), limit=10)
+    solved = sum(r["verdicts"][0] for r in report.records)
+    assert solved >= 8, report.records
 
 
 def profile_with_teacher(body: str):
-    import tempfile
-    from pathlib import Path
-    with tempfile.TemporaryDirectory() as d:
-        return profile_with(Path(d), f"[teacher]\n{body}\n")
+    """The tiny profile with its [teacher] table replaced by `body`."""
+    import re
+
+    from cogumi.profile import parse_profile
+    text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text()
+    text = re.sub(r"(?ms)^\[teacher\]\n.*?(?=^\[)", "", text)
+    return parse_profile(f"{text}\n[teacher]\n{body}\n", "tiny-variant.toml")
 
 
 def _port_open(port: int) -> bool:
