@@ -170,6 +170,16 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
             refs[str(data)] = hub_task_ref(data)
         elif data:
             files.append(data)
+    if "routing" in tables and profile.routing is not None:
+        from cogumi.evaluation.tasks import PACKAGE_BENCHMARKS
+        for key, value in profile.routing.queries.items():
+            if isinstance(value, HubTask):
+                refs[str(value)] = hub_task_ref(value)
+            elif value != "package":
+                files.append(value)
+            else:
+                package = PACKAGE_BENCHMARKS[key][1]
+                refs[f"package:{package}"] = _package_ref(package)
     return list(dict.fromkeys(files)), refs
 
 

@@ -62,11 +62,17 @@ PHASE_PACKAGES: dict[str, tuple[Package, ...]] = {
     "2C": _EVALUATION + (_LLAMA_CPP, _p("gguf"), _p("sentencepiece")),
     "2D": (_p("zstandard"),),
     "2F": (_LLAMA_CPP, _p("scipy"), _p("matplotlib")),
+    # Routing: every route answers in llama.cpp through the evaluation suite (code in the
+    # sandbox); the router and escalation are scikit-learn models; the teacher is reached
+    # over HTTP (4B).
+    "4A": _EVALUATION + (_LLAMA_CPP, _p("sklearn", "scikit-learn"), _p("matplotlib")),
+    "4B": _EVALUATION + (_p("sklearn", "scikit-learn"), _p("httpx")),
+    "4C": (_p("sklearn", "scikit-learn"), _p("matplotlib")),
 }
 """The packages each implemented phase imports (tests/test_preflight.py checks that every
 implemented phase has an entry)."""
 
-CODE_EVALUATING = ("1A", "1B", "2A", "2E", "2B", "2C")
+CODE_EVALUATING = ("1A", "1B", "2A", "2E", "2B", "2C", "4A", "4B")
 """Phases that score the profile's code task: generated code runs in bubblewrap."""
 
 CONVERTER_PHASES = ("2C",)

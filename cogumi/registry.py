@@ -221,7 +221,7 @@ PHASES: tuple[PhaseSpec, ...] = (
                "operating_point.false_escalation_rate", "quality.no_escalation",
                "quality.always_teacher", "usd.always_teacher", "seed_cutoff.escalated_share",
                "seed_cutoff.quality", "seed_cutoff.pgr", "apgr", "cpt50", "cpt80",
-               "apgr_minus_random", "apgr_minus_random_lower", "apgr_minus_random_upper"),
+               "area_over_random", "area_over_random_lower", "area_over_random_upper"),
               entry="cogumi.phases.threshold:run", seed_cost_usd="0", seed_duration="2 days",
               config=("teacher",)),
     PhaseSpec("5A", "Deployment bundle and OpenAI-compatible API",

@@ -437,3 +437,18 @@ def test_the_calibration_set_is_the_dev_split_and_never_an_evaluation_item(bench
                              for r in benchmarks["mmlu_calibration"]}
     beyond = questions[N_CALIBRATION_IN_RANGE:]
     assert all(min(q.key[1:]) >= 200 for q in beyond if q.kind != "sequence")
+
+
+def test_the_routing_queries_are_the_dev_split_in_the_evaluation_schemas():
+    from fixtures.benchmark_items import routing_queries
+
+    dev_math, dev_mmlu, dev_code = routing_queries(build_fixtures.SEED)
+    files = {name: read_jsonl(BENCHMARKS_DIR / f"{name}_dev.jsonl")
+             for name in ("math", "mmlu", "code")}
+    assert files["math"] == [math_record(p) for p in dev_math]
+    assert files["mmlu"] == [mmlu_record(q) for q in dev_mmlu]
+    assert files["code"] == [humaneval_record(i, t, "CogumiDev") for i, t in enumerate(dev_code)]
+    keys = [p.key for p in dev_math] + [q.key for q in dev_mmlu] + [t.key for t in dev_code]
+    assert {synthetic.split_of(key) for key in keys} == {"dev"}
+    assert len(set(keys)) == len(keys)
+    assert len(dev_code) == len(synthetic.code_keys("dev"))

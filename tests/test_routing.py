@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from cogumi.routing import SIGNALS, Escalation, Router, RouterFileError, serving_signals
-from cogumi.routing import curve
+from cogumi.routing import SIGNALS, Escalation, Router, RouterFileError, curve, serving_signals
 from cogumi.routing.escalation import EMPTY_LOGPROB, EscalationFileError
 from cogumi.routing.labels import (
     OutcomesFileError,
@@ -66,13 +65,21 @@ def test_router_fit_save_load_route_roundtrip(tmp_path):
     assert json.loads((folder / "router.json").read_text())["features"]["kind"] == "hashed-ngrams"
 
 
-def test_router_with_two_routes_keeps_the_class_order(tmp_path):
+@pytest.mark.parametrize("names", [("base", "code", "reasoning"), ("base", "alpha", "zeta")])
+@pytest.mark.parametrize("n_routes", [2, 3])
+def test_router_keeps_the_route_order_whatever_scikit_learn_sorts(tmp_path, names, n_routes):
+    # scikit-learn sorts classes; routes come in the profile's order (base first)
     qs, labs = _queries(90, 2)
-    two = [("code" if lab == "code" else "base") for lab in labs]
-    router = Router.fit(qs, two, ("base", "code"), HashedNgrams(n_features=2 ** 12))
+    rename = dict(zip(ROUTES, names, strict=True))
+    if n_routes == 2:
+        rename["reasoning"] = names[0]
+    labels = [rename[lab] for lab in labs]
+    routes = names[:n_routes]
+    router = Router.fit(qs, labels, routes, HashedNgrams(n_features=2 ** 12))
     loaded = Router.load(router.save(tmp_path / "r"))
-    code_q = [q for q, lab in zip(qs, two, strict=True) if lab == "code"]
-    assert [r for r, _ in loaded.route_many(code_q)] == ["code"] * len(code_q)
+    assert loaded.classes == routes
+    assert np.mean([r == lab for (r, _), lab in zip(loaded.route_many(qs), labels,
+                                                    strict=True)]) >= 0.95
 
 
 def test_router_with_one_label_always_picks_it(tmp_path):
@@ -114,7 +121,7 @@ def test_verifier_label_tie_rule():
     assert verifier_label({"base": False, "code": True, "reasoning": True}, "base",
                           ROUTES) == "code"
     assert verifier_label({"base": False, "code": False, "reasoning": False}, "code",
-                          ROUTES) == "code"
+                          ROUTES) == "base"  # all wrong: a tie of every route
     assert source_route("code", {"code": "code"}) == "code"
     assert source_route("math", {"code": "code"}) == "base"
 
@@ -216,6 +223,8 @@ def test_apgr_and_cpt_on_a_curve_checked_by_hand():
     assert [pt.pgr for pt in pts] == pytest.approx([0, 1, 0, 1, 1])
     assert [pt.usd for pt in pts] == [0, 1, 3, 6, 10]
     assert curve.apgr(pts) == pytest.approx(0.625)
+    # (strong - weak) x (APGR - 0.5) = 0.25 x 0.125
+    assert curve.area_over_random(pts) == pytest.approx(0.25 * 0.125)
     assert curve.cpt(pts, 0.5) == 0.25 and curve.cpt(pts, 0.8) == 0.25
     chosen = curve.Objective(0.8).choose(pts)
     assert (chosen.threshold, chosen.escalated_share) == (0.9, 0.25)
@@ -251,6 +260,11 @@ def test_a_random_policy_recovers_the_share_it_escalates():
 def test_no_gap_means_no_escalation():
     pts = curve.sweep([0.9, 0.1], [True, False], [True, False])
     assert pts[0].pgr is None and curve.apgr(pts) is None and curve.cpt(pts, 0.5) is None
+    assert curve.area_over_random(pts) == 0.0
+    # no gap, and the teacher is wrong exactly where the system is right and escalated
+    # first: 0.5 below random's (flat) line at share 0.5, area 2 x (0.5 x 0.5 / 2)
+    worse = curve.sweep([0.9, 0.1], [True, False], [False, True])
+    assert curve.apgr(worse) is None and curve.area_over_random(worse) == pytest.approx(-0.25)
     assert curve.Objective(0.8).choose(pts).threshold == curve.NEVER > 1.0
 
 
@@ -341,9 +355,9 @@ def test_threshold_is_chosen_on_fit_and_reported_on_report(tmp_path):
         [r["teacher"]["correct"] for r in fit]))
     assert th["threshold"] == m["threshold"] == expected.threshold
     assert th["fit"]["pgr"] >= 0.80
-    for key in ("apgr", "cpt50", "cpt80", "operating_point.pgr", "apgr_minus_random_lower"):
+    for key in ("apgr", "cpt50", "cpt80", "operating_point.pgr", "area_over_random_lower"):
         assert key in m
-    assert m["apgr"] > 0.5 and m["apgr_minus_random_lower"] > 0
+    assert m["apgr"] > 0.5 and m["area_over_random_lower"] > 0
     assert (ctx.out_dir / "cost_quality.png").stat().st_size > 0
     # Report-split verdicts do not move the threshold.
     for r in rows:
@@ -377,13 +391,13 @@ def test_llama_cpp_routes_record_logprobs_and_embed(tiny_f32_gguf, tmp_path):
     root = Path(__file__).resolve().parents[1]
     task = load_task("math", root / "fixtures" / "benchmarks" / "math_dev.jsonl")
     backend = route_backend(gguf, None, n_ctx=512, n_threads=1)
-    rep = evaluate(backend, task, GenerationSettings(max_new_tokens=24), limit=3,
+    rep = evaluate(backend, task, GenerationSettings(max_new_tokens=8), limit=2,
                    loglikelihood=False)
     for rec in rep.records:
         lps = rec["token_logprobs"][0]
         assert len(lps) == rec["completion_tokens"][0] > 0 and all(x <= 0 for x in lps)
     backend.llama.close()
-    qs, labs = _queries(24, 5)
+    qs, labs = _queries(9, 5)
     emb = LlamaEmbedding(gguf, n_ctx=512, n_threads=1)
     router = Router.fit(qs, labs, ROUTES, emb)
     saved = router.save(tmp_path / "router")
@@ -396,3 +410,181 @@ def test_llama_cpp_routes_record_logprobs_and_embed(tiny_f32_gguf, tmp_path):
     assert [r for r, _ in before] == [r for r, _ in after]
     assert np.allclose([m for _, m in before], [m for _, m in after])
     loaded.close()
+
+
+# ---------------------------------------------------------------------- phase 4A's rules
+def test_router_features_are_chosen_by_accuracy_then_latency():
+    from cogumi.phases.route import choose_features
+    # best 0.90 on 100 queries: standard error 0.03, so 0.88 counts as equally accurate
+    fast = {"kind": "hashed-ngrams", "cv_accuracy": 0.88, "latency_ms_median": 0.2}
+    slow = {"kind": "llama-embedding", "cv_accuracy": 0.90, "latency_ms_median": 9.0}
+    assert choose_features([fast, slow], 100)[0] is fast
+    worse = {**fast, "cv_accuracy": 0.85}  # more than one standard error below
+    pick, why = choose_features([worse, slow], 100)
+    assert pick is slow and "standard error 0.030" in why
+
+
+def test_modifiers_are_checked_against_their_adapter_and_the_base(tmp_path):
+    from cogumi.artifacts import sha256_file
+    from cogumi.phases.route import read_modifiers
+    from cogumi.runner import PhaseInputError
+    ctx = _ctx(tmp_path, "4A")
+    for pid in ("3A", "3B", "3C"):
+        (tmp_path / "runs" / pid).mkdir(parents=True)
+    adapter = tmp_path / "runs" / "3A" / "adapter.gguf"
+    adapter.write_bytes(b"lora")
+    mod = {"name": "code", "phase": "3A", "domain": "code", "task": "code",
+           "adapter_gguf_sha256": sha256_file(adapter), "adapter_bytes": 4, "lora_rank": 8,
+           "lora_alpha": 16.0, "base_gguf_sha256": "b" * 64}
+    (tmp_path / "runs" / "3A" / "modifier.json").write_text(json.dumps(mod))
+    mods = read_modifiers(ctx, "b" * 64)
+    assert [m["name"] for m in mods] == ["code"] and mods[0]["adapter"] == adapter
+    assert any("3B ships no modifier" in n for n in ctx.notes)
+    with pytest.raises(PhaseInputError, match="'base_gguf_sha256' is not 2C's model.gguf"):
+        read_modifiers(ctx, "c" * 64)
+    adapter.write_bytes(b"changed")
+    with pytest.raises(PhaseInputError, match="'adapter_gguf_sha256' does not match"):
+        read_modifiers(ctx, "b" * 64)
+    (tmp_path / "runs" / "3A" / "modifier.json").write_text(json.dumps(
+        {k: v for k, v in mod.items() if k != "task"}))
+    with pytest.raises(PhaseInputError, match="modifier.json: missing key 'task'"):
+        read_modifiers(ctx, "b" * 64)
+
+
+def test_outcome_rows_follow_the_contract(tmp_path):
+    from cogumi.evaluation import EvalReport, load_task
+    from cogumi.evaluation.splits import IdSplit
+    from cogumi.routing.outcomes import outcome_rows
+    path = tmp_path / "math_q.jsonl"
+    path.write_text('{"problem": "1 + 1?", "level": "Level 1", "type": "Prealgebra", '
+                    '"solution": "$\\\\boxed{2}$"}\nnot json\n')
+    task = load_task("math", path, on_error="record")
+    good = task.items[0]
+
+    def report(correct, lps):
+        rec = {"task": "math", "item_id": good.id, "verdicts": [correct],
+               "reasons": ["correct" if correct else "wrong_answer"], "completion_tokens": [3],
+               "token_logprobs": [lps]}
+        return EvalReport(metrics={}, records=[rec], settings={}, backend={}, tasks=[])
+    rows, excluded = outcome_rows([task], {"base": report(True, [-0.1, -0.5, -0.3]),
+                                           "code": report(False, [])}, IdSplit(0.5, "s"))
+    assert [e["id"] for e in excluded] == [f"math:{task.items[1].id}"]
+    (row,) = rows
+    assert row["id"] == f"math:{good.id}" and row["domain"] == "math"
+    assert row["split"] in ("fit", "report") and "1 + 1?" in row["query"]
+    assert row["routes"]["base"]["correct"] is True
+    assert row["routes"]["base"]["mean_logprob"] == pytest.approx(-0.3)
+    assert row["routes"]["base"]["min_logprob"] == -0.5
+    assert row["routes"]["code"]["min_logprob"] == EMPTY_LOGPROB  # empty answer: least sure
+    write_outcomes(tmp_path / "o.jsonl", [{**row, "router": {"route": "base", "margin": 0.5}}])
+    assert read_outcomes(tmp_path / "o.jsonl")[0]["routes"]["base"]["completion_tokens"] == 3
+
+
+def test_escalation_asks_the_teacher_the_same_queries_and_reads_detection(tmp_path):
+    """4B with a teacher: a fake OpenAI-compatible endpoint that knows the answers (all but
+    one), the same prompts and verifiers as the routes; detection at the operating point."""
+    from http.server import BaseHTTPRequestHandler
+
+    from cogumi.evaluation import load_task
+    from cogumi.phases import escalate
+    from cogumi.profile import parse_profile
+    from cogumi.registry import get_phase
+    from cogumi.routing.outcomes import qualified_id, query_text
+    from cogumi.runner import PhaseContext
+
+    from .conftest import ROOT, LoopbackServer
+    task = load_task("math", ROOT / "fixtures" / "benchmarks" / "math_dev.jsonl")
+    items = task.items[:16]
+    answers = {it.fields["problem"]: it.reference for it in items}
+    wrong_once = items[0].fields["problem"]
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            content = body["messages"][-1]["content"]
+            asked.append(content)
+            problem = next(p for p in answers if p in content)
+            n = "-1" if problem == wrong_once else answers[problem]
+            out = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                       "content": f"The answer is {n}"},
+                                           "finish_reason": "stop"}],
+                              "usage": {"prompt_tokens": 100, "completion_tokens": 5}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    server = LoopbackServer()
+    server.serve(Handler)
+    try:
+        text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text()
+        text = text.replace(
+            text[text.index("queries = {"):text.index("\nreport_fraction")],
+            'queries = { math = "fixtures/benchmarks/math_dev.jsonl" }\nlimit = 16')
+        text += (f'\n[teacher]\nsource = "endpoint"\nbase_url = "{server.url}"\n'
+                 f'model = "fake"\napi_key_env = "COGUMI_TEST_NO_KEY"\n'
+                 f'price_usd_per_mtok = [1.0, 2.0]\n')
+        profile = parse_profile(text, str(tmp_path / "p.toml"))
+        rng = np.random.default_rng(0)
+        rows = []
+        for i, it in enumerate(items):
+            right = i % 3 != 0
+            lp = (-0.2 if right else -2.5) + float(rng.normal(0, 0.2))
+            rows.append({"id": qualified_id(task, it.id), "split": "report" if i % 2 else "fit",
+                         "domain": "math", "query": query_text(task, it),
+                         "routes": {"base": {"correct": right, "mean_logprob": lp,
+                                             "min_logprob": 2 * lp, "completion_tokens": 9}},
+                         "router": {"route": "base", "margin": 1.0}})
+        (tmp_path / "runs" / "4A").mkdir(parents=True)
+        write_outcomes(tmp_path / "runs" / "4A" / "route_outcomes.jsonl", rows)
+        (tmp_path / "out").mkdir()
+        ctx = PhaseContext(profile, get_phase("4B"), tmp_path / "out", tmp_path / "runs",
+                           Console(quiet=True), code_sha256="test")
+        m = escalate.run(ctx)
+    finally:
+        server.close()
+    assert len(asked) == 16 and all(q in {r["query"] for r in rows} for q in asked)
+    teacher = [json.loads(x) for x in
+               (ctx.out_dir / "teacher_outcomes.jsonl").read_text().splitlines()]
+    assert {t["id"] for t in teacher} == {r["id"] for r in rows}
+    assert sum(t["correct"] for t in teacher) == 15
+    assert all((t["prompt_tokens"], t["completion_tokens"]) == (100, 5) for t in teacher)
+    sig = [json.loads(x) for x in (ctx.out_dir / "signals.jsonl").read_text().splitlines()]
+    assert sig[0]["teacher"]["usd"] == pytest.approx((100 * 1.0 + 5 * 2.0) / 1e6)
+    # the system is wrong on every third query, where its log-probabilities are low: the
+    # operating point escalates those and nothing else
+    assert m["escalation.detection"] == 1.0 and m["escalation.false_escalation_rate"] == 0.0
+    assert m["teacher.report_accuracy"] == 1.0
+
+
+def test_held_out_queries_that_are_evaluation_items_or_training_records_are_refused(tmp_path):
+    from cogumi.phases.common import eval_tasks
+    from cogumi.phases.route import refuse_overlap, routing_tasks
+    from cogumi.runner import PhaseInputError
+    ctx = _ctx(tmp_path, "4A")
+    (tmp_path / "runs" / "0").mkdir(parents=True)
+    curated = tmp_path / "runs" / "0" / "curated.jsonl"
+    tasks = routing_tasks(ctx)
+    mmlu = next(t for t in tasks if t.name == "mmlu").items[0].fields
+    # A shared multiple-choice stem with other options is another question: not refused.
+    curated.write_text(json.dumps({"id": "r1", "instruction": mmlu["question"] + " A. 1 B. 2"})
+                       + "\n")
+    refuse_overlap(ctx, tasks)
+    with pytest.raises(PhaseInputError, match=r"evaluation item math:"):
+        refuse_overlap(ctx, eval_tasks(ctx))
+    problem = next(t for t in tasks if t.name == "math").items[3].fields["problem"]
+    curated.write_text(json.dumps({"id": "r2", "instruction": "Solve the following word problem.",
+                                   "input": problem}) + "\n")
+    with pytest.raises(PhaseInputError, match=r"1 are evaluation items or training records: "
+                                              r"math:.* \(curated record r2\)"):
+        refuse_overlap(ctx, tasks)
+    options = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(mmlu["choices"]))
+    curated.write_text(json.dumps({"id": "r3", "instruction": f"{mmlu['question']}\n{options}"})
+                       + "\n")
+    with pytest.raises(PhaseInputError, match=r"curated record r3"):
+        refuse_overlap(ctx, tasks)

@@ -3,8 +3,8 @@
 Held-out queries ([routing] queries: the fixture's dev split, never an evaluation or
 training problem) are answered by every route in llama.cpp: the shipped base (2C's
 model.gguf) alone and with each modifier's GGUF LoRA (3A-3C's adapter.gguf). Each query
-gets two labels (cogumi.routing.labels): the verifier-accepted route (ties: base, then the
-source domain's modifier) and its source domain's route. Queries are split by a hash of
+gets two labels (cogumi.routing.labels): the verifier-accepted route (ties, and no route
+accepted: base, then the source domain's modifier) and its source domain's route. Queries are split by a hash of
 their id into "fit" and "report"; every number a gate reads is measured on "report".
 
 Router features are measured, not assumed: each candidate of [routing] features is
@@ -21,15 +21,15 @@ server will see; the report split's are the final router's.
 from __future__ import annotations
 
 import json
+import re
 import statistics
-from pathlib import Path
 
 import numpy as np
 
 from cogumi.artifacts import sha256_file
 from cogumi.evaluation import GenerationSettings
-from cogumi.evaluation.splits import IdSplit, normalise, prompt_text
-from cogumi.phases.common import eval_cache, profile_task, refuse_evaluation_items
+from cogumi.evaluation.splits import IdSplit, normalise
+from cogumi.phases.common import eval_cache, eval_tasks, profile_task
 from cogumi.routing.labels import (
     BASE,
     confusion,
@@ -38,7 +38,7 @@ from cogumi.routing.labels import (
     verifier_label,
     write_outcomes,
 )
-from cogumi.routing.outcomes import outcome_rows, run_routes
+from cogumi.routing.outcomes import outcome_rows, qualified_id, query_text, run_routes
 from cogumi.routing.router import Router, make_features
 from cogumi.runner import PhaseContext, PhaseInputError
 
@@ -99,17 +99,61 @@ def read_modifiers(ctx: PhaseContext, base_sha: str) -> list[dict]:
     return mods
 
 
-def refuse_training_items(ctx: PhaseContext, tasks: list) -> None:
-    """Queries that are curated training records (phase 0), by normalised text, stop the
-    phase: the routes were trained on them, and their answers would not be held out."""
-    curated = ctx.input_dir("0") / "curated.jsonl"
-    texts = {normalise(json.loads(line)["instruction"])
-             for line in curated.read_text().splitlines() if line}
-    hits = [f"{t.name}:{it.id}" for t in tasks for it in t.items
-            if it.malformed is None and normalise(prompt_text(it)) in texts]
+def _key_texts(task, item) -> list[str]:
+    """What identifies a query's problem inside another text, normalised: a math problem's
+    text, a code task's entry point, a multiple-choice question's stem and every option."""
+    f = item.fields
+    if task.kind == "math":
+        return [normalise(f.get("question") or f.get("problem") or "")]
+    if task.kind == "code":
+        return [normalise(f["entry_point"])]
+    if task.kind == "mmlu":
+        return [normalise(f["question"]), *(normalise(str(c)) for c in f["choices"])]
+    return [normalise(query_text(task, item))]
+
+
+def _contains(text: str, keys: list[str]) -> bool:
+    # Whole words: option "12" is not inside "120", entry point add_two not inside add_twenty.
+    return all(k and re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", text) for k in keys)
+
+
+def refuse_overlap(ctx: PhaseContext, tasks: list) -> None:
+    """Held-out queries are neither evaluation items nor curated training records (phase 0).
+
+    Evaluation items: compared by the whole normalised user turn (what the router and the
+    routes see), not by the question field alone: multiple-choice questions share their stem
+    ("Which number is the largest?") and differ in their options (splits.assert_disjoint
+    compares stems, which is right for training data but calls different questions the
+    same here). Curated records are worded freely (an instruction around the problem, the
+    problem as the input), so a record overlaps a query when its text contains the query's
+    problem: the math problem, the code task's entry point, or the question's stem with
+    every option (whole words)."""
+    seen: dict[str, str] = {}
+    for task in eval_tasks(ctx):
+        for it in task.items:
+            if it.malformed is None:
+                seen[normalise(query_text(task, it))] = f"evaluation item {task.name}:{it.id}"
+    curated_path = ctx.input_dir("0") / "curated.jsonl"
+    curated = [json.loads(line) for line in curated_path.read_text().splitlines() if line]
+    texts = [(r["id"], normalise(" ".join(str(r.get(k) or "") for k in ("instruction", "input"))))
+             for r in curated]
+    hits = []
+    for t in tasks:
+        for it in t.items:
+            if it.malformed is not None:
+                continue
+            key = normalise(query_text(t, it))
+            if key in seen:
+                hits.append(f"{qualified_id(t, it.id)} ({seen[key]})")
+                continue
+            keys = _key_texts(t, it)
+            rec = next((rid for rid, text in texts if _contains(text, keys)), None)
+            if rec is not None:
+                hits.append(f"{qualified_id(t, it.id)} (curated record {rec})")
     if hits:
-        raise PhaseInputError(f"[routing] queries: {len(hits)} are curated training records "
-                              f"({', '.join(hits[:5])}); held-out queries must be unseen")
+        raise PhaseInputError(f"[routing] queries: {len(hits)} are evaluation items or "
+                              f"training records: {', '.join(hits[:5])}; held-out queries "
+                              f"must be unseen")
 
 
 def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
@@ -152,9 +196,7 @@ def run(ctx: PhaseContext) -> dict:
     routes = (BASE, *[m["name"] for m in mods])
     domain_routes = {m["task"]: m["name"] for m in mods}
     tasks = routing_tasks(ctx)
-    refuse_evaluation_items(ctx, ((it.id, prompt_text(it)) for t in tasks for it in t.items
-                                  if it.malformed is None), "[routing] queries")
-    refuse_training_items(ctx, tasks)
+    refuse_overlap(ctx, tasks)
     if cfg.limit is not None:
         ctx.notes.append(f"reduced query sample: at most {cfg.limit} per domain "
                          f"(routing.limit)")
@@ -197,7 +239,8 @@ def run(ctx: PhaseContext) -> dict:
         if c is not pick:
             c["router"].close()
     router.info["features_chosen_by"] = why
-    router.info["labelling"] = "verifier-accepted route (ties: base, then source domain)"
+    router.info["labelling"] = ("verifier-accepted route (ties, and no route accepted: base, "
+                                "then the source domain's modifier)")
     router.save(ctx.out_dir / "router")
 
     for r, d in zip(fit, oof[pick["kind"]], strict=True):
@@ -223,7 +266,8 @@ def run(ctx: PhaseContext) -> dict:
                    f"{ctx.profile.name}: router ({pick['kind']}) on the report split")
     ctx.add_figure("confusion.png", f"Confusion matrix of the router ({pick['kind']}) on "
                    f"{len(rep)} report-split queries: rows are the verifier-accepted route "
-                   f"(ties: base, then the source domain's modifier), columns the router's")
+                   f"(ties and all-wrong: base, then the source domain's modifier), columns "
+                   f"the router's")
     _report(ctx, metrics, candidates, pick, why, conf, conf_src, routes, mods, excluded)
     return metrics
 

@@ -45,16 +45,13 @@ def read_signals(path) -> list[dict]:
     return rows
 
 
-def apgr_over_random(p, local, teacher) -> Interval | None:
-    """APGR - 0.5 (the random policy's) with its bootstrap interval over report queries."""
+def area_over_random_interval(p, local, teacher) -> Interval:
+    """The curve's area over random escalation (curve.area_over_random), with its bootstrap
+    interval over report queries. In accuracy units, so every resample has a value (APGR's
+    ratio has none where a resample leaves no gap between system and teacher)."""
     p, local, teacher = map(np.asarray, (p, local, teacher))
-
-    def stat(idx):
-        a = curve.apgr(curve.sweep(p[idx], local[idx], teacher[idx]))
-        return float("nan") if a is None else a - 0.5
-    if curve.apgr(curve.sweep(p, local, teacher)) is None:
-        return None
-    return bootstrap_statistic(len(p), stat)
+    return bootstrap_statistic(len(p), lambda idx: curve.area_over_random(
+        curve.sweep(p[idx], local[idx], teacher[idx])))
 
 
 def run(ctx: PhaseContext) -> dict:
@@ -87,7 +84,7 @@ def run(ctx: PhaseContext) -> dict:
     at = curve.at_threshold(chosen.threshold, rp, rl, rt, ru)
     seed_cut = curve.at_threshold(1 - SEED_TARGET_PGR, rp, rl, rt, ru)
     a = curve.apgr(points)
-    vs_random = apgr_over_random(rp, rl, rt)
+    vs_random = area_over_random_interval(rp, rl, rt)
     cpt50, cpt80 = curve.cpt(points, 0.5), curve.cpt(points, 0.8)
     always_usd = float(np.sum(ru))
     result = {
@@ -101,7 +98,7 @@ def run(ctx: PhaseContext) -> dict:
                 "quality": chosen.quality, "pgr": chosen.pgr},
         "report": at, "seed_cutoff": seed_cut,
         "apgr": a, "cpt50": cpt50, "cpt80": cpt80,
-        "apgr_minus_random": None if vs_random is None else vs_random.to_dict(),
+        "area_over_random": vs_random.to_dict(),
         "weak": weak, "strong": strong, "always_teacher_usd": always_usd,
         "prices_usd_per_mtok": (list(ctx.profile.teacher.price_usd_per_mtok)
                                 if ctx.profile.teacher else None),
@@ -132,10 +129,9 @@ def run(ctx: PhaseContext) -> dict:
                 "apgr": a, "cpt50": cpt50, "cpt80": cpt80,
                 "operating_point.detection": at["detection"],
                 "operating_point.false_escalation_rate": at["false_escalation_rate"]}
-    if vs_random is not None:
-        optional.update({"apgr_minus_random": vs_random.point,
-                         "apgr_minus_random_lower": vs_random.lower,
-                         "apgr_minus_random_upper": vs_random.upper})
+    optional.update({"area_over_random": vs_random.point,
+                     "area_over_random_lower": vs_random.lower,
+                     "area_over_random_upper": vs_random.upper})
     m.update({k: float(v) for k, v in optional.items() if v is not None})
     if strong <= weak:
         ctx.notes.append(f"the teacher ({strong:.3f}) is not better than the system "
@@ -177,22 +173,29 @@ def _report(ctx, result, m, n) -> None:
         v = m.get(key)
         return "undefined" if v is None else format(v, fmt)
     at, seed = result["report"], result["seed_cutoff"]
+    chosen = ("escalate nothing (threshold above every probability)"
+              if result["threshold"] > 1 else
+              f"escalate when p_wrong >= **{result['threshold']:.4f}**")
+    gap = result["strong"] > result["weak"]
     ctx.write_report(
         f"Objective: {result['objective']}. Reading of the seed's 0.80: {result['seed_reading']}."
-        f"\n\nChosen on the fit split: escalate when p_wrong >= **{result['threshold']:.4f}**.\n\n"
+        f"\n\nChosen on the fit split: {chosen}.\n\n"
         f"| on {n} report-split queries | sent to teacher | verified accuracy | PGR | $ |\n"
         f"|---|---|---|---|---|\n"
-        f"| no escalation (weak) | 0.000 | {result['weak']:.3f} | 0 | 0 |\n"
+        f"| no escalation (weak) | 0.000 | {result['weak']:.3f} | "
+        f"{'0' if gap else 'undefined'} | 0 |\n"
         f"| operating point | {at['escalated_share']:.3f} | {at['quality']:.3f} | "
         f"{f('operating_point.pgr')} | {at['usd']:.4g} |\n"
         f"| seed's cut-off (confidence < 0.80) | {seed['escalated_share']:.3f} | "
         f"{seed['quality']:.3f} | {f('seed_cutoff.pgr')} | {seed['usd']:.4g} |\n"
-        f"| always teacher (strong) | 1.000 | {result['strong']:.3f} | 1 | "
+        f"| always teacher (strong) | 1.000 | {result['strong']:.3f} | "
+        f"{'1' if gap else 'undefined'} | "
         f"{result['always_teacher_usd']:.4g} |\n\n"
-        f"RouteLLM's metrics (weak = system, strong = teacher): APGR {f('apgr')} (random 0.5; "
-        f"APGR - 0.5 = {f('apgr_minus_random')}, 95% bootstrap interval "
-        f"[{f('apgr_minus_random_lower')}, {f('apgr_minus_random_upper')}]), CPT(50%) "
-        f"{f('cpt50')} (random 0.5), CPT(80%) {f('cpt80')} (random 0.8). Anchor: RouteLLM's "
-        f"matrix-factorisation router, APGR 0.80 and CPT(50%) 13.4% on MT-Bench.\n\n"
+        f"RouteLLM's metrics (weak = system, strong = teacher): APGR {f('apgr')} (random 0.5), "
+        f"CPT(50%) {f('cpt50')} (random 0.5), CPT(80%) {f('cpt80')} (random 0.8). Anchor: "
+        f"RouteLLM's matrix-factorisation router, APGR 0.80 and CPT(50%) 13.4% on MT-Bench. "
+        f"Area between the curve and random escalation (accuracy x share; (strong - weak) x "
+        f"(APGR - 0.5)): {f('area_over_random', '.4f')}, 95% bootstrap interval "
+        f"[{f('area_over_random_lower', '.4f')}, {f('area_over_random_upper', '.4f')}].\n\n"
         f"At the operating point: detection {f('operating_point.detection')}, false "
         f"escalations {f('operating_point.false_escalation_rate')}.")

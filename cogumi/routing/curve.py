@@ -90,6 +90,17 @@ def apgr(points: Sequence[Point]) -> float | None:
     return float(sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1)))
 
 
+def area_over_random(points: Sequence[Point]) -> float:
+    """The area between the curve and random escalation's line (from no escalation to
+    always-teacher), in verified-accuracy units over the share of strong calls: how much
+    accuracy escalation by p_wrong buys over escalating at random, averaged over every cost.
+    Equal to (strong - weak) x (APGR - 0.5), and defined even where PGR is not (no gap)."""
+    weak, strong = points[0].quality, points[-1].quality
+    xs = [pt.escalated_share for pt in points]
+    ys = [pt.quality - (weak + x * (strong - weak)) for pt, x in zip(points, xs, strict=True)]
+    return float(sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1)))
+
+
 def cpt(points: Sequence[Point], target: float) -> float | None:
     """Smallest share of strong calls whose PGR reaches ``target`` (None: no gap)."""
     if not points or points[0].pgr is None:

@@ -5,8 +5,8 @@ Two labellings of a query whose every route was run and verified:
 - **verifier** (the one the router is trained on): the route whose answer the verifier
   accepts. Ties (several routes accepted) go to ``base`` when base is among them (no adapter
   to apply, and nothing to lose when it is right), then to the query's source-domain
-  modifier, then to the first accepted route in route order. When no route is accepted the
-  label is the source-domain route: no route helps, and that is the route its domain names.
+  modifier, then to the first accepted route in route order. No route accepted is a tie of
+  all routes (each is as wrong as the others) and follows the same rule: base.
 - **source domain**: the modifier whose evaluation task is the query's task, else ``base``.
 
 ``route_outcomes.jsonl`` (the contract between 4A, 4B and 4C): one line per held-out query,
@@ -36,9 +36,7 @@ def source_route(domain: str, domain_routes: Mapping[str, str]) -> str:
 
 
 def verifier_label(correct: Mapping[str, bool], source: str, routes: Sequence[str]) -> str:
-    accepted = [r for r in routes if correct.get(r)]
-    if not accepted:
-        return source
+    accepted = [r for r in routes if correct.get(r)] or list(routes)
     if BASE in accepted:
         return BASE
     if source in accepted:

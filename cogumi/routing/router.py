@@ -74,6 +74,7 @@ class LlamaEmbedding:
     n_threads: int | None = None
     gguf_sha256: str = ""
     _llama: Any = field(default=None, repr=False)
+    _memo: dict = field(default_factory=dict, repr=False)
 
     kind = "llama-embedding"
 
@@ -91,9 +92,14 @@ class LlamaEmbedding:
                                       verbose=False, seed=0)
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        # truncate=True: a query longer than the batch is embedded from its start.
-        return np.asarray([self._llama.embed(t, normalize=True, truncate=True) for t in texts],
-                          dtype=np.float64)
+        # truncate=True: a query longer than the batch is embedded from its start. Memoised:
+        # cross-validation embeds the same queries once per fold, and a text's embedding
+        # does not depend on what else is embedded.
+        for t in texts:
+            if t not in self._memo:
+                self._memo[t] = np.asarray(self._llama.embed(t, normalize=True, truncate=True),
+                                           dtype=np.float64)
+        return np.stack([self._memo[t] for t in texts])
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "gguf_sha256": self.gguf_sha256, "pooling": "mean",
