@@ -66,6 +66,27 @@ _JUDGED = (("vs_input.worst_delta_upper",)
 # (shared/seed/ORIGIN_FINDINGS.md): measured against the reference model a profile names.
 _VS_REFERENCE = tuple(f"{t}.preference_vs_reference" for t in ("math", "code", "mmlu"))
 
+# Phases 3A-3C: a LoRA modifier trained on 2E's recovered weights (the full-precision
+# model 2C exported) and judged in llama.cpp with its GGUF adapter on 2C's shipped file; the
+# declared modifier says which domain, benchmark and LoRA settings (profile [[modifiers]]).
+_MODIFIER_ENTRY = "cogumi.phases.modifier:run"
+_MODIFIER_INPUTS = ("2C", "2E", "0")
+_MODIFIER_OUTPUTS = ("adapter/", "adapter.gguf", "modifier.json", "eval_base/",
+                     "eval_modifier/", "crosscheck.json", "train_log.json", "loss_curve.png",
+                     "report.md")
+_MODIFIER_METRICS = (
+    "task.score", "task.base_score", "gain", "gain_lower", "gain_upper",
+    "teacher_relative", "teacher.score", "size_mb", "adapter_bytes", "adapter_bytes_per_rank",
+    "lora.parameters", "lora.rank",
+    "off_domain.worst_delta", "off_domain.worst_delta_lower", "off_domain.worst_delta_upper",
+    "crosscheck.transformers_score", "crosscheck.llamacpp_score",
+    "crosscheck.item_agreement", "train.records", "train.examples", "train.excluded",
+    "train.steps", "train.heldout_loss_before", "train.heldout_loss_after")
+_MODIFIER_CONFIG = ("modifiers", "model", "training", "eval", "gguf", "hardware", "teacher")
+_MODIFIER_NOTES = ("one phase module serves every modifier: cogumi.phases.modifier",
+                   "inputs: 2C's model.gguf (the shipped base), 2E's model/ (its "
+                   "full-precision weights, trained on), 0's curated records")
+
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec(
         "0", "Curated dataset: load, normalise, filter, verify English, deduplicate", (),
@@ -178,15 +199,17 @@ PHASES: tuple[PhaseSpec, ...] = (
                "size_mb"),
               entry="cogumi.phases.calibrate:run", seed_cost_usd="35", seed_duration="3 days",
               config=("eval", "gguf", "calibration")),
-    PhaseSpec("3A", "Code modifier (domain LoRA)", ("2F",), ("adapter/",),
-              ("code.pass@1", "gpt4_relative", "size_mb"), seed_cost_usd="200",
-              seed_duration="10 days"),
-    PhaseSpec("3B", "Reasoning modifier (domain LoRA)", ("2F",), ("adapter/",),
-              ("mmlu.accuracy", "gpt4_relative", "size_mb"), seed_cost_usd="207",
-              seed_duration="10 days"),
-    PhaseSpec("3C", "Automation modifier (domain LoRA)", ("2F",), ("adapter/",),
-              ("task.accuracy", "gpt4_relative", "size_mb"), seed_cost_usd="170",
-              seed_duration="10 days"),
+    # Phase 3: one phase module builds every modifier the profile declares ([[modifiers]]:
+    # its name, domains, benchmark and LoRA settings); the ids are the seed's three.
+    PhaseSpec("3A", "Code modifier (domain LoRA)", _MODIFIER_INPUTS, _MODIFIER_OUTPUTS,
+              _MODIFIER_METRICS, entry=_MODIFIER_ENTRY, seed_cost_usd="200",
+              seed_duration="10 days", config=_MODIFIER_CONFIG, notes=_MODIFIER_NOTES),
+    PhaseSpec("3B", "Reasoning modifier (domain LoRA)", _MODIFIER_INPUTS, _MODIFIER_OUTPUTS,
+              _MODIFIER_METRICS, entry=_MODIFIER_ENTRY, seed_cost_usd="207",
+              seed_duration="10 days", config=_MODIFIER_CONFIG, notes=_MODIFIER_NOTES),
+    PhaseSpec("3C", "Automation modifier (domain LoRA)", _MODIFIER_INPUTS, _MODIFIER_OUTPUTS,
+              _MODIFIER_METRICS, entry=_MODIFIER_ENTRY, seed_cost_usd="170",
+              seed_duration="10 days", config=_MODIFIER_CONFIG, notes=_MODIFIER_NOTES),
     # 4A reads every modifier phase (its adapter.gguf and modifier.json), the base GGUF they
     # apply to, and phase 0's curated records (held-out queries must not be training items).
     PhaseSpec("4A", "Router training", ("2C", "3A", "3B", "3C", "0"),
