@@ -66,6 +66,11 @@ _JUDGED = (("vs_input.worst_delta_upper",)
 # (shared/seed/ORIGIN_FINDINGS.md): measured against the reference model a profile names.
 _VS_REFERENCE = tuple(f"{t}.preference_vs_reference" for t in ("math", "code", "mmlu"))
 
+# The suite's headline scores (cogumi.evaluation.paired.SUITE, not imported: it pulls in
+# numpy; tests/test_validate.py checks the two agree).
+_SUITE = ("math.accuracy", "mmlu.accuracy", "code.pass@1", "gsm8k.accuracy",
+          "humaneval.pass@1", "gpqa.accuracy", "bfcl.accuracy")
+
 # Phases 3A-3C: a LoRA modifier trained on 2E's recovered weights (the full-precision
 # model 2C exported) and judged in llama.cpp with its GGUF adapter on 2C's shipped file; the
 # declared modifier says which domain, benchmark and LoRA settings (profile [[modifiers]]).
@@ -249,13 +254,35 @@ PHASES: tuple[PhaseSpec, ...] = (
               config=("teacher",)),
     PhaseSpec("5A", "Deployment bundle and OpenAI-compatible API",
               ("2D", "2C", "3A", "3B", "3C", "4A", "4B", "4C"),
-              ("bundle/", "sizes.json", "report.md"),
+              ("bundle/", "sizes.json", "gate_runs.json", "report.md"),
               ("bundle.size_mb", "bundle.folder_mb", "bundle.files", "bundle.verified",
                "api.smoke_ok"),
               entry="cogumi.phases.bundle:run", seed_cost_usd="0", seed_duration="4 days",
               config=("model", "eval", "gguf", "teacher")),
-    PhaseSpec("5B", "End-to-end validation", ("5A",), ("validation.json",),
-              ("system.size_mb", "gpt4_relative"), seed_cost_usd="100", seed_duration="1 week"),
+    # 5B asks the served bundle (5A) and compares with the offline figures of 4A-4C.
+    PhaseSpec("5B", "End-to-end validation", ("5A", "4A", "4B", "4C"),
+              ("validation.json", "eval_system/", "eval_base/", "eval_teacher/",
+               "routing_api.jsonl", "load.jsonl", "report.md"),
+              ("system.size_mb", "benchmarks.api_requests", "benchmarks.api_errors",
+               "benchmarks.escalated_share", "vs_base.worst_delta_upper")
+              + tuple(f"{who}.{s}" for who in ("system", "base", "teacher") for s in _SUITE)
+              + tuple(f"{vs}.{s}.{k}" for vs in ("vs_base", "vs_teacher") for s in _SUITE
+                      for k in ("delta", "delta_lower", "delta_upper"))
+              + tuple(f"claim.{d}.{k}" for d in ("code", "reasoning", "automation")
+                      for k in ("system_minus_teacher", "system_minus_teacher_lower",
+                                "system_minus_teacher_upper", "system_over_teacher"))
+              + ("claim.domains_at_least_teacher", "routing.queries",
+                 "routing.decisions_differing_from_4a", "routing.api_accuracy",
+                 "routing.offline_accuracy", "routing.offline_accuracy_recomputed",
+                 "escalation.decisions_differing_from_4c", "escalation.api_rate",
+                 "escalation.offline_rate", "escalation.offline_rate_recomputed",
+                 "escalation.teacher_answered_share", "escalation.max_p_wrong_difference",
+                 "load.clients", "load.requests_per_client", "load.requests", "load.errors",
+                 "load.lost", "load.duplicated", "load.local_answers_compared",
+                 "load.local_answers_differing", "load.wall_s", "load.completion_tokens",
+                 "load.tokens_per_s", "load.latency_p50_s", "load.latency_p95_s"),
+              entry="cogumi.phases.validate:run", seed_cost_usd="100", seed_duration="1 week",
+              config=("model", "eval", "gguf", "teacher", "modifiers", "routing")),
 )
 
 _BY_ID = {p.id: p for p in PHASES}

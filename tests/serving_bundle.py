@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_MODEL = ROOT / "fixtures" / "tiny-llama"
 MODIFIERS = {"code": 1, "reasoning": 2}
 """Modifier name -> the seed its random LoRA is drawn with."""
+SERVING = {"n_ctx": 512, "n_threads": 1, "stop": [], "max_tokens": 24}
+"""The bundles' serving settings (manifest system.serving)."""
 
 
 def make_lora_gguf(name: str, seed: int, work: Path) -> Path:
@@ -52,6 +54,45 @@ def build_parts(work: Path, base_gguf: Path) -> dict:
                                   "lora_alpha": 8.0})
     return {"base_gguf": base_gguf, "packed": pack(base_gguf, work / "model.gguf.zst"),
             "modifiers": modifiers}
+
+
+ROUTER_QUERIES = {
+    "code": ["Write a Python function that reverses a list.",
+             "def add(a, b): implement this function", "Fix the bug in this code: for i in",
+             "Write a function returning the factorial of n."],
+    "reasoning": ["What is 12 times 7?", "If Tom has 3 apples and eats one, how many remain?",
+                  "Solve for x: 2x + 4 = 10.", "What is 15 minus 9?"],
+    "base": ["Tell me about the weather.", "Say hello.", "Name a colour.",
+             "Describe a cat."],
+}
+
+
+def fit_router(folder):
+    from cogumi.routing import Router
+    from cogumi.routing.router import make_features
+    queries = [q for qs in ROUTER_QUERIES.values() for q in qs]
+    labels = [r for r, qs in ROUTER_QUERIES.items() for _ in qs]
+    Router.fit(queries, labels, ["base", "code", "reasoning"],
+               make_features("hashed-ngrams")).save(folder)
+    return folder
+
+
+def fit_escalation(path, parts):
+    """Fitted on the serving signals of real greedy generations of the base; "wrong" is
+    the less confident half (a test needs both labels, not a meaningful verdict)."""
+    from cogumi.routing import Escalation, serving_signals
+    from cogumi.serving.engine import Engine, SamplingParams
+    engine = Engine(parts["base_gguf"], {}, n_ctx=256, n_threads=1)
+    rows = []
+    for qs in ROUTER_QUERIES.values():
+        for q in qs:
+            gen = engine.generate("base", engine.chat_prompt([{"role": "user", "content": q}]),
+                                  SamplingParams(max_tokens=16))
+            rows.append(serving_signals(gen.token_logprobs, 0.5))
+    engine.close()
+    median = sorted(r["mean_logprob"] for r in rows)[len(rows) // 2]
+    Escalation.fit(rows, [r["mean_logprob"] < median for r in rows]).save(path)
+    return path
 
 
 from cogumi.serving.app import RunningServer  # noqa: E402,F401 - re-exported for the tests

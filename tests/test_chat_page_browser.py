@@ -18,8 +18,7 @@ pytest.importorskip("playwright")
 pytest.importorskip("llama_cpp")
 
 from tests.serving_bundle import RunningServer  # noqa: E402
-from tests.test_serving import bundle_parts  # noqa: E402, F401 - the session fixture
-from tests.test_serving_routed import routed_bundle, routed_parts  # noqa: E402, F401
+from tests.test_serving_routed import routed_bundle  # noqa: E402
 
 # The flags of /work/.library/env/machines/python.md: without the background-networking
 # ones Chromium keeps trying hosts this closed network refuses.
@@ -28,7 +27,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 def test_a_question_typed_in_the_page_gets_a_streamed_answer_and_its_route(
-        bundle_parts, routed_parts, tmp_path):  # noqa: F811
+        bundle_parts, routed_parts, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from cogumi.routing import Router

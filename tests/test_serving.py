@@ -17,16 +17,10 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("fastapi")
 
 from cogumi.serving.bundle import file_table, verify_bundle, write_bundle  # noqa: E402
-from tests.serving_bundle import MODIFIERS, RunningServer, build_parts  # noqa: E402
+from tests.serving_bundle import MODIFIERS, SERVING, RunningServer  # noqa: E402
 
 PROMPTS = ["What is 2 + 3?", "Write a function that adds two numbers.",
            "Name a colour.", "Is water wet?"]
-SERVING = {"n_ctx": 512, "n_threads": 1, "stop": [], "max_tokens": 24}
-
-
-@pytest.fixture(scope="session")
-def bundle_parts(tiny_f32_gguf, tmp_path_factory):
-    return build_parts(tmp_path_factory.mktemp("bundle-parts"), tiny_f32_gguf[0] / "f32.gguf")
 
 
 @pytest.fixture(scope="module")

@@ -19,54 +19,9 @@ pytest.importorskip("sklearn")
 
 from cogumi.serving.bundle import write_bundle  # noqa: E402
 from tests.conftest import LoopbackServer  # noqa: E402
-from tests.serving_bundle import RunningServer  # noqa: E402
-from tests.test_serving import SERVING, bundle_parts  # noqa: E402, F401 - the session fixture
+from tests.serving_bundle import SERVING, RunningServer  # noqa: E402
 
-ROUTER_QUERIES = {
-    "code": ["Write a Python function that reverses a list.",
-             "def add(a, b): implement this function", "Fix the bug in this code: for i in",
-             "Write a function returning the factorial of n."],
-    "reasoning": ["What is 12 times 7?", "If Tom has 3 apples and eats one, how many remain?",
-                  "Solve for x: 2x + 4 = 10.", "What is 15 minus 9?"],
-    "base": ["Tell me about the weather.", "Say hello.", "Name a colour.",
-             "Describe a cat."],
-}
 TEACHER_ANSWER = "The teacher says 42."
-
-
-def fit_router(folder):
-    from cogumi.routing import Router
-    from cogumi.routing.router import make_features
-    queries = [q for qs in ROUTER_QUERIES.values() for q in qs]
-    labels = [r for r, qs in ROUTER_QUERIES.items() for _ in qs]
-    Router.fit(queries, labels, ["base", "code", "reasoning"],
-               make_features("hashed-ngrams")).save(folder)
-    return folder
-
-
-def fit_escalation(path, parts):
-    """Fitted on the serving signals of real greedy generations of the base; "wrong" is
-    the less confident half (a test needs both labels, not a meaningful verdict)."""
-    from cogumi.routing import Escalation, serving_signals
-    from cogumi.serving.engine import Engine, SamplingParams
-    engine = Engine(parts["base_gguf"], {}, n_ctx=256, n_threads=1)
-    rows = []
-    for qs in ROUTER_QUERIES.values():
-        for q in qs:
-            gen = engine.generate("base", engine.chat_prompt([{"role": "user", "content": q}]),
-                                  SamplingParams(max_tokens=16))
-            rows.append(serving_signals(gen.token_logprobs, 0.5))
-    engine.close()
-    median = sorted(r["mean_logprob"] for r in rows)[len(rows) // 2]
-    Escalation.fit(rows, [r["mean_logprob"] < median for r in rows]).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def routed_parts(bundle_parts, tmp_path_factory):
-    work = tmp_path_factory.mktemp("routed")
-    return {"router_dir": fit_router(work / "router"),
-            "escalation": fit_escalation(work / "escalation.json", bundle_parts), "work": work}
 
 
 def routed_bundle(bundle_parts, routed_parts, name: str, threshold: float):
@@ -146,12 +101,13 @@ def ask(url, content, model="cogumi", **kw):
 
 
 def test_the_router_picks_the_route_and_the_server_reports_it(bundle_parts, routed_parts):
+    from llama_cpp import Llama
+
+    from cogumi.evaluation import GenerationRequest
+    from cogumi.evaluation.backends.llamacpp_backend import LlamaCppBackend
     from cogumi.routing import Escalation, Router, serving_signals
     from cogumi.serving.app import create_app
     from cogumi.serving.bundle import load_bundle
-    from cogumi.evaluation.backends.llamacpp_backend import LlamaCppBackend
-    from cogumi.evaluation import GenerationRequest
-    from llama_cpp import Llama
 
     bundle = routed_bundle(bundle_parts, routed_parts, "never", 1.01)
     router = Router.load(routed_parts["router_dir"])
