@@ -164,6 +164,13 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
             refs[str(sc.code_prompts)] = hub_task_ref(sc.code_prompts)
         else:
             files.append(sc.code_prompts)
+    if "modifiers" in tables:  # phase 3's evaluation and training splits of its benchmarks
+        for m in profile.modifiers:
+            for value in (m.task_data, m.train_data):
+                if isinstance(value, HubTask):
+                    refs[str(value)] = hub_task_ref(value)
+                elif value is not None:
+                    files.append(value)  # bfcl: a folder, every file in it
     if "calibration" in tables:
         data = profile.calibration.data or profile.eval.mmlu
         if isinstance(data, HubTask):

@@ -62,6 +62,7 @@ PHASE_PACKAGES: dict[str, tuple[Package, ...]] = {
     "2C": _EVALUATION + (_LLAMA_CPP, _p("gguf"), _p("sentencepiece")),
     "2D": (_p("zstandard"),),
     "2F": (_LLAMA_CPP, _p("scipy"), _p("matplotlib")),
+    **{m: _EVALUATION + _TRAINING + (_LLAMA_CPP, _p("gguf")) for m in ("3A", "3B", "3C")},
     # Routing: every route answers in llama.cpp through the evaluation suite (code in the
     # sandbox); the router and escalation are scikit-learn models; the teacher is reached
     # over HTTP (4B).
@@ -72,11 +73,11 @@ PHASE_PACKAGES: dict[str, tuple[Package, ...]] = {
 """The packages each implemented phase imports (tests/test_preflight.py checks that every
 implemented phase has an entry)."""
 
-CODE_EVALUATING = ("1A", "1B", "2A", "2E", "2B", "2C", "4A", "4B")
+CODE_EVALUATING = ("1A", "1B", "2A", "2E", "2B", "2C", "3A", "3B", "3C", "4A", "4B")
 """Phases that score the profile's code task: generated code runs in bubblewrap."""
 
-CONVERTER_PHASES = ("2C",)
-"""Phases that run llama.cpp's converter (cogumi.compression.converter)."""
+CONVERTER_PHASES = ("2C", "3A", "3B", "3C")
+"""Phases that run llama.cpp's converters (cogumi.compression.converter; 3A-3C: the LoRA one)."""
 
 BACKEND_PACKAGES: dict[str, tuple[Package, ...]] = {
     "peft-lora": (),

@@ -80,7 +80,7 @@ _MODIFIER_OUTPUTS = ("adapter/", "adapter.gguf", "modifier.json", "eval_base/",
                      "eval_modifier/", "crosscheck.json", "train_log.json", "loss_curve.png",
                      "report.md")
 _MODIFIER_METRICS = (
-    "task.score", "task.base_score", "gain", "gain_lower", "gain_upper",
+    "task.score", "task.base_score", "task.lower95_above_chance", "gain", "gain_lower", "gain_upper",
     "teacher_relative", "teacher.score", "size_mb", "adapter_bytes", "adapter_bytes_per_rank",
     "lora.parameters", "lora.rank",
     "off_domain.worst_delta", "off_domain.worst_delta_lower", "off_domain.worst_delta_upper",

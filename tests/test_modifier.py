@@ -202,7 +202,7 @@ def test_size_gates_follow_the_rule_on_tiny_and_the_seed_on_8b(tmp_path):
 def test_modifier_gates_name_teacher_relative_not_gpt4():
     for phase_id in ("3A", "3B", "3C"):
         gates = {g.metric: g for g in resolve_gates(phase_id, load_profile("tiny"))}
-        assert {"gain_lower", "teacher_relative", "size_mb",
-                "off_domain.worst_delta_lower"} == set(gates)
+        assert {"gain_lower", "teacher_relative", "size_mb", "off_domain.worst_delta_lower",
+                "task.lower95_above_chance"} == set(gates)
         assert not gates["teacher_relative"].waived  # tiny waits for its teacher, unwaived
         assert "gpt4_relative" not in get_phase(phase_id).metrics

@@ -35,7 +35,13 @@ from cogumi.compression.common import MB, MODEL_DIR, load_merged_phase_model
 from cogumi.compression.gguf_export import convert_lora_to_gguf
 from cogumi.evaluation import GenerationSettings, LlamaCppBackend, Task, evaluate
 from cogumi.evaluation.answers import LETTERS
-from cogumi.evaluation.paired import SUITE, compare_with_input, item_scores, paired_table
+from cogumi.evaluation.paired import (
+    SUITE,
+    capability,
+    compare_with_input,
+    item_scores,
+    paired_table,
+)
 from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint, prompt_text
 from cogumi.phases.common import (
     curated_records,
@@ -348,6 +354,7 @@ def run(ctx: PhaseContext) -> dict:
     own_score = score_of(own.name)
     own_row = next(r for r in rows if r["score"] == own_score)
     others = [r for r in rows if r["score"] != own_score]
+    able, _ = capability(out / "eval_modifier")
 
     # 5. transformers cross-check; 6. the teacher
     loaded.model = peft_model
@@ -413,6 +420,7 @@ def run(ctx: PhaseContext) -> dict:
     uppers = [r["upper"] for r in others]
     metrics = {
         "task.score": own_row["after"], "task.base_score": own_row["before"],
+        "task.lower95_above_chance": able[f"{own_score}.lower95_above_chance"],
         "gain": own_row["point"], "gain_lower": own_row["lower"], "gain_upper": own_row["upper"],
         "teacher_relative": relative, "teacher.score": t_score,
         "size_mb": size_mb, "adapter_bytes": adapter_bytes,
