@@ -278,12 +278,14 @@ def test_at_threshold_detection_and_false_escalations():
 
 # ---------------------------------------------------------------------- phases 4B, 4C
 def _ctx(tmp_path: Path, phase_id: str, out: str = "stage"):
-    """A context over tmp_path/runs (inputs) writing into tmp_path/<out>."""
+    """A context over tmp_path/runs (inputs) writing into tmp_path/<out>, on tiny without
+    its teacher (these tests feed synthetic queries no teacher was asked)."""
     from cogumi.profile import load_profile
     from cogumi.registry import get_phase
     from cogumi.runner import PhaseContext
     (tmp_path / out).mkdir(parents=True, exist_ok=True)
-    return PhaseContext(load_profile("tiny"), get_phase(phase_id), tmp_path / out,
+    profile = load_profile("tiny").model_copy(update={"teacher": None})
+    return PhaseContext(profile, get_phase(phase_id), tmp_path / out,
                         tmp_path / "runs", Console(quiet=True))
 
 
@@ -526,6 +528,10 @@ def test_escalation_asks_the_teacher_the_same_queries_and_reads_detection(tmp_pa
         text = text.replace(
             text[text.index("queries = {"):text.index("\nreport_fraction")],
             'queries = { math = "fixtures/benchmarks/math_dev.jsonl" }\nlimit = 16')
+        # tiny's own [teacher] (the served fixture) gives way to the fake endpoint.
+        start = text.index("\n[teacher]")
+        end = text.index("\n[", start + 1)
+        text = text[:start] + text[end:]
         text += (f'\n[teacher]\nsource = "endpoint"\nbase_url = "{server.url}"\n'
                  f'model = "fake"\napi_key_env = "COGUMI_TEST_NO_KEY"\n'
                  f'price_usd_per_mtok = [1.0, 2.0]\n')
