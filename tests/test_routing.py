@@ -594,3 +594,66 @@ def test_held_out_queries_that_are_evaluation_items_or_training_records_are_refu
                        + "\n")
     with pytest.raises(PhaseInputError, match=r"curated record r3"):
         refuse_overlap(ctx, tasks)
+
+
+def test_phase_4a_labels_routes_and_writes_the_contract(tmp_path, monkeypatch):
+    """4A's orchestration with every route's answers made up (llama.cpp is tested above):
+    the code modifier is right exactly on code queries and base on the others, so the
+    verifier labels are the source domains and a hashed-n-gram router learns them."""
+    from cogumi.artifacts import sha256_file
+    from cogumi.evaluation import EvalReport
+    from cogumi.phases import route
+    from cogumi.profile import parse_profile
+    from cogumi.registry import get_phase
+    from cogumi.runner import PhaseContext
+
+    from .conftest import ROOT
+    runs = tmp_path / "runs"
+    for pid in ("0", "2C", "3A", "3B", "3C"):
+        (runs / pid).mkdir(parents=True)
+    (runs / "0" / "curated.jsonl").write_text("")
+    (runs / "2C" / "model.gguf").write_bytes(b"base")
+    (runs / "3A" / "adapter.gguf").write_bytes(b"lora")
+    (runs / "3A" / "modifier.json").write_text(json.dumps({
+        "name": "code", "phase": "3A", "domain": "code", "task": "code",
+        "adapter_gguf_sha256": sha256_file(runs / "3A" / "adapter.gguf"), "adapter_bytes": 4,
+        "lora_rank": 8, "lora_alpha": 16.0,
+        "base_gguf_sha256": sha256_file(runs / "2C" / "model.gguf")}))
+
+    def fake_run_routes(routes, base, tasks, settings, **kw):
+        assert base == runs / "2C" / "model.gguf" and routes["code"] == runs / "3A" / "adapter.gguf"
+        out = {}
+        for name in routes:
+            recs = []
+            for t in tasks:
+                for it in t.items[:kw["limit"]]:
+                    right = (t.name == "code") == (name == "code")
+                    recs.append({"task": t.name, "item_id": it.id, "verdicts": [right],
+                                 "reasons": ["correct" if right else "wrong_answer"],
+                                 "completion_tokens": [4],
+                                 "token_logprobs": [[-0.1, -0.2] if right else [-2.0, -3.0]]})
+            out[name] = EvalReport(metrics={}, records=recs, settings={}, backend={}, tasks=[])
+        return out
+    monkeypatch.setattr(route, "run_routes", fake_run_routes)
+    text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text().replace(
+        "report_fraction = 0.5", 'report_fraction = 0.5\nlimit = 20\nfeatures = ["hashed-ngrams"]')
+    profile = parse_profile(text, str(tmp_path / "p.toml"))
+    (tmp_path / "out").mkdir()
+    ctx = PhaseContext(profile, get_phase("4A"), tmp_path / "out", runs, Console(quiet=True),
+                       code_sha256="test")
+    m = route.run(ctx)
+    assert m["queries.fit"] + m["queries.report"] == 60
+    assert m["routing.accuracy"] >= 0.95 and m["quality.oracle"] == 1.0
+    assert m["quality.always_base"] == pytest.approx(40 / 60, abs=0.15)
+    assert m["quality.with_router"] == pytest.approx(m["routing.accuracy"])
+    rows = read_outcomes(ctx.out_dir / "route_outcomes.jsonl")
+    assert {r["label"] for r in rows if r["domain"] == "code"} == {"code"}
+    assert {r["label"] for r in rows if r["domain"] != "code"} == {"base"}
+    assert {r["router"]["decided_by"] for r in rows if r["split"] == "fit"} == {"cross-validated"}
+    conf = json.loads((ctx.out_dir / "confusion.json").read_text())["verifier_labels"]
+    assert conf["labels"] == ["base", "code"] and conf["n"] == m["queries.report"]
+    loaded = Router.load(ctx.out_dir / "router")
+    assert loaded.routes == ("base", "code")
+    code_query = next(r["query"] for r in rows if r["domain"] == "code")
+    assert loaded.route(code_query)[0] == "code"
+    assert (ctx.out_dir / "confusion.png").stat().st_size > 0

@@ -233,7 +233,14 @@ def run(ctx: PhaseContext) -> dict:
                            "latency_ms_p95": 1000 * float(np.percentile(lat, 95)),
                            "size_bytes": size, "router": router})
         oof[kind] = decided
-    pick, why = choose_features(candidates, len(fit))
+    if len(set(fit_lab)) == 1:
+        # One label for every fit query: each candidate is the same constant router, which
+        # reads no features; the first candidate stands (no base GGUF needed to serve it).
+        pick = candidates[0]
+        why = (f"every fit query's label is {fit_lab[0]}: the router is a constant and reads "
+               f"no features; the first candidate of [routing] features is kept")
+    else:
+        pick, why = choose_features(candidates, len(fit))
     router = pick["router"]
     for c in candidates:
         if c is not pick:
