@@ -150,6 +150,23 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def browser(session: nox.Session) -> None:
+    """The chat page of `cogumi serve` in headless Chromium (tests/test_chat_page_browser.py):
+    Debian's chromium is installed when it is missing (as root), Playwright drives it. The
+    `tests` session runs the same file, which skips itself where Chromium is absent."""
+    bin_dir = _install(session, "dev")
+    if shutil.which("chromium") is None:
+        if os.geteuid() != 0:
+            session.error("Debian's chromium is missing: apt-get install chromium (as root)")
+        session.run("apt-get", "update", "-q", external=True)
+        session.run("apt-get", "install", "-y", "-q", "chromium", external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    session.run(str(bin_dir / "cogumi"), "fetch-converter", external=True)
+    session.run(str(bin_dir / "python"), "-m", "pytest", "tests/test_chat_page_browser.py",
+                "-q", "-rs", *session.posargs, external=True)
+
+
+@nox.session(python=False)
 def lint(session: nox.Session) -> None:
     bin_dir = _install(session, "dev")
     session.run(str(bin_dir / "ruff"), "check", "cogumi", "gates", "tests", "benchmarks",

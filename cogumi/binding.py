@@ -186,6 +186,13 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
             gguf = part_packaged_gguf(t.parts)
             refs[f"gguf-parts:{t.parts}"] = {"parts": list(gguf.distributions),
                                               "version": gguf.version, "sha256": gguf.sha256}
+    if "modifiers" in tables:  # phase 3's evaluation and training splits of its benchmarks
+        for m in profile.modifiers:
+            for value in (m.task_data, m.train_data):
+                if isinstance(value, HubTask):
+                    refs[str(value)] = hub_task_ref(value)
+                elif value is not None:
+                    files.append(value)  # bfcl: a folder, every file in it
     if "calibration" in tables:
         data = profile.calibration.data or profile.eval.mmlu
         if isinstance(data, HubTask):

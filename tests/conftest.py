@@ -73,3 +73,24 @@ def tiny_f32_gguf(tmp_path_factory):
     decision = G.convert_to_gguf(ROOT / "fixtures" / "tiny-llama", out / "f32.gguf", "F32",
                                  out / "convert.log")
     return out, decision
+
+
+# ---------------------------------------------------------------- serving (cogumi serve, 5A, 5B)
+@pytest.fixture(scope="session")
+def bundle_parts(tiny_f32_gguf, tmp_path_factory):
+    """A bundle's base and modifiers from the tiny fixture (tests/serving_bundle.py), built
+    once for every serving test."""
+    pytest.importorskip("llama_cpp")
+    from tests.serving_bundle import build_parts
+    return build_parts(tmp_path_factory.mktemp("bundle-parts"), tiny_f32_gguf[0] / "f32.gguf")
+
+
+@pytest.fixture(scope="session")
+def routed_parts(bundle_parts, tmp_path_factory):
+    """A router fitted on a handful of queries and an escalation model fitted on real
+    generations of the bundle's base (tests/serving_bundle.py), once per session."""
+    pytest.importorskip("sklearn")
+    from tests.serving_bundle import fit_escalation, fit_router
+    work = tmp_path_factory.mktemp("routed")
+    return {"router_dir": fit_router(work / "router"),
+            "escalation": fit_escalation(work / "escalation.json", bundle_parts), "work": work}

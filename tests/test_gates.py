@@ -33,12 +33,17 @@ def test_seed_thresholds_for_1b():
     assert gates["vs_input.worst_delta_upper"] == (">=", 0)
 
 
-# Phases that change no model weights: curation, packing, calibration, routing (4A-4C).
-_NO_MODEL_CHANGE = ("0", "2D", "2F", "4A", "4B", "4C")
+# 3A-3C ship an adapter beside the unchanged base: each is judged against the base by its
+# own gates (gain on its benchmark, the bound on its damage elsewhere, its benchmark above
+# chance: test_modifier_phases_gate_gain_damage_and_capability).
+MODIFIER_PHASES = ("3A", "3B", "3C")
+# Phases that change no model weights: curation, packing, calibration, routing (4A-4C),
+# bundling and validation (5A, 5B).
+_NO_MODEL_CHANGE = ("0", "2D", "2F", "4A", "4B", "4C", "5A", "5B")
 
 
-@pytest.mark.parametrize("phase", [p for p in PHASES if p.implemented and p.id not in _NO_MODEL_CHANGE],
-                         ids=lambda p: p.id)
+@pytest.mark.parametrize("phase", [p for p in PHASES if p.implemented and p.id not in
+                                   (*_NO_MODEL_CHANGE, *MODIFIER_PHASES)], ids=lambda p: p.id)
 def test_every_phase_that_changes_the_model_gates_not_worse_and_capability(phase):
     gates = {g.metric: g for g in load_gate_file(ROOT / phase.gate_file, phase)}
     assert (gates["vs_input.worst_delta_upper"].op, gates["vs_input.worst_delta_upper"].threshold) \
@@ -46,6 +51,16 @@ def test_every_phase_that_changes_the_model_gates_not_worse_and_capability(phase
     for score in ("math.accuracy", "code.pass@1", "mmlu.accuracy"):
         g = gates[f"{score}.lower95_above_chance"]
         assert g.capability and (g.op, g.threshold) == (">", 0)
+
+
+@pytest.mark.parametrize("phase_id", MODIFIER_PHASES)
+def test_modifier_phases_gate_gain_damage_and_capability(phase_id):
+    phase = get_phase(phase_id)
+    gates = {g.metric: g for g in load_gate_file(ROOT / phase.gate_file, phase)}
+    assert (gates["gain_lower"].op, gates["gain_lower"].threshold) == (">", 0)
+    assert gates["off_domain.worst_delta_lower"].op == ">="
+    g = gates["task.lower95_above_chance"]
+    assert g.capability and (g.op, g.threshold) == (">", 0)
 
 
 def _write(tmp_path, body, phase="1B"):

