@@ -154,7 +154,15 @@ def task_records(task: Task, label: str) -> tuple[list[dict], Counter]:
 def teacher_examples(ctx: PhaseContext, mod: ModifierConfig) -> tuple[list[dict], str]:
     """Hook for teacher-written examples aimed at the domain (1C's machinery:
     cogumi.distillation.generate_examples, verifier-accepted). Returns (examples, why none)
-    until that module lands and is wired here; never invents any."""
+    until that module lands and is wired here; never invents any.
+
+    Wiring, once branch d1c is merged: requests ``{"id", "domain": mod.name, "prompt": the
+    item's instruction, "system": its system turn, "check":
+    cogumi.distillation.check_for_item(train_task, item)}`` for the items of the modifier's
+    `train_data` (never its evaluation split), sent with ``generate_examples(backend,
+    requests, verifier=ExampleVerifier(), cache_dir=ctx.work_dir / "teacher", budget=...,
+    prices=teacher.price_usd_per_mtok)`` inside ``cogumi.teacher.teacher_backend``; the kept
+    examples join the records, the rejected and unsent ones go into the accounting."""
     if ctx.profile.teacher is None:
         return [], "the profile names no [teacher]"
     try:
