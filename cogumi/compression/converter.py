@@ -23,7 +23,6 @@ that fills it: `cogumi fetch-converter` (or `--sdist FILE` with a copy downloade
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from cogumi.artifacts import sha256_file
 from cogumi.locations import CACHE_ENV, cache_root  # noqa: F401 - CACHE_ENV: re-exported
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -62,13 +62,6 @@ def converter_dir() -> Path:
     return cache_root() / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _missing(why: str) -> ConverterUnavailable:
     return ConverterUnavailable(
@@ -96,7 +89,7 @@ def cached() -> Path | None:
                                    f"{SDIST_SHA256}; run `{FETCH_COMMAND} --force`")
     for rel, digest in files.items():
         path = folder / rel
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             raise ConverterUnavailable(f"{path}: differs from the sdist it was extracted from "
                                        f"(or is gone); run `{FETCH_COMMAND} --force`")
     return folder
@@ -169,7 +162,7 @@ def _extract(sdist: Path, into: Path) -> dict[str, str]:
                     raise tarfile.TarError(f"member {member.name!r} leaves the folder")
                 member.name = rel
                 tar.extract(member, into, **_DATA_FILTER)
-                files[rel] = _sha256(into / rel)
+                files[rel] = sha256_file(into / rel)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ConverterUnavailable(f"{sdist}: not a readable sdist ({exc}); run "
                                    f"`{FETCH_COMMAND}` to download it again") from None
@@ -200,7 +193,7 @@ def fetch_converter(sdist: Path | None = None, force: bool = False) -> Path:
         sdist = Path(sdist)
         if not sdist.is_file():
             raise _missing(f"{sdist} does not exist")
-        got = _sha256(sdist)
+        got = sha256_file(sdist)
         if got != SDIST_SHA256:
             raise ConverterUnavailable(f"{sdist}: sha256 {got} is not the pinned "
                                        f"{SDIST_SHA256} of {SDIST_NAME}; refusing to run "

@@ -24,13 +24,13 @@ LoRA settings); this one module builds whichever the phase id names.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 from collections import Counter
 from pathlib import Path
 
+from cogumi.artifacts import sha256_file
 from cogumi.compression.common import MB, MODEL_DIR, load_merged_phase_model
 from cogumi.compression.gguf_export import convert_lora_to_gguf
 from cogumi.evaluation import GenerationSettings, LlamaCppBackend, Task, evaluate
@@ -273,13 +273,6 @@ def teacher_score(ctx: PhaseContext, task: Task, out_dir: Path) -> tuple[float, 
 
 
 # --------------------------------------------------------------------------------- run
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def lora_parameters(peft_model) -> int:
     return sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
@@ -378,11 +371,11 @@ def run(ctx: PhaseContext) -> dict:
     modifier_json = {
         "name": mod.name, "phase": ctx.phase.id, "domain": mod.name, "domains": mod.domains,
         "task": own.name, "score": own_score,
-        "adapter_gguf_sha256": _sha256(adapter_gguf), "adapter_bytes": adapter_bytes,
+        "adapter_gguf_sha256": sha256_file(adapter_gguf), "adapter_bytes": adapter_bytes,
         "lora_rank": mod.lora_rank, "lora_alpha": float(mod.lora_alpha),
         "target_modules": list(cfg.target_modules), "lora_parameters": n_lora,
         "adapter_outtype": ADAPTER_OUTTYPE,
-        "base_gguf_sha256": _sha256(base_gguf), "base_model": "2E model/ (full precision)",
+        "base_gguf_sha256": sha256_file(base_gguf), "base_model": "2E model/ (full precision)",
         "eval_tasks": [t.name for t in tasks]}
     (out / "modifier.json").write_text(json.dumps(modifier_json, indent=2) + "\n")
 

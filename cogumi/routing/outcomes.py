@@ -9,23 +9,15 @@ recorded (the escalation signals).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from cogumi.artifacts import sha256_file
 from cogumi.evaluation import EvalReport, GenerationSettings, LlamaCppBackend, evaluate
 from cogumi.evaluation.splits import IdSplit
 from cogumi.evaluation.tasks import Task
 from cogumi.routing.escalation import serving_signals
 from cogumi.routing.labels import BASE
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def route_backend(base_gguf: Path, adapter_gguf: Path | None, *, n_ctx: int,
@@ -39,9 +31,9 @@ def route_backend(base_gguf: Path, adapter_gguf: Path | None, *, n_ctx: int,
     kwargs = {"lora_path": str(adapter_gguf)} if adapter_gguf is not None else {}
     llama = llama_cpp.Llama(model_path=str(base_gguf), n_ctx=n_ctx, n_threads=n_threads,
                             logits_all=True, verbose=False, seed=0, **kwargs)
-    digest = file_sha256(base_gguf)
+    digest = sha256_file(base_gguf)
     if adapter_gguf is not None:
-        digest += "+lora:" + file_sha256(adapter_gguf)
+        digest += "+lora:" + sha256_file(adapter_gguf)
     return LlamaCppBackend(llama=llama, model_digest=digest, logprobs=True)
 
 

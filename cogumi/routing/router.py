@@ -20,7 +20,6 @@ The margin is the regression's probability of the chosen route minus that of the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cogumi.artifacts import sha256_file
 
 ROUTER_JSON = "router.json"
 WEIGHTS = "weights.npz"
@@ -85,7 +86,7 @@ class LlamaEmbedding:
         refuse_amx_build(llama_cpp.llama_print_system_info().decode())
         self.gguf = Path(self.gguf)
         if not self.gguf_sha256:
-            self.gguf_sha256 = _sha256(self.gguf)
+            self.gguf_sha256 = sha256_file(self.gguf)
         self._llama = llama_cpp.Llama(model_path=str(self.gguf), embedding=True,
                                       pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                                       n_ctx=self.n_ctx, n_threads=self.n_threads,
@@ -110,13 +111,6 @@ class LlamaEmbedding:
             self._llama.close()
             self._llama = None
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_features(kind: str, *, base_gguf: Path | None = None, n_ctx: int = 1024,
@@ -266,7 +260,7 @@ class Router:
             if not gguf.is_file():
                 raise RouterFileError(f"{path}: the router reads the base model's embedding; "
                                       f"{gguf} is missing (pass base_gguf=...)")
-            digest = _sha256(gguf)
+            digest = sha256_file(gguf)
             if digest != feats.get("gguf_sha256"):
                 raise RouterFileError(f"{path}: key 'features.gguf_sha256' names "
                                       f"{str(feats.get('gguf_sha256'))[:12]}..., but {gguf} is "
