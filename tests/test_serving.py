@@ -50,7 +50,7 @@ def chat(url, model, content, **kw):
 
 def test_models_lists_the_routed_system_and_each_fixed_route(server):
     got = httpx.get(f"{server.url}/v1/models").json()
-    assert [m["id"] for m in got["data"]] == ["cogumi", "cogumi/base", *(
+    assert [m["id"] for m in got["data"]] == ["cogumi", "cogumi/local", "cogumi/base", *(
         f"cogumi/{n}" for n in MODIFIERS)]
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["routes"] == ["base", *MODIFIERS]

@@ -158,6 +158,11 @@ def test_an_escalated_request_is_answered_by_the_teacher(always, teacher, monkey
     # A fixed route never escalates.
     fixed = ask(always.url, "What is 12 times 7?", model="cogumi/reasoning").json()
     assert fixed["cogumi"]["escalated"] is False and fixed["cogumi"]["p_wrong"] is None
+    # Nor does the routed system's own answer (cogumi/local): routed as "cogumi" was.
+    local = ask(always.url, "What is 12 times 7?", model="cogumi/local").json()
+    assert local["cogumi"]["escalated"] is False and local["cogumi"]["threshold"] is None
+    assert local["cogumi"]["routed"] is True and local["cogumi"]["route"] == body["cogumi"]["route"]
+    assert local["choices"][0]["message"]["content"] != TEACHER_ANSWER
     assert len(teacher.requests) == 1
     # Streamed: the teacher's answer, flagged.
     text, infos = [], []

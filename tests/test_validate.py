@@ -118,7 +118,8 @@ def test_benchmarks_are_answered_by_system_base_and_teacher_through_http(validat
     ctx, m, offline = validated
     out = ctx.out_dir
     assert m["benchmarks.api_errors"] == 0
-    assert m["benchmarks.api_requests"] == 2 * 3 * 2  # (system, base) x 3 tasks x 2 items
+    # (system, system without escalation, base) x 3 tasks x 2 items
+    assert m["benchmarks.api_requests"] == 3 * 3 * 2
     for who in ("system", "base", "teacher"):
         for score in ("math.accuracy", "mmlu.accuracy", "code.pass@1"):
             assert 0 <= m[f"{who}.{score}"] <= 1
@@ -143,6 +144,10 @@ def test_the_seed_claim_is_measured_per_domain_and_a_missing_domain_has_no_figur
         (ctx.out_dir / "validation.json").read_text())["claim"]}
     assert claim["automation"]["why"] == "no modifier in the bundle"
     assert claim["reasoning"]["score"] == "math.accuracy"
+    # Measured on the system's own answers (cogumi/local), never on escalated ones.
+    assert claim["reasoning"]["system"] == m["local.math.accuracy"]
+    local_items = (ctx.out_dir / "eval_local" / "items.jsonl").read_text()
+    assert TEACHER_ANSWER not in local_items
     report = (ctx.out_dir / "report.md").read_text()
     assert "| automation | — | — | — | — | no: no modifier in the bundle |" in report
     # ... so its gate fails: a claim without a figure never passes.

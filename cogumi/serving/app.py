@@ -128,7 +128,8 @@ class Plan:
     """Set when the teacher answered before any local generation."""
 
     def waits_for_generation(self, system: System) -> bool:
-        return self.info.routed and system.decides_after_generation
+        # threshold: set only where the request may escalate (the routed system "cogumi")
+        return self.info.threshold is not None and system.decides_after_generation
 
 
 class ApiError(Exception):
@@ -299,10 +300,11 @@ def create_app(bundle: Bundle | str | Path, *, teacher_url: str | None = None,
             route, margin = await anyio.to_thread.run_sync(system.route, query)
         else:
             route, margin = fixed, None
+        escalating = system.escalation_allowed(req.model)
         info = RouteInfo(route=route, routed=routed, confidence=margin,
-                         threshold=system.threshold if routed and system.escalates else None)
+                         threshold=system.threshold if escalating else None)
         plan = Plan(kind, req, params, ids, route, info)
-        if routed and system.escalates and not system.decides_after_generation:
+        if escalating and not system.decides_after_generation:
             info.p_wrong = system.p_wrong(None, margin)
             if info.p_wrong >= system.threshold:
                 plan.answer = await teacher_answer(kind, req, params, info)

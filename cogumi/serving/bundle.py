@@ -32,6 +32,9 @@ MANIFEST = "manifest.json"
 FORMAT = "cogumi-bundle/1"
 BASE_ROUTE = "base"
 SYSTEM_MODEL = "cogumi"
+LOCAL_ROUTE = "local"
+"""`cogumi/local`: the routed system without escalation, its own answers (5B's claim is
+measured on them: a system that sends everything to the teacher is the teacher)."""
 """The model name of the routed system; each fixed route is "cogumi/<route>"."""
 
 
@@ -77,7 +80,8 @@ class Bundle:
     @property
     def model_names(self) -> tuple[str, ...]:
         """What /v1/models lists: the routed system, then each fixed route."""
-        return (SYSTEM_MODEL, *(f"{SYSTEM_MODEL}/{r}" for r in self.routes))
+        return (SYSTEM_MODEL, f"{SYSTEM_MODEL}/{LOCAL_ROUTE}",
+                *(f"{SYSTEM_MODEL}/{r}" for r in self.routes))
 
 
 def _read_json(path: Path) -> Any:
@@ -116,7 +120,7 @@ def load_bundle(root: str | Path) -> Bundle:
     mods_raw = _key(system, "modifiers", swhere, dict)
     modifiers = {}
     for name, entry in mods_raw.items():
-        if name == BASE_ROUTE or "/" in name:
+        if name in (BASE_ROUTE, LOCAL_ROUTE) or "/" in name:
             raise BundleError(f"{swhere}.modifiers: {name!r} is not a modifier name")
         modifiers[name] = Modifier(name, _key(entry, "file", f"{swhere}.modifiers.{name}", str),
                                    dict(entry.get("info", {})))
@@ -249,7 +253,7 @@ def write_bundle(out: Path, *, base_gguf: Path, packed: Path | None,
         shutil.copyfile(packed, out / "model.gguf.zst")
         system["packed"] = "model.gguf.zst"
     for name, (path, info) in modifiers.items():
-        if name == BASE_ROUTE or "/" in name:
+        if name in (BASE_ROUTE, LOCAL_ROUTE) or "/" in name:
             raise BundleError(f"{name!r} is not a modifier name")
         (out / "modifiers").mkdir(exist_ok=True)
         shutil.copyfile(path, out / "modifiers" / f"{name}.gguf")

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from cogumi.serving.bundle import BASE_ROUTE, SYSTEM_MODEL, Bundle, BundleError
+from cogumi.serving.bundle import BASE_ROUTE, LOCAL_ROUTE, SYSTEM_MODEL, Bundle, BundleError
 from cogumi.serving.engine import Engine, Generation, SamplingParams
 
 GENERATION_SIGNALS = ("mean_logprob", "min_logprob")
@@ -180,8 +180,9 @@ class System:
         return self.escalates and bool(set(self.escalation.signals) & set(GENERATION_SIGNALS))
 
     def resolve(self, model: str) -> tuple[str | None, bool]:
-        """(fixed route or None, routed) for a model name; KeyError when unknown."""
-        if model == SYSTEM_MODEL:
+        """(fixed route or None, routed) for a model name; KeyError when unknown.
+        `cogumi/local` is routed like `cogumi` (escalation_allowed says it never escalates)."""
+        if model in (SYSTEM_MODEL, f"{SYSTEM_MODEL}/{LOCAL_ROUTE}"):
             if self.router is None:  # a bundle without a router serves its base
                 return BASE_ROUTE, True
             return None, True
@@ -189,6 +190,10 @@ class System:
         if model.startswith(prefix) and model[len(prefix):] in self.engine.routes:
             return model[len(prefix):], False
         raise KeyError(model)
+
+    def escalation_allowed(self, model: str) -> bool:
+        """Whether a request for `model` may go to the teacher: the routed system only."""
+        return model == SYSTEM_MODEL and self.escalates
 
     def route(self, query: str) -> tuple[str, float | None]:
         if self.router is None:
