@@ -284,7 +284,8 @@ PHASES: tuple[PhaseSpec, ...] = (
                       for k in ("delta", "delta_lower", "delta_upper"))
               + tuple(f"claim.{d}.{k}" for d in ("code", "reasoning", "automation")
                       for k in ("system_minus_teacher", "system_minus_teacher_lower",
-                                "system_minus_teacher_upper", "system_over_teacher"))
+                                "system_minus_teacher_upper", "system_over_teacher",
+                                "system_lower95_above_chance"))
               + ("claim.domains_at_least_teacher", "routing.queries",
                  "routing.decisions_differing_from_4a", "routing.api_accuracy",
                  "routing.offline_accuracy", "routing.offline_accuracy_recomputed",

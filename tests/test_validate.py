@@ -155,6 +155,13 @@ def test_the_seed_claim_is_measured_per_domain_and_a_missing_domain_has_no_figur
     gates = {g.metric: g for g in resolve_gates("5B", ctx.profile, runs_dir=ctx.runs_dir)}
     assert not gates["claim.automation.system_minus_teacher_lower"].check(
         m.get("claim.automation.system_minus_teacher_lower"))
+    # A claim means something only above chance: a capability gate per domain (math's
+    # chance is 0, so it is the Wilson lower bound of the system's own accuracy).
+    assert "claim.automation.system_lower95_above_chance" not in m
+    able = m["claim.reasoning.system_lower95_above_chance"]
+    assert 0 <= able <= m["local.math.accuracy"]
+    gate = gates["claim.reasoning.system_lower95_above_chance"]
+    assert gate.capability and gate.check(able) == (able > 0)
 
 
 def test_routing_and_escalation_through_the_api_equal_the_offline_figures(validated):

@@ -292,6 +292,7 @@ def bundle_modifiers(bundle: Path) -> dict[str, dict]:
 
 def run(ctx: PhaseContext) -> dict[str, float]:
     from cogumi.evaluation import evaluate
+    from cogumi.evaluation.paired import capability
     from cogumi.phases.common import eval_cache
     from cogumi.phases.modifier import _settings, suite_tasks
     from cogumi.serving.app import RunningServer, create_app
@@ -350,6 +351,12 @@ def run(ctx: PhaseContext) -> dict[str, float]:
     c_m, c_rows = claim(local_rows, modifiers)
     for row in local_rows:
         c_m[f"local.{row['score']}"] = row["system"]
+    # A claim means something only where the system's own score does: above chance.
+    able, _ = capability(out / "eval_local")
+    for row in c_rows:
+        if "score" in row:
+            c_m[f"claim.{row['domain']}.system_lower95_above_chance"] = \
+                able[f"{row['score']}.lower95_above_chance"]
     sizes = _read_json(ctx.input_dir("5A") / "sizes.json")
     metrics.update(q_m)
     metrics.update(c_m)
