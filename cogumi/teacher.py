@@ -207,7 +207,9 @@ def _served_file(cfg: TeacherConfig, root: Path | None) -> tuple[Path, str]:
         from cogumi.locations import assemble_gguf, part_packaged_gguf
         return assemble_gguf(cfg.parts), part_packaged_gguf(cfg.parts).sha256
     from cogumi.artifacts import sha256_file
-    path = Path(root or Path.cwd()) / cfg.path
+    from cogumi.locations import data_root
+    # Relative to the repository, as every path a profile names (PhaseContext.resolve).
+    path = Path(root or data_root()) / cfg.path
     if not path.is_file():
         raise TeacherUnavailable(f"teacher.path: no GGUF file at {path}")
     return path, sha256_file(path)
@@ -229,7 +231,7 @@ def teacher_backend(cfg: TeacherConfig, *, cache_dir: Path | None = None,
     """The teacher as an OpenAI-compatible backend for the ``with`` block (a served GGUF is
     started first and stopped after). Its requests raise EndpointFailed after the retry
     budget instead of recording an empty answer. `root`: what a `path` teacher is relative
-    to (the repository; the working directory if None)."""
+    to (the repository's data root if None, as for every path a profile names)."""
     if cfg.source == "endpoint":
         backend = _backend(cfg, cfg.base_url, cache_dir)
         try:

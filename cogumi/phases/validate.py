@@ -317,7 +317,7 @@ def run(ctx: PhaseContext) -> dict[str, float]:
     out = ctx.out_dir
     metrics: dict[str, float] = {}
     with teacher_backend(ctx.profile.teacher, cache_dir=ctx.runs_dir / ".teacher-cache",
-                         log_dir=ctx.work_dir, root=ctx.root) as teacher:
+                         log_dir=ctx.work_dir) as teacher:
         # The teacher first: a bundle's escalated answers then come from a teacher whose
         # answers to the same benchmark items are already measured.
         evaluate(teacher, tasks, settings, limit=limit, loglikelihood=False,
