@@ -17,7 +17,7 @@ from cogumi.evaluation import (
     load_task,
 )
 from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint
-from cogumi.models import LoadedModel
+from cogumi.models import LoadedModel, load_base_model
 from cogumi.profile import HubTask
 from cogumi.runner import PhaseContext, PhaseInputError
 
@@ -29,6 +29,17 @@ def generation_backend(ctx: PhaseContext, loaded: LoadedModel) -> Iterator[Trans
         yield TransformersBackend(loaded.model, loaded.tokenizer,
                                   batch_size=ctx.profile.eval.batch_size,
                                   add_bos=loaded.add_bos, progress=progress)
+
+
+def load_with_trainable_adapter(ctx: PhaseContext, phase_id: str) -> LoadedModel:
+    """The profile's base model with `phase_id`'s LoRA adapter, trainable: for a phase that
+    trains that adapter further (1B on 1A's, 1C on 1B's)."""
+    from peft import PeftModel
+
+    loaded = load_base_model(ctx.profile.model, ctx.root, ctx.profile.hardware.device)
+    loaded.model = PeftModel.from_pretrained(loaded.model, ctx.input_dir(phase_id) / "adapter",
+                                             is_trainable=True)
+    return loaded
 
 
 def curated_records(ctx: PhaseContext) -> list[dict]:

@@ -31,7 +31,6 @@ from cogumi.evaluation import (
 from cogumi.evaluation.answers import extract_math_answer
 from cogumi.evaluation.compare import compare_verified
 from cogumi.evaluation.splits import prompt_text
-from cogumi.models import load_base_model
 from cogumi.phases.common import (
     curated_records,
     eval_cache,
@@ -40,6 +39,7 @@ from cogumi.phases.common import (
     generation_backend,
     judge_against_input,
     lm_eval_cross_check,
+    load_with_trainable_adapter,
     profile_task,
     refuse_evaluation_items,
 )
@@ -88,11 +88,7 @@ def run(ctx: PhaseContext) -> dict:
     if sc is None:
         raise PhaseInputError(f"{profile.source_file}: missing table [self_consistency]; "
                            f"phase 1B needs it")
-    from peft import PeftModel
-
-    loaded = load_base_model(profile.model, ctx.root, profile.hardware.device)
-    loaded.model = PeftModel.from_pretrained(loaded.model, ctx.input_dir("1A") / "adapter",
-                                             is_trainable=True)
+    loaded = load_with_trainable_adapter(ctx, "1A")
     tok = loaded.tokenizer
     tasks = eval_tasks(ctx)
     diagnostic = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens,

@@ -55,7 +55,6 @@ from cogumi.distillation.clusters import (
 from cogumi.evaluation import GenerationSettings, Task, evaluate
 from cogumi.evaluation.paired import SUITE, item_scores
 from cogumi.evaluation.splits import IdSplit, prompt_text, split_by_id
-from cogumi.models import load_base_model
 from cogumi.phases.common import (
     curated_records,
     eval_cache,
@@ -63,6 +62,7 @@ from cogumi.phases.common import (
     evaluate_model,
     generation_backend,
     judge_against_input,
+    load_with_trainable_adapter,
     profile_task,
     refuse_evaluation_items,
 )
@@ -137,13 +137,9 @@ def run(ctx: PhaseContext) -> dict:
     if profile.teacher is None:
         raise PhaseInputError(f"{profile.source_file}: missing table [teacher]; phase 1C "
                               f"distils from the teacher it names")
-    from peft import PeftModel
-
     from cogumi.teacher import teacher_backend
 
-    loaded = load_base_model(profile.model, ctx.root, profile.hardware.device)
-    loaded.model = PeftModel.from_pretrained(loaded.model, ctx.input_dir("1B") / "adapter",
-                                             is_trainable=True)
+    loaded = load_with_trainable_adapter(ctx, "1B")
     tok = loaded.tokenizer
     greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
                                 seed=ctx.seed, samples=1, stop=tuple(profile.model.stop))
