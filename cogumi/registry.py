@@ -237,7 +237,8 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("routing.accuracy", "routing.source_domain.accuracy", "routing.cv_accuracy",
                "routing.latency_ms_median", "routing.latency_ms_p95",
                "routing.features_is_embedding", "size_mb", "queries.fit", "queries.report",
-               "quality.oracle", "quality.with_router", "quality.with_source_domain_router",
+               "quality.oracle", "quality.oracle_gain_over_base", "quality.oracle_gain_over_base_lower",
+               "quality.with_router", "quality.with_source_domain_router",
                "quality.source_domain_route")
               + tuple(f"quality.always_{r}" for r in ("base", "code", "reasoning", "automation"))
               + tuple(f"candidate.{k}.{m}" for k in ("hashed-ngrams", "llama-embedding")

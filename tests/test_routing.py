@@ -646,6 +646,10 @@ def test_phase_4a_labels_routes_and_writes_the_contract(tmp_path, monkeypatch):
     assert m["routing.accuracy"] >= 0.95 and m["quality.oracle"] == 1.0
     assert m["quality.always_base"] == pytest.approx(40 / 60, abs=0.15)
     assert m["quality.with_router"] == pytest.approx(m["routing.accuracy"])
+    # The code modifier rescues every code query the base gets wrong: routing has something
+    # to gain, paired on the same report queries.
+    assert m["quality.oracle_gain_over_base"] == pytest.approx(1.0 - m["quality.always_base"])
+    assert m["quality.oracle_gain_over_base_lower"] > 0
     rows = read_outcomes(ctx.out_dir / "route_outcomes.jsonl")
     assert {r["label"] for r in rows if r["domain"] == "code"} == {"code"}
     assert {r["label"] for r in rows if r["domain"] != "code"} == {"base"}
@@ -657,3 +661,17 @@ def test_phase_4a_labels_routes_and_writes_the_contract(tmp_path, monkeypatch):
     code_query = next(r["query"] for r in rows if r["domain"] == "code")
     assert loaded.route(code_query)[0] == "code"
     assert (ctx.out_dir / "confusion.png").stat().st_size > 0
+
+
+def test_routing_gains_nothing_when_no_modifier_rescues_a_base_error():
+    """4A's capability gate: with the base right wherever a modifier is, the oracle is the
+    base and the paired lower bound is 0 (the gate fails); one rescued query in 40 is not
+    significant either; ten are."""
+    from cogumi.phases.route import oracle_gain_over_base
+
+    def rows(rescued: int, n: int = 40) -> list[dict]:
+        return [{"routes": {"base": {"correct": i >= rescued + 5},
+                            "code": {"correct": i < rescued or i >= rescued + 5}}} for i in range(n)]
+    assert oracle_gain_over_base(rows(0)).lower == 0.0
+    assert oracle_gain_over_base(rows(1)).lower <= 0.0
+    assert oracle_gain_over_base(rows(10)).lower > 0.0

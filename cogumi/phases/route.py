@@ -41,6 +41,7 @@ from cogumi.routing.labels import (
 from cogumi.routing.outcomes import outcome_rows, qualified_id, query_text, run_routes
 from cogumi.routing.router import Router, make_features
 from cogumi.runner import PhaseContext, PhaseInputError
+from cogumi.stats import exact_mcnemar
 
 MB = 1_000_000
 MODIFIER_PHASES = ("3A", "3B", "3C")
@@ -279,6 +280,15 @@ def run(ctx: PhaseContext) -> dict:
     return metrics
 
 
+def oracle_gain_over_base(rows: list[dict]):
+    """What routing can gain at all: the best route per query against the base alone, paired
+    on the same queries (exact McNemar). Where no modifier answers a query the base gets
+    wrong, every label is "base" and routing accuracy is met by routing everything to base."""
+    return exact_mcnemar(
+        {str(i): float(r["routes"]["base"]["correct"]) for i, r in enumerate(rows)},
+        {str(i): float(any(o["correct"] for o in r["routes"].values())) for i, r in enumerate(rows)})
+
+
 def _quality(rows: list[dict], pick) -> float:
     return float(np.mean([r["routes"][pick(r)]["correct"] for r in rows])) if rows else 0.0
 
@@ -303,6 +313,9 @@ def _metrics(ctx, rows, rep, routes, source_pred, candidates, pick) -> dict:
     }
     for route in routes:
         m[f"quality.always_{route}"] = _quality(rep, lambda r, route=route: route)
+    oracle_gain = oracle_gain_over_base(rep)
+    m["quality.oracle_gain_over_base"] = oracle_gain.point
+    m["quality.oracle_gain_over_base_lower"] = oracle_gain.lower
     for c in candidates:
         m[f"candidate.{c['kind']}.cv_accuracy"] = c["cv_accuracy"]
         m[f"candidate.{c['kind']}.latency_ms_median"] = c["latency_ms_median"]
@@ -347,6 +360,8 @@ def _report(ctx, m, candidates, pick, why, conf, conf_src, routes, mods, exclude
         f"{_table(conf)}\nSource-domain labelling:\n\n{_table(conf_src)}\n"
         f"| system | verified accuracy |\n|---|---|\n"
         f"| oracle (best route per query) | {m['quality.oracle']:.3f} |\n"
+        f"| oracle - always base (paired, lower bound) | {m['quality.oracle_gain_over_base']:+.3f} "
+        f"({m['quality.oracle_gain_over_base_lower']:+.3f}) |\n"
         f"| with the router | {m['quality.with_router']:.3f} |\n"
         f"| with the source-domain router | {m['quality.with_source_domain_router']:.3f} |\n"
         f"| each query's source-domain route | {m['quality.source_domain_route']:.3f} |\n"
