@@ -137,5 +137,6 @@ def preference_table(rows: list[Preference], reference: str) -> str:
     lines.append("Each item decided by the suite's verifier on both sides (greedy, one answer "
                  "each): a win is this model right and the reference wrong, a tie the same "
                  "verdict. The interval is 1/2 + (the paired interval of the accuracy "
-                 "difference) / 2: " + "; ".join(f"{p.task}: {p.method}" for p in rows) + ".")
+                 "difference) / 2 (in each method, \"gained\" counts the wins and \"lost\" "
+                 "the losses): " + "; ".join(f"{p.task}: {p.method}" for p in rows) + ".")
     return "\n".join(lines)
