@@ -180,7 +180,7 @@ def test_reference_answers_are_cached_and_1b_reuses_1a_s(tmp_path, teacher):
     shutil.rmtree(runs / ".eval-cache")
     assert reference_eval(one_a, one_a.out_dir / "reference_eval")
     assert len(teacher.bodies) == asked
-    assert "12 answers, 12 from the teacher cache, 0 asked" in " ".join(one_a.notes)
+    assert "12 answers, 12 from the teacher cache, 0 asked (0 + 0 tokens" in " ".join(one_a.notes)
 
     # 1B on the same items: 1A's artifact is copied, the teacher is not asked.
     one_b = _ctx(profile, "1B", runs)

@@ -259,7 +259,9 @@ def reference_eval(ctx: PhaseContext, out_dir: Path, reuse: Path | None = None) 
     report.write(out_dir)
     ctx.notes.append(f"reference model ({teacher.model}): {usage['requests']} answers, "
                      f"{usage['cache_hits']} from the teacher cache, "
-                     f"{usage['requests'] - usage['cache_hits']} asked"
+                     f"{usage['requests'] - usage['cache_hits']} asked "
+                     f"({usage['prompt_tokens']} + {usage['completion_tokens']} tokens, "
+                     f"${usage['cost_usd']:.4f})"
                      + (" (every task from the evaluation cache)" if report.cached else ""))
     for note in report.limits():
         if note not in ctx.notes:
