@@ -265,3 +265,18 @@ def test_teacher_digest_without_a_server_matches_the_backend():
         assert teacher_model_digest(cfg) == backend.identity()["model_digest"]
     finally:
         backend.close()
+
+
+def test_a_teacher_that_is_down_stops_the_phase_in_one_line(tmp_path):
+    from cogumi.phases.common import reference_eval
+    from cogumi.runner import PhaseInputError
+    from cogumi.teacher import free_loopback_port
+
+    profile = _endpoint_profile(tmp_path, f"http://127.0.0.1:{free_loopback_port()}/v1",
+                                limit=1)
+    profile = profile.model_copy(update={"teacher": profile.teacher.model_copy(
+        update={"max_retries": 0})})
+    ctx = _ctx(profile, "1A", tmp_path / "runs")
+    with pytest.raises(PhaseInputError, match=r"\[teacher\] counting: .*unreachable"):
+        reference_eval(ctx, ctx.out_dir / "reference_eval")
+    assert not (ctx.out_dir / "reference_eval").exists()

@@ -250,11 +250,20 @@ def reference_eval(ctx: PhaseContext, out_dir: Path, reuse: Path | None = None) 
             return True
         ctx.notes.append(f"reference model ({teacher.model}): asked again, not reused from "
                          f"{reuse.parent.name}/{reuse.name} ({why})")
+    from cogumi.evaluation.backends.openai_backend import EndpointFailed
+    from cogumi.teacher import TeacherUnavailable
+
     ctx.console.print(f"reference model {teacher.model}: answering the evaluation suite")
-    with teacher_backend(teacher, cache_dir=teacher_cache(ctx), log_dir=ctx.work_dir,
-                         root=ctx.root) as backend:
-        report = evaluate(backend, tasks, settings, limit=cfg.limit, cache_dir=eval_cache(ctx))
-        usage = dict(backend.usage)
+    try:
+        with teacher_backend(teacher, cache_dir=teacher_cache(ctx), log_dir=ctx.work_dir,
+                             root=ctx.root) as backend:
+            report = evaluate(backend, tasks, settings, limit=cfg.limit,
+                              cache_dir=eval_cache(ctx))
+            usage = dict(backend.usage)
+    except (EndpointFailed, TeacherUnavailable) as e:
+        # The answers so far are cached (complete ones only): a rerun asks only the rest.
+        raise PhaseInputError(f"{ctx.profile.source_file}: [teacher] {teacher.model}: {e}"
+                              ) from None
     report.summary["teacher_usage"] = usage
     report.write(out_dir)
     ctx.notes.append(f"reference model ({teacher.model}): {usage['requests']} answers, "
