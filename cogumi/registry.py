@@ -64,7 +64,14 @@ _JUDGED = (("vs_input.worst_delta_upper",)
            + tuple(f"{m}.lower95_above_chance" for m in _EVAL))
 # The seed's 1A/1B scores were (wins + half ties) / n against GPT-4's own answers
 # (shared/seed/ORIGIN_FINDINGS.md): measured against the reference model a profile names.
-_VS_REFERENCE = tuple(f"{t}.preference_vs_reference" for t in ("math", "code", "mmlu"))
+# Each item decided by the verifier on both sides; the seed's ties are the same verdict.
+_VS_REFERENCE = (tuple(f"{t}.{m}" for t in ("math", "code", "mmlu")
+                       for m in ("preference_vs_reference", "preference_vs_reference_lower",
+                                 "preference_vs_reference_upper", "ties_vs_reference",
+                                 "wins_vs_reference", "losses_vs_reference",
+                                 "ties_both_right_vs_reference"))
+                 + ("reference.math.accuracy", "reference.mmlu.accuracy",
+                    "reference.code.pass@1"))
 
 # The suite's headline scores (cogumi.evaluation.paired.SUITE, not imported: it pulls in
 # numpy; tests/test_validate.py checks the two agree).
@@ -109,26 +116,27 @@ PHASES: tuple[PhaseSpec, ...] = (
         seed_duration="done", config=("data",)),
     PhaseSpec(
         "1A", "Base model: LoRA / QLoRA supervised fine-tuning", ("0",),
-        ("adapter/", "loss_curve.png", "eval_before/", "eval_after/", "train_log.json"),
+        ("adapter/", "loss_curve.png", "eval_before/", "eval_after/", "train_log.json",
+         "reference_eval/"),
         _EVAL + _EVAL_BEFORE + _JUDGED + _VS_REFERENCE + (
                                 "sft.heldout_loss_before", "sft.heldout_loss_after",
                                 "sft.heldout_loss_improvement", "sft.train_examples",
                                 "sft.excluded_examples", "sft.steps"),
         entry="cogumi.phases.sft:run", seed_cost_usd="220", seed_duration="3 weeks",
-        config=("model", "training", "eval", "hardware")),
+        config=("model", "training", "eval", "teacher", "hardware")),
     PhaseSpec(
         "1B", "Self-consistency distillation", ("1A", "0"),
         ("adapter/", "self_distillation.jsonl", "dropped.jsonl", "diagnostic_before/",
          "diagnostic_after/", "eval_after/", "loss_curve.png", "comparison.json",
-         "generation_temperatures.json", "lm_eval_crosscheck.json"),
+         "generation_temperatures.json", "lm_eval_crosscheck.json", "reference_eval/"),
         _EVAL + _EVAL_BEFORE + _JUDGED + _VS_REFERENCE + (
             "consistency", "before.consistency", "consistency.gain", "consistency.gain_lower",
             "consistency.gain_upper", "math.unchanged_since_1a", "code.unchanged_since_1a",
-            "math.ties_vs_reference", "code.ties_vs_reference", "distill.kept",
+            "distill.kept",
             "distill.dropped", "lm_eval.item_disagreements",
             "lm_eval.math_extraction_differences", "lm_eval.scores_within_one_stderr"),
         entry="cogumi.phases.self_consistency:run",
-        config=("model", "training", "eval", "self_consistency", "hardware"),
+        config=("model", "training", "eval", "self_consistency", "teacher", "hardware"),
         seed_cost_usd="12-17", seed_duration="1 week"),
     PhaseSpec(
         "1C", "Teacher distillation on clustered failures", ("1B", "0"),

@@ -224,6 +224,20 @@ def _backend(cfg: TeacherConfig, base_url: str, cache_dir: Path | None,
                          model_digest=model_digest)
 
 
+def _gguf_digest(sha256: str, cfg: TeacherConfig) -> str:
+    # The cache key of every answer: the same file at the same context answers the same.
+    return f"gguf:{sha256}:n_ctx={cfg.n_ctx}"
+
+
+def teacher_model_digest(cfg: TeacherConfig, root: Path | None = None) -> str:
+    """The ``model_digest`` the teacher's backend reports in ``identity()``, without starting
+    a server: a phase can tell whether an earlier phase's teacher answers came from the same
+    teacher (a served GGUF: its file and context; an endpoint: its model name and URL)."""
+    if cfg.source == "endpoint":
+        return f"openai:{cfg.model}@{cfg.base_url.rstrip('/')}"
+    return _gguf_digest(_served_file(cfg, root)[1], cfg)
+
+
 @contextlib.contextmanager
 def teacher_backend(cfg: TeacherConfig, *, cache_dir: Path | None = None,
                     log_dir: Path | None = None,
@@ -240,8 +254,7 @@ def teacher_backend(cfg: TeacherConfig, *, cache_dir: Path | None = None,
             backend.close()
         return
     gguf, sha256 = _served_file(cfg, root)
-    # The cache key of every answer: the same file at the same context answers the same.
-    digest = f"gguf:{sha256}:n_ctx={cfg.n_ctx}"
+    digest = _gguf_digest(sha256, cfg)
     log = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)

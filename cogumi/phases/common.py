@@ -178,3 +178,114 @@ def judge_against_input(ctx: PhaseContext, before_dir: Path, after_dir: Path,
         f"### Against its input ({against}), item by item\n\n{paired_table(rows, against)}"
         f"\n\n### Above chance?\n\n{capability_table(able_rows)}")
     return {**paired, **able}
+
+
+def teacher_cache(ctx: PhaseContext) -> Path:
+    """One cache of teacher answers per profile, keyed by content (model digest and request
+    body): shared by every phase that asks the teacher, and by code changes, which do not
+    change what the teacher said; a rerun sends no request."""
+    return ctx.runs_dir / ".teacher-cache"
+
+
+def reference_settings(ctx: PhaseContext) -> GenerationSettings:
+    """How the reference model (the profile's [teacher]) answers the suite: greedy, one
+    answer, the suite's token limit, as 1C scores it (the student's stop strings belong to
+    the student's template; the teacher's server ends its own turns)."""
+    return GenerationSettings(max_new_tokens=ctx.profile.eval.max_new_tokens, temperature=0.0,
+                              seed=ctx.seed, samples=1)
+
+
+def _reusable(report_dir: Path, tasks, settings: GenerationSettings, limit: int | None,
+              model_digest: str) -> str | None:
+    """Why an earlier phase's reference evaluation cannot stand for this one (None: it can):
+    the same teacher, task files (by digest), item counts and settings, or it is asked again."""
+    if not (report_dir / "eval.json").is_file() or not (report_dir / "items.jsonl").is_file():
+        return f"{report_dir} holds no evaluation"
+    old = EvalReport.load(report_dir)
+    if old.backend.get("model_digest") != model_digest:
+        return "another teacher answered it"
+    want = {t.name: (t.digest, len(t.items) if limit is None else min(limit, len(t.items)),
+                     t.meta.get("prompt_version")) for t in tasks}
+    have = {t["name"]: (t["digest"], t["n_items"], t.get("prompt_version")) for t in old.tasks}
+    if want != have:
+        return "its tasks, items or prompts differ"
+    as_stored = json.loads(json.dumps(settings.to_dict()))  # tuples are lists in eval.json
+    if {k: v for k, v in old.settings.items() if k not in ("limit", "loglikelihood")} \
+            != as_stored or old.settings.get("limit") != limit:
+        return "its generation settings differ"
+    return None
+
+
+def reference_eval(ctx: PhaseContext, out_dir: Path, reuse: Path | None = None) -> bool:
+    """The profile's reference model (its [teacher]) on the phase's own evaluation items:
+    the same tasks, files and limit, greedy, the same verifiers, asked only through the
+    OpenAI-compatible backend (cogumi.teacher.teacher_backend) and never shown a reference
+    answer (the suite's prompts hold none). Per-item records go to out_dir. `reuse`: an
+    input phase's reference evaluation, copied when it answered the same items with the same
+    teacher and settings (phases talk through artifacts), else the teacher is asked again,
+    through the content cache. Returns False, with a note, when the profile has no teacher:
+    the metrics against the reference are then missing, and their gates with them."""
+    import shutil
+
+    from cogumi.teacher import teacher_backend, teacher_model_digest
+
+    teacher = ctx.profile.teacher
+    if teacher is None:
+        ctx.notes.append("no [teacher] in this profile: the preference score and ties against "
+                         "the reference model (*.preference_vs_reference, "
+                         "*.ties_vs_reference) are not measured, and their gates are missing")
+        return False
+    cfg = ctx.profile.eval
+    tasks = eval_tasks(ctx)
+    settings = reference_settings(ctx)
+    if reuse is not None:
+        why = _reusable(reuse, tasks, settings, cfg.limit,
+                        teacher_model_digest(teacher, ctx.root))
+        if why is None:
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            shutil.copytree(reuse, out_dir)
+            ctx.notes.append(f"reference model ({teacher.model}): its answers on the same items "
+                             f"reused from {reuse.parent.name}/{reuse.name}")
+            return True
+        ctx.notes.append(f"reference model ({teacher.model}): asked again, not reused from "
+                         f"{reuse.parent.name}/{reuse.name} ({why})")
+    from cogumi.evaluation.backends.openai_backend import EndpointFailed
+    from cogumi.teacher import TeacherUnavailable
+
+    ctx.console.print(f"reference model {teacher.model}: answering the evaluation suite")
+    try:
+        with teacher_backend(teacher, cache_dir=teacher_cache(ctx), log_dir=ctx.work_dir,
+                             root=ctx.root) as backend:
+            report = evaluate(backend, tasks, settings, limit=cfg.limit,
+                              cache_dir=eval_cache(ctx))
+            usage = dict(backend.usage)
+    except (EndpointFailed, TeacherUnavailable) as e:
+        # The answers so far are cached (complete ones only): a rerun asks only the rest.
+        raise PhaseInputError(f"{ctx.profile.source_file}: [teacher] {teacher.model}: {e}"
+                              ) from None
+    report.summary["teacher_usage"] = usage
+    report.write(out_dir)
+    ctx.notes.append(f"reference model ({teacher.model}): {usage['requests']} answers, "
+                     f"{usage['cache_hits']} from the teacher cache, "
+                     f"{usage['requests'] - usage['cache_hits']} asked "
+                     f"({usage['prompt_tokens']} + {usage['completion_tokens']} tokens, "
+                     f"${usage['cost_usd']:.4f})"
+                     + (" (every task from the evaluation cache)" if report.cached else ""))
+    for note in report.limits():
+        if note not in ctx.notes:
+            ctx.notes.append(note)
+    return True
+
+
+def judge_against_reference(ctx: PhaseContext, student_dir: Path, reference_dir: Path
+                            ) -> dict:
+    """The seed's preference score and ties against the reference model, item by item
+    (cogumi.evaluation.reference), with their table in the report."""
+    from cogumi.evaluation.reference import preference_table, versus_reference
+
+    metrics, rows = versus_reference(student_dir, reference_dir)
+    name = ctx.profile.teacher.model if ctx.profile.teacher else "reference"
+    ctx.add_report_section(f"### Against the reference model ({name}), item by item\n\n"
+                           + preference_table(rows, name))
+    return metrics

@@ -38,9 +38,11 @@ from cogumi.phases.common import (
     evaluate_model,
     generation_backend,
     judge_against_input,
+    judge_against_reference,
     lm_eval_cross_check,
     load_with_trainable_adapter,
     profile_task,
+    reference_eval,
     refuse_evaluation_items,
 )
 from cogumi.runner import PhaseContext, PhaseInputError
@@ -185,12 +187,12 @@ def run(ctx: PhaseContext) -> dict:
         "metrics": comparison.metrics, "records": comparison.records})
     # The seed's "ties" were agreement with GPT-4's own answers (origin: 30 of its 35 MATH
     # ties had both answers right), so a tie against the 1A model is "unchanged since 1A";
-    # the seed's ties gates need a reference model the profile names, and stay missing
-    # without one.
+    # the seed's ties are measured against the reference model the profile names ([teacher]),
+    # and stay missing without one.
     ctx.notes.append("unchanged_since_1a: per item against the 1A model (before this phase), "
                      "the verifier's score over the k samples equal on both sides; the seed's "
-                     "ties (math.ties_vs_reference, code.ties_vs_reference) need a reference "
-                     "model, which this profile does not name")
+                     "ties (math.ties_vs_reference, code.ties_vs_reference) are against the "
+                     "profile's reference model ([teacher]) on the greedy evaluation")
     ctx.notes.append(f"consistency: share of prompts whose {sc.samples} answers sampled at "
                      f"T={sc.temperature} all agree (math: math-verify equivalence; mmlu: same "
                      f"letter; code: same normalised AST), item-weighted over the tasks")
@@ -232,6 +234,12 @@ def run(ctx: PhaseContext) -> dict:
     metrics.update(cross)
     metrics.update(judge_against_input(ctx, ctx.input_dir("1A") / "eval_after",
                                        ctx.out_dir / "eval_after", "1A"))
+    # The seed's 1B scores and ties against the reference model on the same items: 1A's
+    # answers of the teacher when they are for the same items, else it is asked (cached).
+    if reference_eval(ctx, ctx.out_dir / "reference_eval",
+                      reuse=ctx.input_dir("1A") / "reference_eval"):
+        metrics.update(judge_against_reference(ctx, ctx.out_dir / "eval_after",
+                                               ctx.out_dir / "reference_eval"))
     return metrics
 
 

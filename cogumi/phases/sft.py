@@ -13,7 +13,13 @@ import json
 import random
 
 from cogumi.artifacts import sha256_file
-from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
+from cogumi.phases.common import (
+    curated_records,
+    evaluate_model,
+    judge_against_input,
+    judge_against_reference,
+    reference_eval,
+)
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.backends import load_for_training
 from cogumi.training.launch import LaunchError, check_processes, train_lora_processes
@@ -102,6 +108,11 @@ def run(ctx: PhaseContext) -> dict:
     metrics.update(after)
     metrics.update(judge_against_input(ctx, ctx.out_dir / "eval_before",
                                        ctx.out_dir / "eval_after", "the base model"))
+    # The seed's 1A scores: (wins + ties/2) / n against the profile's reference model on the
+    # same items; its answers stay in this artifact for 1B (reference_eval/).
+    if reference_eval(ctx, ctx.out_dir / "reference_eval"):
+        metrics.update(judge_against_reference(ctx, ctx.out_dir / "eval_after",
+                                               ctx.out_dir / "reference_eval"))
     return metrics
 
 
