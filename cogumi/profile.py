@@ -214,7 +214,10 @@ class IdRangeTask(_Strict):
 
 
 def _file_or_hub(value: object) -> str:
-    if isinstance(value, IdRangeTask) or (isinstance(value, dict) and "id_range" in value):
+    # A table is a hub dataset when it names one, else an id range when it has any of that
+    # form's keys: errors then name the keys of the form the profile meant.
+    if isinstance(value, IdRangeTask) or (isinstance(value, dict) and "hub_id" not in value
+                                          and {"source", "salt", "id_range"} & set(value)):
         return "ids"
     return "hub" if isinstance(value, dict | HubTask) else "file"
 
@@ -335,6 +338,9 @@ class DistillPool(_Strict):
 
     @model_validator(mode="after")
     def _curated_is_math(self) -> DistillPool:
+        if isinstance(self.source, IdRangeTask) and self.source.source == "curated":
+            raise ValueError("distill.pools: an id range of 'curated' is not supported (its "
+                             "records are phase 0's; use limit)")
         if self.source == "curated" and self.task != "math":
             raise ValueError(f"distill.pools: source 'curated' is phase 0's math records; "
                              f"task must be 'math', not {self.task!r}")
@@ -773,6 +779,24 @@ class Profile(_Strict):
     def modifier_for(self, phase_id: str) -> ModifierConfig | None:
         """The modifier a phase (3A, 3B, 3C) builds under this profile, or None."""
         return next((m for m in self.modifiers if m.phase == phase_id), None)
+
+    def missing_tables(self, phase_id: str) -> list[str]:
+        """The optional tables a phase refuses to start without that this profile lacks
+        (each phase module raises the same in one line when run): 1C needs [distill] and
+        [teacher]; 3A-3C a [[modifiers]] table with their phase; 4A, 4B and 5B, which read
+        the held-out queries, [routing]; 5B, which compares the system with the teacher,
+        [teacher] (4B and 4C without one report the teacher's figures as missing)."""
+        need = []
+        if phase_id == "1C":
+            need += [t for t, v in (("[distill]", self.distill), ("[teacher]", self.teacher))
+                     if v is None]
+        if phase_id in MODIFIER_PHASES and self.modifier_for(phase_id) is None:
+            need.append(f"[[modifiers]] phase = {phase_id!r}")
+        if phase_id in ("4A", "4B", "5B") and self.routing is None:
+            need.append("[routing]")
+        if phase_id == "5B" and self.teacher is None:
+            need.append("[teacher]")
+        return need
 
     # Set by load_profile, not by the TOML file.
     source_file: str = ""
