@@ -196,6 +196,8 @@ class IdRangeTask(_Strict):
     """Declared once per benchmark and never changed: it decides which side every id is on."""
     id_range: tuple[float, float]
     """[low, high), 0 <= low < high <= 1: the share of the ids this task keeps."""
+    exclude_ids: list[str] = []
+    """Ids inside the range left out (say why beside them); each must be an item of the range."""
 
     @model_validator(mode="after")
     def _range_valid(self) -> IdRangeTask:
@@ -207,7 +209,7 @@ class IdRangeTask(_Strict):
     def ids(self):
         """The loader's description of it (cogumi.evaluation.splits.IdRange)."""
         from cogumi.evaluation.splits import IdRange
-        return IdRange(self.salt, *self.id_range)
+        return IdRange(self.salt, *self.id_range, excluded=tuple(self.exclude_ids))
 
     def __str__(self) -> str:
         return f"{self.source}{self.ids()}"

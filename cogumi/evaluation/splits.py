@@ -61,6 +61,8 @@ class IdRange:
     salt: str
     low: float
     high: float
+    excluded: tuple[str, ...] = ()
+    """Ids in the range left out of it, each named in the profile with its reason."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.low < self.high <= 1:
@@ -70,20 +72,24 @@ class IdRange:
             raise ValueError("an id range needs a salt (declared once, never changed)")
 
     def __contains__(self, item_id: str) -> bool:
-        return self.low <= id_fraction(self.salt, item_id) < self.high
+        return (self.low <= id_fraction(self.salt, item_id) < self.high
+                and item_id not in self.excluded)
 
     def __str__(self) -> str:
-        return f"[ids {self.salt!r} {self.low:g}-{self.high:g}]"
+        less = f" less {len(self.excluded)}" if self.excluded else ""
+        return f"[ids {self.salt!r} {self.low:g}-{self.high:g}{less}]"
 
     def select(self, task: Task) -> Task:
         """``task`` with only the items in this range, malformed ones included (they score as
         failures on the side their line's id falls on: nothing is silently dropped), and a
         digest that names the range (a run cache keyed on it sees another task)."""
         items = [it for it in task.items if it.id in self]
-        digest = hashlib.sha256(f"{task.digest}:{self}".encode()).hexdigest()
+        digest = hashlib.sha256(
+            f"{task.digest}:{self}:{chr(0).join(sorted(self.excluded))}".encode()).hexdigest()
         return replace(task, items=items, digest=digest,
                        meta={**task.meta, "id_range": {"salt": self.salt, "low": self.low,
                                                        "high": self.high,
+                                                       "excluded": list(self.excluded),
                                                        "of_items": len(task.items)}})
 
 

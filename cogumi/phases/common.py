@@ -16,7 +16,7 @@ from cogumi.evaluation import (
     evaluate,
     load_task,
 )
-from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint
+from cogumi.evaluation.splits import IdRange, SplitOverlapError, assert_disjoint
 from cogumi.models import LoadedModel, load_base_model
 from cogumi.profile import HubTask, IdRangeTask
 from cogumi.runner import PhaseContext, PhaseInputError
@@ -84,6 +84,12 @@ def profile_task(ctx: PhaseContext, benchmark: str, value: str | HubTask | IdRan
             task = load_task(benchmark, None if value.source == "package"
                              else ctx.resolve(value.source), **kwargs)
             part = value.ids().select(task)
+            unknown = [i for i in value.exclude_ids
+                       if i not in IdRange(value.salt, *value.id_range)
+                       or i not in {it.id for it in task.items}]
+            if unknown:
+                raise PhaseInputError(f"{ctx.profile.source_file}: {where}: exclude_ids "
+                                      f"{unknown} are not items of the range")
             if not part.items:
                 raise PhaseInputError(f"{ctx.profile.source_file}: {where}: no item of "
                                       f"{len(task.items)} falls in {value.ids()}")
