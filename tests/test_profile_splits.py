@@ -221,6 +221,17 @@ def test_qwen_declares_every_table_1c_through_5b_read():
     assert bare.missing_tables("4A") == ["[routing]"]
 
 
+def test_plan_names_the_table_a_profile_lacks_for_a_phase(capsys, monkeypatch):
+    from cogumi import cli
+
+    monkeypatch.setenv("COLUMNS", "250")
+    assert cli.main(["plan", "--profile", "gemma-270m"]) == 0  # no [distill], no [routing]
+    out = capsys.readouterr().out
+    assert re.search(r"│ 1C +│[^\n]*│ needs \[distill\], \[teacher\] +│", out)
+    assert re.search(r"│ 3A +│[^\n]*│ needs \[\[modifiers\]\] phase = '3A' +│", out)
+    assert re.search(r"│ 4A +│[^\n]*│ needs \[routing\] +│", out)
+
+
 def test_plan_lists_qwen_1c_through_5b_as_runnable(capsys, monkeypatch):
     from cogumi import cli
 
