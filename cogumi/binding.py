@@ -34,7 +34,7 @@ from pathlib import Path
 
 import cogumi
 from cogumi.artifacts import sha256_file, write_json
-from cogumi.profile import HubTask, Profile
+from cogumi.profile import HubTask, IdRangeTask, Profile
 
 CODE_ROOT = Path(cogumi.__file__).resolve().parent
 """The cogumi package whose source is bound (a test points it at a copy)."""
@@ -118,6 +118,23 @@ def hub_task_ref(task: HubTask) -> dict:
             "revision": None}
 
 
+def _task_source(value, benchmark: str, files: list[str], refs: dict) -> None:
+    """Where one task source's bytes come from: a hub dataset's ref, a package's ref (its
+    version and RECORD), or a file; an id range binds the file or package it is part of
+    (the range itself is in the profile's tables, which the digest covers)."""
+    from cogumi.evaluation.tasks import PACKAGE_BENCHMARKS
+    if isinstance(value, HubTask):
+        refs[str(value)] = hub_task_ref(value)
+        return
+    if isinstance(value, IdRangeTask):
+        value = value.source
+    if value == "package" and benchmark in PACKAGE_BENCHMARKS:
+        package = PACKAGE_BENCHMARKS[benchmark][1]
+        refs[f"package:{package}"] = _package_ref(package)
+    elif value is not None:
+        files.append(value)  # bfcl: a folder, every file in it
+
+
 def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[str], dict]:
     """The file paths (as the profile gives them) and the refs a phase reading
     `phase_tables` depends on."""
@@ -147,15 +164,8 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
         else:
             refs[f"package:{m.package}"] = _package_ref(m.package)
     if "eval" in tables:
-        from cogumi.evaluation.tasks import PACKAGE_BENCHMARKS
         for key, value in profile.eval.benchmarks():
-            if isinstance(value, HubTask):
-                refs[str(value)] = hub_task_ref(value)
-            elif value != "package":
-                files.append(value)  # bfcl: a folder, every file in it
-            else:  # the package's file: bound by the package's version and RECORD
-                package = PACKAGE_BENCHMARKS[key][1]
-                refs[f"package:{package}"] = _package_ref(package)
+            _task_source(value, key, files, refs)
     sc = profile.self_consistency
     if "self_consistency" in tables and sc is not None and sc.code_prompts:
         if sc.code_prompts == "humaneval":
@@ -167,14 +177,8 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
     dc = profile.distill
     if "distill" in tables and dc is not None:
         for pool in dc.pools:
-            if isinstance(pool.source, HubTask):
-                refs[str(pool.source)] = hub_task_ref(pool.source)
-            elif pool.source == "package":
-                from cogumi.evaluation.tasks import PACKAGE_BENCHMARKS
-                package = PACKAGE_BENCHMARKS[pool.task][1]
-                refs[f"package:{package}"] = _package_ref(package)
-            elif pool.source != "curated":  # curated: phase 0's artifact, an input phase
-                files.append(pool.source)
+            if pool.source != "curated":  # curated: phase 0's artifact, an input phase
+                _task_source(pool.source, pool.task, files, refs)
         if dc.batch_output:
             files.append(dc.batch_output)
     t = profile.teacher
@@ -189,10 +193,7 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
     if "modifiers" in tables:  # phase 3's evaluation and training splits of its benchmarks
         for m in profile.modifiers:
             for value in (m.task_data, m.train_data):
-                if isinstance(value, HubTask):
-                    refs[str(value)] = hub_task_ref(value)
-                elif value is not None:
-                    files.append(value)  # bfcl: a folder, every file in it
+                _task_source(value, m.task, files, refs)
     if "calibration" in tables:
         data = profile.calibration.data or profile.eval.mmlu
         if isinstance(data, HubTask):
@@ -200,15 +201,8 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
         elif data:
             files.append(data)
     if "routing" in tables and profile.routing is not None:
-        from cogumi.evaluation.tasks import PACKAGE_BENCHMARKS
         for key, value in profile.routing.queries.items():
-            if isinstance(value, HubTask):
-                refs[str(value)] = hub_task_ref(value)
-            elif value != "package":
-                files.append(value)
-            else:
-                package = PACKAGE_BENCHMARKS[key][1]
-                refs[f"package:{package}"] = _package_ref(package)
+            _task_source(value, key, files, refs)
     return list(dict.fromkeys(files)), refs
 
 

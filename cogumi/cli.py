@@ -222,6 +222,10 @@ def cmd_plan(args) -> int:
     total_hours = total_cost = seed_total = 0.0
     for phase in PHASES:
         status = "implemented" if phase.implemented else "[yellow]not implemented"
+        lacking = profile.missing_tables(phase.id) if phase.implemented else []
+        if lacking:  # the phase would refuse at its start (one line naming the table)
+            from rich.markup import escape  # "[distill]" is a table, not markup
+            status = f"[yellow]needs {escape(', '.join(lacking))}"
         n_gates = str(len(resolve_gates(phase.id, profile)))
         step = profile.plan.get(phase.id)
         hw = hours = cost = ""

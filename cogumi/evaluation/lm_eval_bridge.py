@@ -140,7 +140,9 @@ def write_lm_eval_tasks(tasks: list[Task], out_dir: str | Path, max_new_tokens: 
                 json.dumps({k: it.fields[k] for k in ("id", "question", "subject", "choices",
                                                       "answer")}, ensure_ascii=False) + "\n"
                 for it in t.items if it.malformed is None))
-        elif t.meta.get("hub"):  # lm-eval reads the rows we read, from a local file
+        elif t.meta.get("hub") or t.meta.get("id_range"):
+            # lm-eval reads the rows we read (a hub dataset's, or an id range's of a file),
+            # from a local file
             data_file = out / f"cogumi_{t.name}.items.jsonl"
             data_file.write_text("".join(
                 json.dumps(it.fields, ensure_ascii=False, default=str) + "\n"

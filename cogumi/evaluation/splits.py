@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .tasks import Item, Task
 
@@ -42,8 +42,55 @@ class IdSplit:
             raise ValueError("a split needs a salt (declared once, never changed)")
 
     def is_heldout(self, item_id: str) -> bool:
-        h = hashlib.sha256(f"{self.salt}\0{item_id}".encode()).hexdigest()
-        return int(h[:16], 16) / 2**64 < self.heldout_fraction
+        return id_fraction(self.salt, item_id) < self.heldout_fraction
+
+
+def id_fraction(salt: str, item_id: str) -> float:
+    """Where an id falls in [0, 1) under a salt: ``sha256(salt NUL id)``'s first 16 hex
+    digits as a fraction of 2**64 (the hash :class:`IdSplit` and :class:`IdRange` share)."""
+    h = hashlib.sha256(f"{salt}\0{item_id}".encode()).hexdigest()
+    return int(h[:16], 16) / 2**64
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """A declared part of one benchmark by id: the items whose :func:`id_fraction` under
+    ``salt`` is in ``[low, high)``. Ranges under one salt that do not overlap never share an
+    item, so one package file can hold an evaluation split and training splits side by side
+    (a profile's [eval] and its training data each name their own range)."""
+    salt: str
+    low: float
+    high: float
+    excluded: tuple[str, ...] = ()
+    """Ids in the range left out of it, each named in the profile with its reason."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low < self.high <= 1:
+            raise ValueError(f"an id range needs 0 <= low < high <= 1, got [{self.low}, "
+                             f"{self.high})")
+        if not self.salt:
+            raise ValueError("an id range needs a salt (declared once, never changed)")
+
+    def __contains__(self, item_id: str) -> bool:
+        return (self.low <= id_fraction(self.salt, item_id) < self.high
+                and item_id not in self.excluded)
+
+    def __str__(self) -> str:
+        less = f" less {len(self.excluded)}" if self.excluded else ""
+        return f"[ids {self.salt!r} {self.low:g}-{self.high:g}{less}]"
+
+    def select(self, task: Task) -> Task:
+        """``task`` with only the items in this range, malformed ones included (they score as
+        failures on the side their line's id falls on: nothing is silently dropped), and a
+        digest that names the range (a run cache keyed on it sees another task)."""
+        items = [it for it in task.items if it.id in self]
+        digest = hashlib.sha256(
+            f"{task.digest}:{self}:{chr(0).join(sorted(self.excluded))}".encode()).hexdigest()
+        return replace(task, items=items, digest=digest,
+                       meta={**task.meta, "id_range": {"salt": self.salt, "low": self.low,
+                                                       "high": self.high,
+                                                       "excluded": list(self.excluded),
+                                                       "of_items": len(task.items)}})
 
 
 def split_by_id(items: Sequence[Item], split: IdSplit) -> tuple[list[Item], list[Item]]:

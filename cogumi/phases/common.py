@@ -16,9 +16,9 @@ from cogumi.evaluation import (
     evaluate,
     load_task,
 )
-from cogumi.evaluation.splits import SplitOverlapError, assert_disjoint
+from cogumi.evaluation.splits import IdRange, SplitOverlapError, assert_disjoint
 from cogumi.models import LoadedModel, load_base_model
-from cogumi.profile import HubTask
+from cogumi.profile import HubTask, IdRangeTask
 from cogumi.runner import PhaseContext, PhaseInputError
 
 
@@ -69,16 +69,31 @@ def eval_cache(ctx: PhaseContext) -> Path:
     return ctx.runs_dir / ".eval-cache" / (ctx.code_sha256[:16] or "unbound")
 
 
-def profile_task(ctx: PhaseContext, benchmark: str, value: str | HubTask, where: str,
-                 **kwargs):
+def profile_task(ctx: PhaseContext, benchmark: str, value: str | HubTask | IdRangeTask,
+                 where: str, **kwargs):
     """One task as a profile names it (`where`: the key): a file (relative to the data
-    root), "package" (the file its package ships) or a hub dataset (read in its table's
-    schema, else the benchmark's). Named after `benchmark` unless `name` is given; a missing
+    root), "package" (the file its package ships), a hub dataset (read in its table's
+    schema, else the benchmark's) or an id range of a file or package (its items whose id
+    falls in the range). Named after `benchmark` unless `name` is given; a missing
     package or a hub dataset without its schema's columns is a one-line PhaseInputError."""
     try:
         if isinstance(value, HubTask):
             return load_task(value.schema_ or benchmark, hub=value.dataset(),
                              name=kwargs.pop("name", benchmark), **kwargs)
+        if isinstance(value, IdRangeTask):  # part of a file by id, declared in the profile
+            task = load_task(benchmark, None if value.source == "package"
+                             else ctx.resolve(value.source), **kwargs)
+            part = value.ids().select(task)
+            unknown = [i for i in value.exclude_ids
+                       if i not in IdRange(value.salt, *value.id_range)
+                       or i not in {it.id for it in task.items}]
+            if unknown:
+                raise PhaseInputError(f"{ctx.profile.source_file}: {where}: exclude_ids "
+                                      f"{unknown} are not items of the range")
+            if not part.items:
+                raise PhaseInputError(f"{ctx.profile.source_file}: {where}: no item of "
+                                      f"{len(task.items)} falls in {value.ids()}")
+            return part
         return load_task(benchmark, None if value == "package" else ctx.resolve(value),
                          **kwargs)
     except (BenchmarkPackageMissing, SchemaError) as e:
