@@ -149,7 +149,7 @@ def test_a_lora_adapter_exports_with_the_fetched_converter(tmp_path):
 
     tiny = ROOT / "fixtures" / "tiny-llama"
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny),
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():  # PEFT starts B at zero; a no-op adapter would prove little
         for name, param in model.named_parameters():

@@ -305,7 +305,7 @@ def test_fixture_model_runs_every_benchmark_and_lm_eval_agrees_on_gsm8k_and_gpqa
 
     model_dir = ROOT / "fixtures" / "tiny-llama"
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
     tasks = [load_task("gsm8k", DATA / "gsm8k_test.jsonl"),
              load_task("gpqa", DATA / "gpqa_diamond.csv"),
              load_task("bfcl", DATA / "bfcl", categories=["simple_python", "parallel"]),

@@ -44,7 +44,7 @@ def _model_and_tasks(tmp_path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(FIXTURE_MODEL)
-        model = AutoModelForCausalLM.from_pretrained(FIXTURE_MODEL).eval()
+        model = AutoModelForCausalLM.from_pretrained(FIXTURE_MODEL, dtype="float32").eval()
         paths = {k: FIXTURE_BENCH / f"{k}.jsonl" for k in ("math", "mmlu")}
     else:
         tok = tiny_tokenizer()

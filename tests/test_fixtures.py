@@ -66,7 +66,7 @@ def tokenizer():
 def model():
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+    return AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype="float32")
 
 
 @pytest.fixture(scope="module")

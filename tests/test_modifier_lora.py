@@ -41,7 +41,7 @@ def one_step_adapter(tmp_path_factory):
     out = tmp_path_factory.mktemp("modifier-lora")
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(TINY)
-    model = AutoModelForCausalLM.from_pretrained(TINY)
+    model = AutoModelForCausalLM.from_pretrained(TINY, dtype="float32")
     records = [{"id": str(i), "instruction": p, "response": f"The answer is {i}."}
                for i, p in enumerate(PROMPTS * 3)][:8]
     data = encode_records(records, tok, False, 128)
