@@ -92,6 +92,7 @@ _MODIFIER_ENTRY = "cogumi.phases.modifier:run"
 _MODIFIER_INPUTS = ("2C", "2E", "0")
 _MODIFIER_OUTPUTS = ("adapter/", "adapter.gguf", "modifier.json", "eval_base/",
                      "eval_modifier/", "crosscheck.json", "train_log.json", "loss_curve.png",
+                     "teacher_examples.jsonl", "teacher_rejected.jsonl", "teacher_usage.json",
                      "report.md")
 _MODIFIER_METRICS = (
     "task.score", "task.base_score", "task.lower95_above_chance", "gain", "gain_lower", "gain_upper",
@@ -100,7 +101,9 @@ _MODIFIER_METRICS = (
     "off_domain.worst_delta", "off_domain.worst_delta_lower", "off_domain.worst_delta_upper",
     "crosscheck.transformers_score", "crosscheck.llamacpp_score",
     "crosscheck.item_agreement", "train.records", "train.examples", "train.excluded",
-    "train.steps", "train.heldout_loss_before", "train.heldout_loss_after")
+    "train.steps", "train.heldout_loss_before", "train.heldout_loss_after",
+    "teacher_examples.kept", "teacher_examples.rejected", "teacher_examples.sent",
+    "teacher_examples.cache_hits", "teacher_examples.cost_usd")
 _MODIFIER_CONFIG = ("modifiers", "model", "training", "eval", "gguf", "hardware", "teacher")
 _MODIFIER_NOTES = ("one phase module serves every modifier: cogumi.phases.modifier",
                    "inputs: 2C's model.gguf (the shipped base), 2E's model/ (its "
