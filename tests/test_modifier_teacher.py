@@ -190,3 +190,14 @@ def test_no_teacher_examples_asks_nothing(setup):
 def profile_task_path(profile, phase_id):
     from .conftest import ROOT
     return ROOT / profile.modifier_for(phase_id).train_data
+
+
+def test_an_evaluation_split_as_train_data_is_refused_before_the_teacher_is_asked(setup):
+    from cogumi.runner import PhaseInputError
+
+    srv, profile, runs = setup
+    mods = [m.model_copy(update={"train_data": "fixtures/benchmarks/code.jsonl"})
+            if m.phase == "3A" else m for m in profile.modifiers]
+    with pytest.raises(PhaseInputError, match="would train on the test"):
+        _records(profile.model_copy(update={"modifiers": mods}), runs, "3A", "bad")
+    assert not srv.bodies

@@ -270,6 +270,8 @@ def modifier_records(ctx: PhaseContext, mod: ModifierConfig, tasks: list[Task]
         accounting["train_data.items"] = len(train_task.items)
         accounting["train_data.records"] = len(extra)
         records += extra
+    # Before the teacher is asked: its prompts are these records' items (or curated ones).
+    _refuse_evaluation_items(records, tasks, mod)
     examples, usage = teacher_examples(ctx, mod, train_task, curated)
     accounting["teacher.requests"] = usage["requests"]
     accounting["teacher.sent"] = usage.get("sent", 0)
@@ -280,12 +282,7 @@ def modifier_records(ctx: PhaseContext, mod: ModifierConfig, tasks: list[Task]
     accounting["teacher.why_none"] = usage.get("why_none", "")
     accounting["teacher.reject_reasons"] = usage.get("reject_reasons", {})
     records += examples
-    try:
-        # Every suite task, the modifiers' benchmarks included (curated_records checked [eval]).
-        assert_disjoint(((r.get("item_id", r["id"]), r.get("prompt_text") or r["instruction"])
-                         for r in records), tasks, f"modifier {mod.name} training records")
-    except SplitOverlapError as e:
-        raise PhaseInputError(f"{e}; the modifier would train on the test") from None
+    _refuse_evaluation_items(examples, tasks, mod)
     if mod.max_records is not None and len(records) > mod.max_records:
         random.Random(ctx.seed).shuffle(records)
         accounting["dropped.max_records"] = len(records) - mod.max_records
@@ -293,6 +290,17 @@ def modifier_records(ctx: PhaseContext, mod: ModifierConfig, tasks: list[Task]
     accounting["excluded"] = dict(excluded)
     accounting["records"] = len(records)
     return records, accounting
+
+
+def _refuse_evaluation_items(records: list[dict], tasks: list[Task], mod: ModifierConfig
+                             ) -> None:
+    """Every suite task, the modifiers' benchmarks included (curated_records checked [eval]),
+    by the item's id and prompt text."""
+    try:
+        assert_disjoint(((r.get("item_id", r["id"]), r.get("prompt_text") or r["instruction"])
+                         for r in records), tasks, f"modifier {mod.name} training records")
+    except SplitOverlapError as e:
+        raise PhaseInputError(f"{e}; the modifier would train on the test") from None
 
 
 # ------------------------------------------------------------------------------ evaluation
