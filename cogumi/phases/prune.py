@@ -125,7 +125,7 @@ def run(ctx: PhaseContext) -> dict:
         "retention.mean": step["cumulative"]["mean"],
         "size_mb": rows[-1]["mb"],
         "calibration.records": accounting["used"],
-        "prune.heldout_loss_src": loss_src,
+        "prune.heldout_loss_unpruned": loss_src,
         "prune.heldout_loss_after": loss_2a,
     }
     for name in EVAL_METRICS:
