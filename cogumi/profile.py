@@ -468,9 +468,9 @@ class RecoveryConfig(_Strict):
     """Train on at most this many curated training-split records (a reduced run, stated)."""
     objective: Literal["sft", "distill"] = "sft"
     """sft: cross-entropy on the records' answers. distill: the pruned model learns the
-    unpruned 1B model's next-token distribution on the same answers (KL, knowledge
-    distillation from the dense model); 2E then also reads 1B, which it holds in memory
-    beside the student."""
+    unpruned model's (the one 2A pruned: 1C's, or 1B's without [distill]) next-token
+    distribution on the same answers (KL, knowledge distillation from the dense model); 2E
+    holds it in memory beside the student."""
 
 
 class QuantizeConfig(_Strict):
