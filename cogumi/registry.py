@@ -22,7 +22,7 @@ class PhaseSpec:
     id: str
     title: str
     inputs: tuple[str, ...]
-    """Earlier phases whose signed-off artifacts this phase reads."""
+    """Earlier phases whose signed-off artifacts this phase reads (see `inputs_for`)."""
     outputs: tuple[str, ...]
     """Files (or folders, ending in '/') the phase writes into its artifact folder."""
     metrics: tuple[str, ...]
@@ -37,6 +37,20 @@ class PhaseSpec:
     """The profile tables this phase reads ('data', 'training', ...). A sign-off stays valid
     while these (and the phase's gate overrides) are unchanged, so editing phase 2's table
     does not rerun phase 1A. Empty: every table, the safe default."""
+
+    unless_declared: tuple[tuple[str, str, str], ...] = ()
+    """(input, table, instead): read `instead` in place of `input` when the profile declares
+    no [table], because the phase that writes `input` cannot run without it (1C refuses a
+    profile without [distill]; such a profile's chain goes 1B -> 2A directly)."""
+
+    def inputs_for(self, profile=None) -> tuple[str, ...]:
+        """The inputs under `profile` (any object with the profile's tables as attributes,
+        None when absent). Without a profile: the declared inputs, the full chain."""
+        if profile is None:
+            return self.inputs
+        swap = {inp: instead for inp, table, instead in self.unless_declared
+                if getattr(profile, table, None) is None}
+        return tuple(dict.fromkeys(swap.get(i, i) for i in self.inputs))
 
     @property
     def implemented(self) -> bool:
@@ -85,6 +99,7 @@ _MODIFIER_ENTRY = "cogumi.phases.modifier:run"
 _MODIFIER_INPUTS = ("2C", "2E", "0")
 _MODIFIER_OUTPUTS = ("adapter/", "adapter.gguf", "modifier.json", "eval_base/",
                      "eval_modifier/", "crosscheck.json", "train_log.json", "loss_curve.png",
+                     "teacher_examples.jsonl", "teacher_rejected.jsonl", "teacher_usage.json",
                      "report.md")
 _MODIFIER_METRICS = (
     "task.score", "task.base_score", "task.lower95_above_chance", "gain", "gain_lower", "gain_upper",
@@ -93,11 +108,18 @@ _MODIFIER_METRICS = (
     "off_domain.worst_delta", "off_domain.worst_delta_lower", "off_domain.worst_delta_upper",
     "crosscheck.transformers_score", "crosscheck.llamacpp_score",
     "crosscheck.item_agreement", "train.records", "train.examples", "train.excluded",
-    "train.steps", "train.heldout_loss_before", "train.heldout_loss_after")
+    "train.steps", "train.heldout_loss_before", "train.heldout_loss_after",
+    "teacher_examples.kept", "teacher_examples.rejected", "teacher_examples.sent",
+    "teacher_examples.cache_hits", "teacher_examples.cost_usd")
 _MODIFIER_CONFIG = ("modifiers", "model", "training", "eval", "gguf", "hardware", "teacher")
 _MODIFIER_NOTES = ("one phase module serves every modifier: cogumi.phases.modifier",
                    "inputs: 2C's model.gguf (the shipped base), 2E's model/ (its "
                    "full-precision weights, trained on), 0's curated records")
+
+# The trained model compression starts from: 1C's, unless the profile declares no [distill]
+# (gemma-270m, llama-3.1-8b, qwen-coder-0.5b today), where 1C cannot run and 1B's model is the
+# last trained one. The simplest rule that keeps every shipped profile runnable.
+_TRAINED_MODEL = (("1C", "distill", "1B"),)
 
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec(
@@ -158,18 +180,22 @@ PHASES: tuple[PhaseSpec, ...] = (
                "(the seed's \"% of GPT-4\": the profile's teacher stands in for GPT-4)",)),
     # Phase 2's ids keep the seed's names, but its inputs follow the real data flow: recovery
     # (2E) must come before quantization and export to end up in the shipped file, so
-    # 1B -> 2A prune -> 2E recover -> 2B quantize; 2C exports 2E's full-precision weights.
-    # 2A reads 1B (and 0 for calibration records); whether it reads 1C is the lead's call.
-    PhaseSpec("2A", "Pruning (SparseGPT)", ("1B", "0"),
+    # 1C -> 2A prune -> 2E recover -> 2B quantize; 2C exports 2E's full-precision weights.
+    # The seed's chain is 1B -> 1C -> 2A: 2A prunes 1C's model (and reads 0 for calibration
+    # records). A profile without [distill] cannot run 1C, so there 2A reads 1B instead
+    # (_TRAINED_MODEL); `cogumi plan` shows which.
+    PhaseSpec("2A", "Pruning (SparseGPT)", ("1C", "0"),
               ("model/", "eval/", "calibration.json", "sparsity.json", "retention.json",
                "sizes.json", "report.md"),
               _EVAL + _EVAL_BEFORE + _JUDGED + ("sparsity", "sparsity.all_parameters",
                                       "sparsity.min_layer", "retention", "retention.mean",
                                       "size_mb", "calibration.records",
-                                      "prune.heldout_loss_1b", "prune.heldout_loss_after"),
+                                      "prune.heldout_loss_unpruned", "prune.heldout_loss_after"),
               entry="cogumi.phases.prune:run", seed_cost_usd="180", seed_duration="2 weeks",
               config=("model", "training", "eval", "prune", "hardware"),
-              notes=("reads 1B (not 1C: its inputs are unchanged since 1C was built) and 0's curated records for calibration",
+              unless_declared=_TRAINED_MODEL,
+              notes=("prunes 1C's model (1B's where the profile declares no [distill]) and "
+                     "reads 0's curated records for calibration",
                      "data flow: 2A -> 2E -> 2B, and 2E -> 2C -> 2D -> 2F (2C requires 2B's "
                      "sign-off)")),
     PhaseSpec("2B", "4-bit quantization (AWQ / GPTQ, W4A16)", ("2E", "0"),
@@ -182,7 +208,8 @@ PHASES: tuple[PhaseSpec, ...] = (
               config=("model", "training", "eval", "quantize", "hardware"),
               notes=("quantizes 2E's recovered model (the seed orders 2B before 2E; recovery "
                      "must precede quantization to reach the shipped weights)",
-                     "retention is cumulative against the uncompressed 1B model; "
+                     "retention is cumulative against the uncompressed model 2A pruned (1C, "
+                     "or 1B without [distill]); "
                      "retention.step is against 2E")),
     # 2C exports 2E's full-precision merged model (llama.cpp makes K-quants from F16/F32
     # weights, not from 2B's W4A16) and requires 2B's sign-off, so the 4-bit gate stands
@@ -201,22 +228,23 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("size_mb", "compression_ratio", "roundtrip_ok"),
               entry="cogumi.phases.pack:run", seed_cost_usd="0", seed_duration="2 days",
               config=("pack",)),
-    PhaseSpec("2E", "Recovery fine-tuning", ("2A", "0", "1B"),
+    PhaseSpec("2E", "Recovery fine-tuning", ("2A", "0", "1C"),
               ("model/", "eval/", "loss_curve.png", "recovery.json", "retention.json",
                "sizes.json", "report.md"),
               _EVAL + _EVAL_BEFORE + _JUDGED + ("retention_vs_2a", "retention", "sparsity",
                                       "sparsity.after_merge_before_mask",
                                       "recovery.heldout_loss_2a", "recovery.heldout_loss_after",
                                       "recovery.heldout_loss_improvement",
-                                      "recovery.train_examples", "recovery.heldout_loss_1b",
+                                      "recovery.train_examples", "recovery.heldout_loss_unpruned",
                                       "size_mb"),
               entry="cogumi.phases.recovery:run", seed_cost_usd="70", seed_duration="4 days",
               config=("training", "eval", "prune", "recovery", "hardware"),
+              unless_declared=_TRAINED_MODEL,
               notes=("runs on 2A's pruned model, before quantization (the seed lists it after "
                      "2D; a LoRA merged after export would never reach the shipped file)",
                      "the merged LoRA delta is dense: 2A's mask is re-applied after merging",
-                     "reads 1B, the unpruned model: the teacher when recovery.objective is "
-                     "distill")),
+                     "reads 1C (1B without [distill]), the unpruned model 2A pruned: the "
+                     "teacher when recovery.objective is distill")),
     # 2F calibrates the model as shipped: 2D's packed file, unpacked and checksum-verified.
     PhaseSpec("2F", "Confidence calibration", ("2D",),
               ("calibration.json", "reliability.png", "calibration_items.jsonl", "sizes.json",
@@ -328,13 +356,14 @@ def get_phase(phase_id: str) -> PhaseSpec:
     return _BY_ID[key]
 
 
-def upstream(phase_id: str) -> list[PhaseSpec]:
-    """All phases `phase_id` depends on, in an order where inputs come first."""
+def upstream(phase_id: str, profile=None) -> list[PhaseSpec]:
+    """All phases `phase_id` depends on under `profile` (PhaseSpec.inputs_for; None: the
+    declared inputs), in an order where inputs come first."""
     order: list[PhaseSpec] = []
     seen: set[str] = set()
 
     def visit(pid: str) -> None:
-        for dep in get_phase(pid).inputs:
+        for dep in get_phase(pid).inputs_for(profile):
             if dep not in seen:
                 visit(dep)
                 seen.add(dep)

@@ -119,8 +119,13 @@ class PhaseContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The phases this one reads under its profile (PhaseSpec.inputs_for)."""
+        return self.phase.inputs_for(self.profile)
+
     def input_dir(self, phase_id: str) -> Path:
-        if phase_id not in self.phase.inputs:
+        if phase_id not in self.inputs:
             raise KeyError(f"phase {self.phase.id} does not declare {phase_id} as an input")
         return self.runs_dir / phase_id
 
@@ -185,7 +190,7 @@ def check_phase(profile: Profile, phase_id: str, runs_dir: Path,
                                      _binding_if_built(profile, phase_id, runs_dir))
         cause = check.reason
         if check.ok or check.regate:
-            for input_id in get_phase(phase_id).inputs:
+            for input_id in get_phase(phase_id).inputs_for(profile):
                 up = check_phase(profile, input_id, runs_dir, memo)
                 if up.state in (State.STALE, State.TAMPERED, State.MISSING) and not up.regate:
                     cause = memo[up.phase][1]
@@ -204,7 +209,7 @@ def _require_inputs_valid(profile: Profile, phase: PhaseSpec, runs_dir: Path,
     recorded as such: whatever is built on it can never be signed off (gate_phase)."""
     recorded = {}
     memo: dict = {}
-    for input_id in phase.inputs:
+    for input_id in phase.inputs_for(profile):
         check = check_phase(profile, input_id, runs_dir, memo)
         if check.regate:
             raise PhaseRefused(f"refusing phase {phase.id}: input {check.reason}; re-gate it "
@@ -407,7 +412,7 @@ def run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Co
 def _run_pipeline_to(profile: Profile, phase_id: str, runs_dir: Path, console: Console,
                      with_inputs: bool, force: bool, keep_going: bool) -> list[str]:
     target = get_phase(phase_id)
-    chain = (upstream(target.id) if with_inputs else []) + [target]
+    chain = (upstream(target.id, profile) if with_inputs else []) + [target]
     not_signed: list[str] = []
 
     def build_and_gate(phase: PhaseSpec, fresh: bool = False) -> None:
@@ -467,7 +472,7 @@ def pending_phases(profile: Profile, targets: list[str], runs_dir: Path,
     out: list[str] = []
     for target_id in targets:
         target = get_phase(target_id)
-        chain = (upstream(target.id) if with_inputs else []) + [target]
+        chain = (upstream(target.id, profile) if with_inputs else []) + [target]
         for phase in chain:
             if phase.id in out:
                 continue

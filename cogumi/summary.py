@@ -430,9 +430,11 @@ def phase1b_figures(r: Results, profile: str) -> str:
 
 
 def phase2_chain(r: Results, profile: str) -> str:
-    steps = [s for s in ("1B", "2A", "2E", "2B") if s in r.get(SNAPSHOT.format(profile=profile),
-                                                                   "phases")]
-    walls = ", ".join(f"{s} {_phase(r, profile, s)['wall_time_s']:.0f} s" for s in steps[1:])
+    # 1B -> 1C -> 2A: 1C is in the chain where the profile runs it (it declares [distill]).
+    steps = [s for s in ("1B", "1C", "2A", "2E", "2B")
+             if s in r.get(SNAPSHOT.format(profile=profile), "phases")]
+    walls = ", ".join(f"{s} {_phase(r, profile, s)['wall_time_s']:.0f} s" for s in steps
+                      if s.startswith("2"))
     chains = "; ".join(
         f"{label} " + " → ".join(f"{_metric(r, profile, s, key):.3f} ({s})" for s in steps)
         for label, key in (("MATH", "math.accuracy"), ("MMLU", "mmlu.accuracy"),

@@ -4,6 +4,7 @@ generates, and widths the quantizer cannot group fail with the tensor named."""
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -293,6 +294,31 @@ def test_merged_1b_model_equals_base_plus_adapter(tmp_path):
     assert torch.allclose(got, expected, atol=1e-4)
     save_hf_model(merged, tmp_path / "runs" / "2A" / MODEL_DIR)
     assert load_merged_phase_model(ctx, "2A").tokenizer.chat_template
+    # 1C trains 1B's adapter further and saves the whole adapter: it loads the same way.
+    (tmp_path / "runs" / "1C").mkdir()
+    (tmp_path / "runs" / "1B" / "adapter").rename(tmp_path / "runs" / "1C" / "adapter")
+    with torch.no_grad():
+        got_1c = load_merged_phase_model(ctx, "1C").model(input_ids=ids).logits
+    assert torch.allclose(got_1c, expected, atol=1e-4)
+
+
+def test_compression_reads_1c_unless_the_profile_declares_no_distill(tmp_path):
+    from cogumi.compression.common import reference_for, steps_of, trained_phase
+    from cogumi.registry import get_phase
+
+    (tmp_path / "1C").mkdir()
+    (tmp_path / "1C" / "metrics.json").write_text(json.dumps(
+        {"math.accuracy": 0.5, "math.n_items": 30, "teacher_relative": 0.9}))
+    for distill, expected in ((object(), "1C"), (None, "1B")):
+        profile = SimpleNamespace(distill=distill)
+        for pid in ("2A", "2E"):
+            phase = get_phase(pid)
+            ctx = SimpleNamespace(profile=profile, phase=phase)
+            assert trained_phase(ctx) == expected
+    ctx = SimpleNamespace(input_dir=lambda pid: tmp_path / pid)
+    ref = reference_for(ctx, "1C")
+    assert ref.phase == "1C" and ref.metrics == {"math.accuracy": 0.5, "math.n_items": 30}
+    assert steps_of(ctx, "1C") == []
 
 
 def test_retention_is_the_minimum_chance_corrected_share_capped_at_one():

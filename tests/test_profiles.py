@@ -132,3 +132,32 @@ def test_config_digest_covers_only_the_tables_a_phase_reads():
     assert tiny.config_digest(()) != edited.config_digest(())
     fewer = tiny.model_copy(update={"gate_overrides": tiny.gate_overrides[:1]})
     assert fewer.config_digest(tables["1B"]) == digest["1B"]
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_compression_starts_from_1c_where_the_profile_can_run_it(name):
+    """The seed's chain is 1B -> 1C -> 2A. A profile without [distill] cannot run 1C (it
+    refuses), so there 2A and 2E read 1B: every shipped profile has a runnable chain."""
+    from cogumi.registry import get_phase, upstream
+
+    profile = load_profile(name)
+    chain = [p.id for p in upstream("2A", profile)]
+    trained = "1C" if profile.distill is not None else "1B"
+    assert get_phase("2A").inputs_for(profile) == (trained, "0")
+    assert get_phase("2E").inputs_for(profile) == ("2A", "0", trained)
+    if trained == "1C":
+        assert chain.index("1B") < chain.index("1C")
+    else:
+        assert "1C" not in chain and "1C" not in [p.id for p in upstream("5B", profile)]
+    # Without a profile: the declared chain, 1C included (nox installs its extras).
+    assert get_phase("2A").inputs == ("1C", "0")
+
+
+def test_plan_shows_what_each_phase_reads_under_the_profile(capsys):
+    from cogumi import cli
+
+    for name, trained, other in (("tiny", "1C", "1B"), ("gemma-270m", "1B", "1C")):
+        assert cli.main(["plan", "--profile", name]) == 0
+        out = capsys.readouterr().out
+        row = next(line for line in out.splitlines() if line.startswith("│ 2A "))
+        assert trained in row and other not in row, row

@@ -4,16 +4,18 @@ retention against the uncompressed model, and size accounting per artifact.
 The data flow (the lead's decision, recorded in the registry notes and the README): recovery
 must precede quantisation and export to end up in the shipped file, so
 
-    1B -> 2A prune -> 2E recover -> 2B quantise (W4A16)
+    1C -> 2A prune -> 2E recover -> 2B quantise (W4A16)
                             \\-> 2C GGUF (from 2E's full-precision weights) -> 2D zstd -> 2F
 
-A phase that writes a Hugging Face model writes it as `model/` with `cogumi_model.json`
-beside the weights; `load_merged_phase_model` reads either that or, for 1B, the base model
-with 1B's LoRA adapter merged in.
+(1B -> 2A for a profile without [distill], which cannot run 1C: `trained_phase`.)
 
-Every compression phase writes `retention.json`: the reference (the uncompressed 1B model's
-evaluation, carried forward from phase to phase so that 2B, 2C, ... can use it without
-declaring 1B as an input) and one row per step.
+A phase that writes a Hugging Face model writes it as `model/` with `cogumi_model.json`
+beside the weights; `load_merged_phase_model` reads either that or, for 1B and 1C, the base
+model with that phase's LoRA adapter merged in.
+
+Every compression phase writes `retention.json`: the reference (the uncompressed trained
+model's evaluation, 1C's or 1B's, carried forward from phase to phase so that 2B, 2C, ... can
+use it without declaring it as an input) and one row per step.
 """
 
 from __future__ import annotations
@@ -39,23 +41,34 @@ MB = 1_000_000
 
 # ---------------------------------------------------------------------------------- loading
 
+ADAPTER_PHASES = ("1B", "1C")
+"""Phases whose artifact is a LoRA adapter on the profile's base model (1C trains 1B's
+adapter further and saves the whole adapter, so it loads the same way), not a `model/`."""
+
+
+def trained_phase(ctx: PhaseContext) -> str:
+    """The trained model compression starts from, as the phase's inputs say under its
+    profile: "1C", or "1B" where the profile declares no [distill] (registry _TRAINED_MODEL)."""
+    inputs = ctx.phase.inputs_for(ctx.profile)
+    return next(p for p in ("1C", "1B") if p in inputs)
+
 
 def load_merged_phase_model(ctx: PhaseContext, phase_id: str,
                             device: str | None = None) -> LoadedModel:
     """The full-precision (or, for 2B, compressed-tensors) model a phase produced.
 
-    "1B": the profile's base model with 1B's LoRA adapter merged in (`merge_and_unload`), so
-    compression sees plain Linear weights. Any other phase: its `model/` folder, saved by
-    `save_hf_model` (tokenizer and chat template alongside).
+    "1B", "1C": the profile's base model with that phase's LoRA adapter merged in
+    (`merge_and_unload`), so compression sees plain Linear weights. Any other phase: its
+    `model/` folder, saved by `save_hf_model` (tokenizer and chat template alongside).
     """
     device = device or ctx.profile.hardware.device
     folder = ctx.input_dir(phase_id)
-    if phase_id == "1B":
+    if phase_id in ADAPTER_PHASES:
         from peft import PeftModel
 
         adapter = folder / "adapter"
         if not (adapter / "adapter_config.json").exists():
-            raise PhaseInputError(f"{adapter}: no adapter_config.json; phase 1B's artifact "
+            raise PhaseInputError(f"{adapter}: no adapter_config.json; phase {phase_id}'s artifact "
                                   f"has no LoRA adapter to merge")
         loaded = load_base_model(ctx.profile.model, ctx.root, device)
         peft_model = PeftModel.from_pretrained(loaded.model, adapter)
@@ -184,32 +197,34 @@ class Reference:
 
 
 def reference_for(ctx: PhaseContext, input_phase: str) -> Reference:
-    """The 1B reference: 1B's own metrics.json, or carried in an input's retention.json."""
+    """The uncompressed reference: the trained phase's own metrics.json (1C or 1B), or carried
+    in an input's retention.json."""
     folder = ctx.input_dir(input_phase)
-    if input_phase == "1B":
+    if input_phase in ADAPTER_PHASES:
         path = folder / "metrics.json"
         metrics = json.loads(path.read_text())
         keep = EVAL_METRICS + tuple(f"{SUITE[m]}.n_items" for m in EVAL_METRICS)
-        return Reference("1B", {k: metrics[k] for k in keep if k in metrics}, str(path))
+        return Reference(input_phase, {k: metrics[k] for k in keep if k in metrics}, str(path))
     path = folder / RETENTION
     if not path.exists():
-        raise PhaseInputError(f"{path}: missing; phase {input_phase} did not record the 1B "
-                              f"reference its retention is measured against")
+        raise PhaseInputError(f"{path}: missing; phase {input_phase} did not record the "
+                              f"uncompressed reference its retention is measured against")
     data = json.loads(path.read_text())
     ref = data["reference"]
     return Reference(ref["phase"], ref["metrics"], ref["source"])
 
 
 def steps_of(ctx: PhaseContext, input_phase: str) -> list[dict]:
-    """The retention rows earlier compression steps recorded (empty for 1B)."""
-    if input_phase == "1B":
+    """The retention rows earlier compression steps recorded (empty for 1B and 1C)."""
+    if input_phase in ADAPTER_PHASES:
         return []
     return json.loads((ctx.input_dir(input_phase) / RETENTION).read_text())["steps"]
 
 
 def retention_step(phase_id: str, after: dict, previous: dict, previous_phase: str,
                    reference: Reference) -> dict:
-    """One row: retention against the step before (per step) and against 1B (cumulative)."""
+    """One row: retention against the step before (per step) and against the uncompressed
+    reference (cumulative)."""
     step = retention(after, previous)
     cumulative = retention(after, reference.metrics)
     return {"phase": phase_id, "previous_phase": previous_phase,

@@ -176,7 +176,7 @@ def model_card(ctx: PhaseContext, modifiers: dict, sizes: dict, results: list[di
               "reports.", ""]
     lines += gates_markdown(runs)
     lines += ["## Measured in this run", ""]
-    for pid in ctx.phase.inputs:
+    for pid in ctx.inputs:
         mpath = ctx.input_dir(pid) / "metrics.json"
         if not mpath.is_file():
             continue

@@ -42,6 +42,13 @@ def load_with_trainable_adapter(ctx: PhaseContext, phase_id: str) -> LoadedModel
     return loaded
 
 
+def teacher_cache(ctx: PhaseContext) -> Path:
+    """One cache of teacher answers per profile, keyed by content (model digest and request):
+    shared by reruns, by code changes (which do not change what the teacher said) and by the
+    phases that ask the teacher (1C, 3A-3C)."""
+    return ctx.runs_dir / ".teacher-cache"
+
+
 def curated_records(ctx: PhaseContext) -> list[dict]:
     """Phase 0's kept records (every phase that reads curated data declares input "0"),
     refused if any is an evaluation item: they are trained and calibrated on."""

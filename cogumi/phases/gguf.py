@@ -12,7 +12,7 @@
    greedy continuation, the same token ids fed to both, and at every position whether the
    two top next tokens agree and KL(HF || GGUF) over the full vocabulary.
 5. The shipped file on the evaluation suite (llama.cpp backend): retention against 2E (per
-   step) and against the uncompressed 1B model (cumulative).
+   step) and against the uncompressed trained model (cumulative).
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ LoRA settings); this one module builds whichever the phase id names.
 
 1. Data: phase 0's curated records of the modifier's domains, plus the items of its
    benchmark's *training* split (`train_data`) with their reference answers as responses (a
-   BFCL call, a HumanEval solution), plus teacher-written examples (the hook
-   `teacher_examples`: 1C's machinery, cogumi.distillation, once it lands). Every record is
-   checked against every evaluation item of the suite (by id and text) and accounted for.
+   BFCL call, a HumanEval solution), plus teacher-written examples (`teacher_examples`: 1C's
+   machinery, cogumi.distillation: the teacher answers the train split's prompts, or the
+   curated math records' questions, never seeing a reference; kept when the verifier
+   accepts). Every record is checked against every evaluation item of the suite (by id and
+   text) and accounted for.
 2. Training: peft LoRA (cogumi.training) at the modifier's rank, alpha, epochs and rate on
    2E's model/, the full-precision weights 2C exported; saved as `adapter/`.
 3. Export: llama.cpp's convert_lora_to_gguf.py (the converter 2C uses) -> `adapter.gguf`.
@@ -49,6 +51,7 @@ from cogumi.phases.common import (
     eval_tasks,
     generation_backend,
     profile_task,
+    teacher_cache,
 )
 from cogumi.profile import ModifierConfig
 from cogumi.runner import PhaseContext, PhaseInputError
@@ -151,26 +154,101 @@ def task_records(task: Task, label: str) -> tuple[list[dict], Counter]:
     return out, excluded
 
 
-def teacher_examples(ctx: PhaseContext, mod: ModifierConfig) -> tuple[list[dict], str]:
-    """Hook for teacher-written examples aimed at the domain (1C's machinery:
-    cogumi.distillation.generate_examples, verifier-accepted). Returns (examples, why none)
-    until that module lands and is wired here; never invents any.
+def teacher_source(ctx: PhaseContext, mod: ModifierConfig, train_task: Task | None,
+                   curated: list[dict]) -> Task:
+    """The items whose prompts the teacher answers: the modifier's train split (code: the
+    train-split functions; automation: BFCL's train calls), or, without one, phase 0's
+    curated math records that state a final answer (reasoning), whose answers only the
+    verifier reads. Never an evaluation split (modifier_records checks every record)."""
+    if train_task is not None:
+        return train_task
+    if "math" in mod.domains:
+        from cogumi.phases.self_consistency import math_training_task
+        return math_training_task(curated, mod.teacher_examples, "runs/0/curated.jsonl")
+    raise PhaseInputError(f"{ctx.profile.source_file}: modifiers ({mod.name}): "
+                          f"teacher_examples = {mod.teacher_examples} needs train_data or the "
+                          f"math domain: there is nothing the verifier could check")
 
-    Wiring, once branch d1c is merged: requests ``{"id", "domain": mod.name, "prompt": the
-    item's instruction, "system": its system turn, "check":
-    cogumi.distillation.check_for_item(train_task, item)}`` for the items of the modifier's
-    `train_data` (never its evaluation split), sent with ``generate_examples(backend,
-    requests, verifier=ExampleVerifier(), cache_dir=ctx.work_dir / "teacher", budget=...,
-    prices=teacher.price_usd_per_mtok)`` inside ``cogumi.teacher.teacher_backend``; the kept
-    examples join the records, the rejected and unsent ones go into the accounting."""
-    if ctx.profile.teacher is None:
-        return [], "the profile names no [teacher]"
-    try:
-        import cogumi.distillation  # noqa: F401
-    except ImportError:
-        return [], "cogumi.distillation (1C's teacher-written examples) is not built yet"
-    return [], "cogumi.distillation exists but phase 3 does not call it yet (hook: " \
-               "cogumi.phases.modifier.teacher_examples)"
+
+def teacher_requests(source: Task, mod: ModifierConfig) -> list[dict]:
+    """One request per item (the first `teacher_examples`): the prompt the evaluation would
+    send (its system turn too: BFCL lists the functions there) and the verifier's inputs,
+    kept apart from what the teacher is sent (cogumi.distillation: `check` never is)."""
+    from cogumi.distillation import check_for_item
+
+    out = []
+    for item in [it for it in source.items if it.malformed is None][:mod.teacher_examples]:
+        msgs = source.messages(item)
+        user = next(m["content"] for m in msgs if m["role"] == "user")
+        system = next((m["content"] for m in msgs if m["role"] == "system"), None)
+        req = {"id": f"teacher-{mod.name}:{item.id}", "domain": mod.name, "prompt": user,
+               "instruction": user, "check": check_for_item(source, item),
+               "item_id": item.id, "prompt_text": prompt_text(item)}
+        if system:
+            req["system"] = system
+        out.append(req)
+    return out
+
+
+def teacher_examples(ctx: PhaseContext, mod: ModifierConfig, train_task: Task | None,
+                     curated: list[dict]) -> tuple[list[dict], dict]:
+    """Teacher-written examples aimed at the domain, as 1C makes them: the [teacher] through
+    cogumi.teacher, every answer cached by content (runs/<profile>/.teacher-cache, shared
+    with 1C: a rerun sends nothing), budgeted at [teacher].price_usd_per_mtok, and kept only
+    when the verifier accepts it. Returns (kept records, accounting); writes
+    teacher_examples.jsonl, teacher_rejected.jsonl and teacher_usage.json."""
+    from cogumi.artifacts import atomic_write_text
+
+    out = ctx.out_dir
+    kept: list[dict] = []
+    usage: dict = {"requested": mod.teacher_examples, "requests": 0}
+    rejected: list[dict] = []
+    if mod.teacher_examples == 0:
+        usage["why_none"] = f"modifiers ({mod.name}) teacher_examples = 0"
+    elif ctx.profile.teacher is None:
+        raise PhaseInputError(f"{ctx.profile.source_file}: modifiers ({mod.name}): "
+                              f"teacher_examples = {mod.teacher_examples} needs a [teacher]")
+    else:
+        from cogumi.distillation import Budget, ExampleVerifier, generate_examples
+        from cogumi.teacher import teacher_backend
+
+        cfg = ctx.profile.teacher
+        requests = teacher_requests(teacher_source(ctx, mod, train_task, curated), mod)
+        budget = Budget(max_usd=mod.teacher_budget_usd, max_tokens=mod.teacher_budget_tokens)
+        prices = tuple(cfg.price_usd_per_mtok)
+        ctx.console.print(f"{ctx.phase.id} ({mod.name}): {len(requests)} prompts to the "
+                          f"teacher {cfg.model}")
+        # The verifier's inputs and the item's own prompt text stay here: the request the
+        # teacher gets is its system and user turns only (to_generation_request).
+        with teacher_backend(cfg, log_dir=ctx.work_dir) as backend:
+            result = generate_examples(
+                backend, requests, verifier=ExampleVerifier(), cache_dir=teacher_cache(ctx),
+                budget=budget, prices=prices,
+                defaults={"max_tokens": mod.teacher_max_tokens, "temperature": 0.0,
+                          "seed": ctx.seed})
+        by_id = {r["id"]: r for r in requests}
+        for e in result.kept:
+            # item_id / prompt_text: the disjointness check reads the item, not the answer.
+            kept.append({**e, "item_id": by_id[e["id"]]["item_id"],
+                         "prompt_text": by_id[e["id"]]["prompt_text"]})
+        rejected = result.rejected + result.not_sent
+        usage.update({**result.usage, "kept": len(result.kept),
+                      "rejected": len(result.rejected), "reject_reasons": result.reasons(),
+                      "budget": result.budget, "teacher": cfg.model,
+                      "source": ("train_data" if train_task is not None
+                                 else "curated math records")})
+        if result.budget_stopped:
+            raise PhaseInputError(
+                f"{ctx.phase.id} the teacher budget (modifiers ({mod.name}) "
+                f"teacher_budget_usd {mod.teacher_budget_usd}, teacher_budget_tokens "
+                f"{mod.teacher_budget_tokens}) stopped {len(result.not_sent)} requests before "
+                f"it was exceeded; answers so far are cached")
+    atomic_write_text(out / "teacher_examples.jsonl", "".join(
+        json.dumps(e, ensure_ascii=False) + "\n" for e in kept))
+    atomic_write_text(out / "teacher_rejected.jsonl", "".join(
+        json.dumps(e, ensure_ascii=False) + "\n" for e in rejected))
+    atomic_write_text(out / "teacher_usage.json", json.dumps(usage, indent=2) + "\n")
+    return kept, usage
 
 
 def modifier_records(ctx: PhaseContext, mod: ModifierConfig, tasks: list[Task]
@@ -182,6 +260,7 @@ def modifier_records(ctx: PhaseContext, mod: ModifierConfig, tasks: list[Task]
                   "curated.other_domains": len(curated) - len(in_domain)}
     records = list(in_domain)
     excluded: Counter = Counter()
+    train_task = None
     if mod.train_data is not None:
         cats = {"categories": ctx.profile.eval.bfcl_categories} if mod.task == "bfcl" else {}
         train_task = profile_task(ctx, mod.task, mod.train_data,
@@ -191,16 +270,19 @@ def modifier_records(ctx: PhaseContext, mod: ModifierConfig, tasks: list[Task]
         accounting["train_data.items"] = len(train_task.items)
         accounting["train_data.records"] = len(extra)
         records += extra
-    examples, why_none = teacher_examples(ctx, mod)
+    # Before the teacher is asked: its prompts are these records' items (or curated ones).
+    _refuse_evaluation_items(records, tasks, mod)
+    examples, usage = teacher_examples(ctx, mod, train_task, curated)
+    accounting["teacher.requests"] = usage["requests"]
+    accounting["teacher.sent"] = usage.get("sent", 0)
+    accounting["teacher.cache_hits"] = usage.get("cache_hits", 0)
     accounting["teacher.examples"] = len(examples)
-    accounting["teacher.why_none"] = why_none if not examples else ""
+    accounting["teacher.rejected"] = usage.get("rejected", 0)
+    accounting["teacher.cost_usd"] = usage.get("cost_usd", 0.0)
+    accounting["teacher.why_none"] = usage.get("why_none", "")
+    accounting["teacher.reject_reasons"] = usage.get("reject_reasons", {})
     records += examples
-    try:
-        # Every suite task, the modifiers' benchmarks included (curated_records checked [eval]).
-        assert_disjoint(((r.get("item_id", r["id"]), r.get("prompt_text") or r["instruction"])
-                         for r in records), tasks, f"modifier {mod.name} training records")
-    except SplitOverlapError as e:
-        raise PhaseInputError(f"{e}; the modifier would train on the test") from None
+    _refuse_evaluation_items(examples, tasks, mod)
     if mod.max_records is not None and len(records) > mod.max_records:
         random.Random(ctx.seed).shuffle(records)
         accounting["dropped.max_records"] = len(records) - mod.max_records
@@ -208,6 +290,17 @@ def modifier_records(ctx: PhaseContext, mod: ModifierConfig, tasks: list[Task]
     accounting["excluded"] = dict(excluded)
     accounting["records"] = len(records)
     return records, accounting
+
+
+def _refuse_evaluation_items(records: list[dict], tasks: list[Task], mod: ModifierConfig
+                             ) -> None:
+    """Every suite task, the modifiers' benchmarks included (curated_records checked [eval]),
+    by the item's id and prompt text."""
+    try:
+        assert_disjoint(((r.get("item_id", r["id"]), r.get("prompt_text") or r["instruction"])
+                         for r in records), tasks, f"modifier {mod.name} training records")
+    except SplitOverlapError as e:
+        raise PhaseInputError(f"{e}; the modifier would train on the test") from None
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -270,6 +363,23 @@ def teacher_score(ctx: PhaseContext, task: Task, out_dir: Path) -> tuple[float, 
         report = evaluate(backend, [task], _settings(ctx), limit=ctx.profile.eval.limit)
     report.write(out_dir)
     return report.metrics.get(score_of(task.name), math.nan), f"teacher {cfg.model}"
+
+
+def _teacher_table(accounting: dict, mod: ModifierConfig) -> str:
+    if accounting["teacher.why_none"]:
+        return f"None: {accounting['teacher.why_none']}."
+    a = accounting
+    reasons = ", ".join(f"{k} {n}" for k, n in a["teacher.reject_reasons"].items()) or "—"
+    return "\n".join([
+        "| prompts | sent | cache hits | kept (verifier accepted) | rejected | rejected by "
+        "reason | cost (USD) |", "|---|---|---|---|---|---|---|",
+        f"| {a['teacher.requests']} | {a['teacher.sent']} | {a['teacher.cache_hits']} | "
+        f"{a['teacher.examples']} | {a['teacher.rejected']} | {reasons} | "
+        f"{a['teacher.cost_usd']:.4f} |", "",
+        f"The teacher answered the first {mod.teacher_examples} items' prompts "
+        "(teacher_examples); it never saw a reference answer, which only the verifier read. "
+        "Every answer: teacher_examples.jsonl (kept), teacher_rejected.jsonl (with the "
+        "reason), teacher_usage.json (tokens, cost, budget)."])
 
 
 # --------------------------------------------------------------------------------- run
@@ -407,11 +517,14 @@ def run(ctx: PhaseContext) -> dict:
         f"({profile.gguf.ship_type}).", "",
         "### Training data", "",
         "| source | records |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in accounting.items() if not isinstance(v, dict)],
+        *[f"| {k} | {v} |" for k, v in accounting.items()
+          if not isinstance(v, dict) and not k.startswith("teacher.")],
         f"| train / held-out split | {len(train_records)} / {len(heldout_records)} |",
         f"| excluded when encoding | {dict(excluded) or 0} |", "",
         f"Held-out loss (answer tokens): {loss_before:.4f} before, {loss_after:.4f} after; "
-        f"{steps} optimizer steps.", ""]))
+        f"{steps} optimizer steps.", "",
+        "### Teacher-written examples", "",
+        _teacher_table(accounting, mod), ""]))
     if accounting.get("teacher.why_none"):
         ctx.notes.append(f"no teacher-written examples: {accounting['teacher.why_none']}")
     if excluded:
@@ -434,6 +547,11 @@ def run(ctx: PhaseContext) -> dict:
         "crosscheck.llamacpp_score": check["llamacpp_score"],
         "crosscheck.item_agreement": check["item_agreement"],
         "train.records": len(records), "train.examples": len(train.examples),
+        "teacher_examples.kept": accounting["teacher.examples"],
+        "teacher_examples.rejected": accounting["teacher.rejected"],
+        "teacher_examples.sent": accounting["teacher.sent"],
+        "teacher_examples.cache_hits": accounting["teacher.cache_hits"],
+        "teacher_examples.cost_usd": accounting["teacher.cost_usd"],
         "train.excluded": sum(excluded.values()), "train.steps": steps,
         "train.heldout_loss_before": loss_before, "train.heldout_loss_after": loss_after,
     }

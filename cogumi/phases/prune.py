@@ -1,6 +1,7 @@
-"""Phase 2A: one-shot SparseGPT pruning of the 1B model (llm-compressor).
+"""Phase 2A: one-shot SparseGPT pruning of the trained model (llm-compressor).
 
-1. The 1B model: the base with 1B's LoRA adapter merged in (plain Linear weights).
+1. The trained model: the base with 1C's LoRA adapter merged in (plain Linear weights); 1B's
+   where the profile declares no [distill] and so has no 1C (`trained_phase`).
 2. Calibration: curated training-split records as whole chat-formatted conversations.
 3. SparseGPT (`llmcompressor.modifiers.pruning.sparsegpt.SparseGPTModifier`), unstructured at
    `prune.sparsity` or 2:4, every decoder Linear (the output head is left dense).
@@ -8,7 +9,7 @@
    saved as a plain Hugging Face folder (compressed-tensors 0.19 no longer writes sparse
    formats, so the zeros are stored densely: pruning alone does not shrink the file — the
    size table shows it).
-5. Evaluation on the profile's suite; retention against the uncompressed 1B model.
+5. Evaluation on the profile's suite; retention against the uncompressed trained model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cogumi.compression.common import (
     retention_table,
     save_hf_model,
     size_row,
+    trained_phase,
     write_retention,
 )
 from cogumi.compression.llmc import calibration_data, run_oneshot, sparsity_report
@@ -60,21 +62,22 @@ def heldout_examples(ctx: PhaseContext, records: list[dict], tokenizer, add_bos:
 def run(ctx: PhaseContext) -> dict:
     profile, cfg = ctx.profile, ctx.profile.prune
     out = ctx.out_dir
-    ctx.console.print("2A: loading the 1B model (base + 1B adapter, merged)")
-    loaded = load_merged_phase_model(ctx, "1B")
-    reference = reference_for(ctx, "1B")
+    src = trained_phase(ctx)
+    ctx.console.print(f"2A: loading the {src} model (base + {src} adapter, merged)")
+    loaded = load_merged_phase_model(ctx, src)
+    reference = reference_for(ctx, src)
     records = curated_records(ctx)
     heldout = heldout_examples(ctx, records, loaded.tokenizer, loaded.add_bos)
     pad_id = loaded.tokenizer.pad_token_id or 0
-    loss_1b = mean_loss(loaded.model, heldout, pad_id)
+    loss_src = mean_loss(loaded.model, heldout, pad_id)
 
-    # The uncompressed 1B model's size, measured the same way as every later artifact.
-    merged_dir = ctx.work_dir / "1B-merged"
+    # The uncompressed model's size, measured the same way as every later artifact.
+    merged_dir = ctx.work_dir / f"{src}-merged"
     shutil.rmtree(merged_dir, ignore_errors=True)
-    save_hf_model(loaded, merged_dir, phase="1B (merged)")
+    save_hf_model(loaded, merged_dir, phase=f"{src} (merged)")
     params = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
-    rows = [size_row(merged_dir, params, f"1B merged ({profile.model.dtype}, dense)")
-            | {"phase": "1B"}]
+    rows = [size_row(merged_dir, params, f"{src} merged ({profile.model.dtype}, dense)")
+            | {"phase": src}]
     shutil.rmtree(merged_dir, ignore_errors=True)
 
     ctx.console.print(f"2A: SparseGPT {cfg.mask_structure} at {cfg.sparsity:.0%} on "
@@ -94,7 +97,7 @@ def run(ctx: PhaseContext) -> dict:
 
     ctx.console.print("2A: evaluating the pruned model")
     after = evaluate_model(ctx, loaded, out / "eval")
-    step = retention_step("2A", after, reference.metrics, "1B", reference)
+    step = retention_step("2A", after, reference.metrics, src, reference)
     write_retention(out, reference, [step])
 
     ctx.notes.append(f"calibration: {accounting['used']} curated training-split records "
@@ -105,9 +108,9 @@ def run(ctx: PhaseContext) -> dict:
                      f"{sparsity['min_layer']:.4f}); {sparsity['all_parameters']:.4f} of all "
                      f"{sparsity['parameters']:,} parameters (embeddings/head dense)")
     ctx.notes.append(f"held-out loss (answer tokens, {len(heldout)} curated held-out records): "
-                     f"1B {loss_1b:.4f} -> pruned {loss_2a:.4f}")
+                     f"{src} {loss_src:.4f} -> pruned {loss_2a:.4f}")
     ctx.notes.append("retention: " + step["cumulative"]["definition"] + "; reference = the "
-                     f"uncompressed 1B model ({reference.source})")
+                     f"uncompressed {src} model ({reference.source})")
     ctx.write_report("\n".join([
         "### Retention (evaluation suite)", "", retention_table(reference, [step]), "",
         "### Sizes", "", size_table(rows), "",
@@ -122,12 +125,13 @@ def run(ctx: PhaseContext) -> dict:
         "retention.mean": step["cumulative"]["mean"],
         "size_mb": rows[-1]["mb"],
         "calibration.records": accounting["used"],
-        "prune.heldout_loss_1b": loss_1b,
+        "prune.heldout_loss_unpruned": loss_src,
         "prune.heldout_loss_after": loss_2a,
     }
     for name in EVAL_METRICS:
         metrics[f"before.{name}"] = reference.metrics.get(name, float("nan"))
     metrics.update(after)
-    metrics.update(judge_against_input(ctx, ctx.input_dir("1B") / "eval_after", out / "eval",
-                                       "1B"))
+    # Paired against its input, the model it pruned (1C's eval_after, or 1B's).
+    metrics.update(judge_against_input(ctx, ctx.input_dir(src) / "eval_after", out / "eval",
+                                       src))
     return metrics

@@ -4,13 +4,14 @@
 2. A short LoRA pass (peft, the profile's [training] LoRA settings, [recovery] schedule) on
    curated training-split records; the base weights are frozen, so the mask holds while
    training. Its loss is the records' answers (objective "sft") or, with "distill", the
-   unpruned 1B model's next-token distribution on those answers (KL): the pruned model is
-   taught what the model it came from would say, not what the records say.
+   unpruned model's (1C's, or 1B's without [distill]) next-token distribution on those
+   answers (KL): the pruned model is taught what the model it came from would say, not what
+   the records say.
 3. Merge (`merge_and_unload`): the LoRA delta B·A is dense, so the merged weights are dense
    again — measured and reported — and the mask is re-applied (those weights set back to
    zero). Held-out loss is measured at each point: pruned, LoRA, merged dense, re-masked.
 4. Evaluation of the re-masked model; retention against 2A (the gate: recovery must not lose
-   what pruning kept) and against the uncompressed 1B model (cumulative).
+   what pruning kept) and against the uncompressed trained model (cumulative).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cogumi.compression.common import (
     save_hf_model,
     size_row,
     steps_of,
+    trained_phase,
     write_retention,
 )
 from cogumi.compression.llmc import apply_masks, sparsity_report, zero_masks
@@ -104,8 +106,10 @@ def run(ctx: PhaseContext) -> dict:
     key = checkpoint_key(profile.sha256, *(r["id"] for r in train_records))
     teacher = None
     if rc.objective == "distill":
-        ctx.console.print("2E: loading the unpruned 1B model as the distillation teacher")
-        teacher = load_merged_phase_model(ctx, "1B").model
+        # The model 2A pruned: 1C's, or 1B's where the profile declares no [distill].
+        src = trained_phase(ctx)
+        ctx.console.print(f"2E: loading the unpruned {src} model as the distillation teacher")
+        teacher = load_merged_phase_model(ctx, src).model
     ctx.console.print(f"2E: LoRA r{tc.lora_rank} recovery ({rc.objective}) on "
                       f"{len(train.examples)} examples, {rc.epochs:g} epochs at lr "
                       f"{rc.learning_rate:g}")
@@ -118,7 +122,7 @@ def run(ctx: PhaseContext) -> dict:
     plot_loss_curve(rep["log_history"], out / "loss_curve.png",
                     f"2E recovery LoRA r{tc.lora_rank} ({rc.objective}) — {profile.name}")
     ctx.add_figure("loss_curve.png", "2E recovery LoRA: training loss per optimizer step"
-                   + (" (KL to the 1B model's next-token distribution)"
+                   + (" (KL to the unpruned model's next-token distribution)"
                       if rc.objective == "distill" else ""))
     excluded = train.excluded + heldout.excluded
     (out / "recovery.json").write_text(json.dumps({
@@ -153,19 +157,20 @@ def run(ctx: PhaseContext) -> dict:
         ctx.notes.append("excluded from training: " + ", ".join(
             f"{n} {reason}" for reason, n in excluded.items()))
     ctx.notes.append("retention: " + step["per_step"]["definition"] + "; retention_vs_2a "
-                     "against 2A's evaluation, retention against the uncompressed 1B model")
+                     "against 2A's evaluation, retention against the uncompressed "
+                     f"{reference.phase} model")
     ctx.write_report("\n".join([
         "### Retention (evaluation suite)", "", retention_table(reference, steps), "",
         "### Held-out loss through recovery", "",
-        "| 1B (unpruned) | pruned (2A) | LoRA (unmerged) | merged (dense) | "
+        f"| {reference.phase} (unpruned) | pruned (2A) | LoRA (unmerged) | merged (dense) | "
         "merged, mask re-applied |", "|---|---|---|---|---|",
-        f"| {previous['prune.heldout_loss_1b']:.4f} | {loss['pruned']:.4f} | "
+        f"| {previous['prune.heldout_loss_unpruned']:.4f} | {loss['pruned']:.4f} | "
         f"{loss['lora']:.4f} | {loss['merged_dense']:.4f} | {loss['masked']:.4f} |", "",
         "Recovery trains on the curated distribution the held-out split comes from, so its "
-        "loss can fall below 1B's; the evaluation suite above is what the gates read.", "",
+        "loss can fall below the unpruned model's; the evaluation suite above is what the gates read.", "",
         "### Sizes", "", size_table(rows), ""]))
     metrics = {
-        "recovery.heldout_loss_1b": previous["prune.heldout_loss_1b"],
+        "recovery.heldout_loss_unpruned": previous["prune.heldout_loss_unpruned"],
         "retention_vs_2a": step["per_step"]["value"],
         "retention": step["cumulative"]["value"],
         "sparsity": sp["masked"],

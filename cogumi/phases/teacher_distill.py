@@ -65,18 +65,13 @@ from cogumi.phases.common import (
     load_with_trainable_adapter,
     profile_task,
     refuse_evaluation_items,
+    teacher_cache,
 )
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.stats import exact_mcnemar
 from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
 
 LABEL_MAX_TOKENS = 32
-
-
-def teacher_cache(ctx: PhaseContext) -> Path:
-    """One cache of teacher answers per profile, keyed by content (model digest and request):
-    shared by reruns and by code changes, which do not change what the teacher said."""
-    return ctx.runs_dir / ".teacher-cache"
 
 
 def pool_tasks(ctx: PhaseContext) -> list[Task]:
