@@ -33,6 +33,45 @@ class LoopbackServer:
         self.httpd.server_close()
 
 
+class ChatTeacher(LoopbackServer):
+    """A fake OpenAI-compatible teacher: `/v1/models` lists `model_id`, and every chat
+    completion answers `reply(last message's content)` with the given token usage. Keeps
+    every request body (`bodies`), so a test can check what the teacher was shown."""
+
+    def __init__(self, reply, model_id: str = "fake-teacher", usage: tuple[int, int] = (50, 12)):
+        import json
+        from http.server import BaseHTTPRequestHandler
+
+        self.bodies, self.lock = [], threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, payload: dict) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # /v1/models
+                self._send({"data": [{"id": model_id}]})
+
+            def do_POST(self):
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.bodies.append(req)
+                self._send({"choices": [{"message": {"role": "assistant",
+                                                     "content": reply(req["messages"][-1]["content"])},
+                                         "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}})
+
+        self.serve(Handler)
+
+
 @pytest.fixture
 def tiny_profile():
     return load_profile("tiny")

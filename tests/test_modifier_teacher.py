@@ -7,53 +7,22 @@ nothing. No model is loaded: modifier_records is the part under test."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 from rich.console import Console
 
-from .conftest import LoopbackServer, profile_with
+from .conftest import ChatTeacher, profile_with
 
 N = 6  # items asked per modifier: half answered right, half wrong
 
 
-class ScriptedTeacher(LoopbackServer):
+class ScriptedTeacher(ChatTeacher):
     """Replies with the first scripted answer whose needle is in the last message."""
 
     def __init__(self):
         self.script: list[tuple[str, str]] = []
-        self.bodies, self.lock = [], threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):  # /v1/models
-                body = json.dumps({"data": [{"id": "scripted"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.bodies.append(req)
-                text = req["messages"][-1]["content"]
-                reply = next((a for needle, a in server.script if needle in text), "no idea")
-                body = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                            "content": reply},
-                                                "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 50, "completion_tokens": 12}})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-        self.serve(Handler)
+        super().__init__(lambda text: next((a for needle, a in self.script if needle in text),
+                                           "no idea"), model_id="scripted")
 
 
 # Curated math records stating their answer; no number of an answer appears in its question.

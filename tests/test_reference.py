@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +16,7 @@ from rich.console import Console
 
 from cogumi.evaluation.reference import preference, versus_reference
 
-from .conftest import ROOT, LoopbackServer, profile_with
+from .conftest import ROOT, ChatTeacher, profile_with
 
 # ---------------------------------------------------------------- arithmetic
 
@@ -94,37 +92,15 @@ def test_versus_reference_metrics_from_items(tmp_path):
 # ---------------------------------------------------------------- the phases' plumbing
 
 
-class CountingTeacher(LoopbackServer):
+class CountingTeacher(ChatTeacher):
     """An OpenAI-compatible endpoint that answers every MATH problem with 'The answer is 6.'
     (right on the fixture's items whose answer is 6), MMLU with 'A', code with nothing; it
     keeps every request body."""
 
     def __init__(self):
-        self.bodies, self.lock = [], threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.bodies.append(req)
-                text = req["messages"][-1]["content"]
-                reply = ("The answer is 6." if "Problem:" in text else
-                         "The answer is A." if "\nA. " in text else "I cannot write that.")
-                body = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                            "content": reply},
-                                                "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 40, "completion_tokens": 6}})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-        self.serve(Handler)
+        super().__init__(lambda text: "The answer is 6." if "Problem:" in text else
+                         "The answer is A." if "\nA. " in text else "I cannot write that.",
+                         usage=(40, 6))
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 from rich.console import Console
 
-from .conftest import ROOT, LoopbackServer, profile_with
+from .conftest import ROOT, ChatTeacher, profile_with
 
 BENCH = ROOT / "fixtures" / "benchmarks"
 
@@ -39,41 +37,12 @@ def _answers() -> dict[str, str]:
     return out
 
 
-class OracleTeacher(LoopbackServer):
+class OracleTeacher(ChatTeacher):
     def __init__(self):
         self.answers = _answers()
-        self.bodies, self.lock = [], threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):  # /v1/models
-                body = json.dumps({"data": [{"id": "oracle"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.bodies.append(req)
-                text = req["messages"][-1]["content"]
-                reply = "arithmetic and short functions" if "A student model" in text else next(
-                    (a for q, a in server.answers.items() if q in text), "I am not sure.")
-                body = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                            "content": reply},
-                                                "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 50, "completion_tokens": 12}})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-        self.serve(Handler)
+        super().__init__(lambda text: "arithmetic and short functions" if "A student model" in text
+                         else next((a for q, a in self.answers.items() if q in text), "I am not sure."),
+                         model_id="oracle")
 
 
 def _profile(tmp_path, url):
