@@ -486,6 +486,24 @@ def test_a_setup_error_fails_the_item_and_never_runs_weaker(monkeypatch):
     assert "nonexistent" in r.detail
 
 
+def test_a_sandbox_gone_before_it_reads_the_job_is_a_setup_error(monkeypatch):
+    """Under load, bubblewrap refusing a bind can exit before the job is written: the broken
+    pipe then comes from the send, not from the wait for "ready". Either way it is the
+    sandbox's failure (stop 21 saw `exited_early` once in CI)."""
+    from cogumi.evaluation import sandbox as sandbox_module
+
+    real_send = sandbox_module._Channel.send
+
+    def send(self, message):
+        if message[0] == "job":
+            raise self.fail("exited_early", "the program closed its call channel")
+        return real_send(self, message)
+    monkeypatch.setattr(sandbox_module._Channel, "send", send)
+    for work in (job("def f(x):\n    return 2 * x\n"), "print(1)\n"):
+        r = Sandbox(LIMITS).run(work)
+        assert r.reason == "sandbox_error" and not r.passed, (r.reason, r.detail)
+
+
 def test_describe_names_the_layers_in_force():
     d = Sandbox(LIMITS).describe()
     assert d["isolation"] == "namespaces" and d["verified"] and d["seccomp"]

@@ -478,8 +478,8 @@ class Sandbox:
         calls = [0]
         result: SandboxResult | None = None
         try:
-            ch.send(["job", self._job_dict("call", job.candidate, job.entry_point, workdir)])
-            result = self._await_ready(ch, t0)
+            result = self._send_job(ch, self._job_dict("call", job.candidate, job.entry_point,
+                                                       workdir), t0)
             if result is None:
                 msg = ch.recv()
                 if msg[0] == "load_error" and len(msg) == 4:
@@ -538,8 +538,7 @@ class Sandbox:
             return started
         ch, cleanup, workdir = started
         try:
-            ch.send(["job", self._job_dict("program", program, None, workdir)])
-            result = self._await_ready(ch, t0)
+            result = self._send_job(ch, self._job_dict("program", program, None, workdir), t0)
             if result is None:
                 msg = ch.recv()
                 if msg[0] != "outcome" or len(msg) != 4 or msg[1] not in REASONS:
@@ -567,6 +566,19 @@ class Sandbox:
         return {"kind": kind, "program": program, "entry": entry, "limits": asdict(self.limits),
                 "audit_hooks": self.audit_hooks, "drop_to": drop,
                 "workdir": workdir}
+
+    def _send_job(self, ch: _Channel, job: dict[str, Any], t0: float) -> SandboxResult | None:
+        """The job, then the child's "ready": None when untrusted code may run. A process that
+        is gone before it could read the job (bubblewrap refusing a bind, say) is a sandbox
+        that was never set up, not a program that exited early: which of the two a broken
+        pipe meets first depends only on how fast the machine is."""
+        try:
+            ch.send(["job", job])
+        except _Failed:
+            ch.failed = None
+            return self._result(ch, t0, "sandbox_error",
+                                "the sandbox did not start: " + _tail(ch.err, 600))
+        return self._await_ready(ch, t0)
 
     def _await_ready(self, ch: _Channel, t0: float) -> SandboxResult | None:
         """The first line is the only one written before untrusted code runs: anything else
