@@ -184,6 +184,18 @@ def refuse_amx_build(system_info: str) -> None:
             "decoding of quantized models; replace it with `python -m cogumi.llama_cpp_build`")
 
 
+def load_llama_cpp(needed_by: str, install_hint: str = "pip install llama-cpp-python"):
+    """The llama_cpp module, after the checks every user of it needs, each refused in one
+    line as LlamaCppBuildError: installed at all (naming who needs it and how to install it),
+    and not an AMX build (refuse_amx_build). The one place the project imports it in-process."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise LlamaCppBuildError(f"{needed_by} needs llama-cpp-python: {install_hint}") from None
+    refuse_amx_build(llama_cpp.llama_print_system_info().decode())
+    return llama_cpp
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cogumi.llama_cpp_build",
                                      description=__doc__.split("\n\n")[0])

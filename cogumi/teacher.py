@@ -188,14 +188,9 @@ class _PortTaken(Exception):
 def _refuse_amx_build() -> None:
     """The server runs this environment's llama.cpp: the same AMX-off requirement as the
     llama.cpp backend (cogumi.llama_cpp_build)."""
+    from cogumi.llama_cpp_build import LlamaCppBuildError, load_llama_cpp
     try:
-        import llama_cpp
-    except ImportError:
-        raise TeacherUnavailable("a served teacher needs llama-cpp-python (with its server "
-                                 "extra): pip install 'llama-cpp-python[server]'") from None
-    from cogumi.llama_cpp_build import LlamaCppBuildError, refuse_amx_build
-    try:
-        refuse_amx_build(llama_cpp.llama_print_system_info().decode())
+        load_llama_cpp("a served teacher", "pip install 'llama-cpp-python[server]'")
     except LlamaCppBuildError as e:
         raise TeacherUnavailable(str(e)) from None
 

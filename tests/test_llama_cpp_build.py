@@ -102,3 +102,14 @@ def test_an_amx_build_is_refused_in_one_line_naming_the_fix():
         B.refuse_amx_build(native_on_amx)
     B.refuse_amx_build(native_on_amx.replace("AMX_INT8 = 1", "AMX_INT8 = 0"))
     B.refuse_amx_build("CPU : SSE3 = 1 | AVX2 = 1 | REPACK = 1 |")  # this machine's build
+
+
+def test_load_llama_cpp_names_who_needs_it_and_how_to_install(monkeypatch):
+    """The one in-process import of llama_cpp: missing, it is refused in one line naming the
+    caller and the install command."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import raises ImportError
+    with pytest.raises(B.LlamaCppBuildError, match=r"^a served teacher needs llama-cpp-python: "
+                                                   r"pip install 'llama-cpp-python\[server\]'$"):
+        B.load_llama_cpp("a served teacher", "pip install 'llama-cpp-python[server]'")

@@ -114,7 +114,7 @@ def test_qwen_draws_every_use_of_a_package_from_its_own_id_range():
         assert len(training[f"[distill] pools[{i}]"].items) >= pool.limit
     for what, task in routing.items():
         assert len(task.items) >= profile.routing.limit, what
-    for i, m in enumerate(profile.modifiers, start=1):
+    for i in range(1, len(profile.modifiers) + 1):
         assert len(training[f"modifiers[{i}].train_data"].items) > 0
 
 

@@ -45,7 +45,7 @@ def load_with_trainable_adapter(ctx: PhaseContext, phase_id: str) -> LoadedModel
 def teacher_cache(ctx: PhaseContext) -> Path:
     """One cache of teacher answers per profile, keyed by content (model digest and request):
     shared by reruns, by code changes (which do not change what the teacher said) and by the
-    phases that ask the teacher (1C, 3A-3C)."""
+    phases that ask the teacher (1A and 1B for the reference answers, 1C, 3A-3C)."""
     return ctx.runs_dir / ".teacher-cache"
 
 
@@ -200,13 +200,6 @@ def judge_against_input(ctx: PhaseContext, before_dir: Path, after_dir: Path,
         f"### Against its input ({against}), item by item\n\n{paired_table(rows, against)}"
         f"\n\n### Above chance?\n\n{capability_table(able_rows)}")
     return {**paired, **able}
-
-
-def teacher_cache(ctx: PhaseContext) -> Path:
-    """One cache of teacher answers per profile, keyed by content (model digest and request
-    body): shared by every phase that asks the teacher, and by code changes, which do not
-    change what the teacher said; a rerun sends no request."""
-    return ctx.runs_dir / ".teacher-cache"
 
 
 def reference_settings(ctx: PhaseContext) -> GenerationSettings:

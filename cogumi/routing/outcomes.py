@@ -24,10 +24,8 @@ def route_backend(base_gguf: Path, adapter_gguf: Path | None, *, n_ctx: int,
                   n_threads: int | None) -> LlamaCppBackend:
     """The base GGUF, with ``adapter_gguf`` applied when given, as an evaluation backend
     that records token log-probabilities."""
-    import llama_cpp
-
-    from cogumi.llama_cpp_build import refuse_amx_build
-    refuse_amx_build(llama_cpp.llama_print_system_info().decode())
+    from cogumi.llama_cpp_build import load_llama_cpp
+    llama_cpp = load_llama_cpp("the routing phases")
     kwargs = {"lora_path": str(adapter_gguf)} if adapter_gguf is not None else {}
     llama = llama_cpp.Llama(model_path=str(base_gguf), n_ctx=n_ctx, n_threads=n_threads,
                             logits_all=True, verbose=False, seed=0, **kwargs)

@@ -80,10 +80,8 @@ class LlamaEmbedding:
     kind = "llama-embedding"
 
     def __post_init__(self) -> None:
-        import llama_cpp
-
-        from cogumi.llama_cpp_build import refuse_amx_build
-        refuse_amx_build(llama_cpp.llama_print_system_info().decode())
+        from cogumi.llama_cpp_build import load_llama_cpp
+        llama_cpp = load_llama_cpp("the llama-embedding router")
         self.gguf = Path(self.gguf)
         if not self.gguf_sha256:
             self.gguf_sha256 = sha256_file(self.gguf)

@@ -86,17 +86,13 @@ class Engine:
     def __init__(self, base_gguf: str | Path, modifiers: dict[str, str | Path], *,
                  n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512,
                  chat_template: str | None = None, add_bos: bool | None = None) -> None:
-        try:
-            import llama_cpp
-            from llama_cpp import Llama
-        except ImportError as e:  # pragma: no cover - depends on the machine
-            raise EngineError("cogumi serve needs llama-cpp-python") from e
         from cogumi.evaluation.backends.llamacpp_backend import LlamaCppBackend
-        from cogumi.llama_cpp_build import LlamaCppBuildError, refuse_amx_build
+        from cogumi.llama_cpp_build import LlamaCppBuildError, load_llama_cpp
         try:
-            refuse_amx_build(llama_cpp.llama_print_system_info().decode())
+            llama_cpp = load_llama_cpp("cogumi serve")
         except LlamaCppBuildError as e:
             raise EngineError(str(e)) from e
+        Llama = llama_cpp.Llama
         self._lc = llama_cpp
         base_gguf = Path(base_gguf)
         if not base_gguf.is_file():

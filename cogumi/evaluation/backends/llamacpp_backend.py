@@ -79,18 +79,13 @@ class LlamaCppBackend(Backend):
         if llama is None:
             if model_path is None:
                 raise BackendError("LlamaCppBackend needs model_path or llama")
+            from ...llama_cpp_build import LlamaCppBuildError, load_llama_cpp
             try:
-                import llama_cpp
-                from llama_cpp import Llama
-            except ImportError as e:  # pragma: no cover - depends on the machine
-                raise BackendError("the llama.cpp backend needs llama-cpp-python") from e
-            from ...llama_cpp_build import LlamaCppBuildError, refuse_amx_build
-            try:
-                refuse_amx_build(llama_cpp.llama_print_system_info().decode())
+                llama_cpp = load_llama_cpp("the llama.cpp backend")
             except LlamaCppBuildError as e:
                 raise BackendError(str(e)) from e
             extra = {"lora_path": str(lora_path)} if lora_path is not None else {}
-            llama = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
+            llama = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                           n_batch=n_batch, logits_all=True, verbose=False, seed=0, **extra)
         self.llama = llama
         # The chosen tokens' log-probabilities of every generation (GenerationOutput.extra
