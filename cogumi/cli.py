@@ -216,9 +216,11 @@ def cmd_plan(args) -> int:
                       f"missing (sources' schemas and llama.cpp's converter are checked when "
                       f"a run starts)", soft_wrap=True)
     table = Table(title=f"plan — {profile.name}")
-    for col in ("phase", "title", "reads", "status", "gates", "hardware", "est. h", "est. $",
-                "seed $"):
-        table.add_column(col, overflow="fold", no_wrap=col == "status")
+    # Figures keep a readable width in an 80-column terminal (CI's): the prose columns wrap.
+    for col, min_width in (("phase", 2), ("title", None), ("reads", None), ("status", None),
+                           ("gates", 2), ("hardware", None), ("est. h", 5), ("est. $", 6),
+                           ("seed $", 6)):
+        table.add_column(col, overflow="fold", min_width=min_width)
     bases, measured, unmeasured = [], [], []
     total_hours = total_cost = seed_total = 0.0
     for phase in PHASES:
