@@ -296,6 +296,16 @@ class _Channel:
             self.failed = _Failed(reason, detail)
         return self.failed
 
+    def drain_stderr(self, timeout: float = 2.0) -> None:
+        """Read what a process that is gone left on stderr (bubblewrap's reason for refusing
+        to start, say), up to its end or `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while self.proc.stderr.fileno() in self.open and time.monotonic() < end:
+            try:
+                self._pump(0.05)
+            except _Failed:
+                break
+
     def _pump(self, timeout: float) -> None:
         for key, _ in self.sel.select(timeout=timeout):
             fd = key.fd
@@ -575,6 +585,7 @@ class Sandbox:
         try:
             ch.send(["job", job])
         except _Failed:
+            ch.drain_stderr()
             ch.failed = None
             return self._result(ch, t0, "sandbox_error",
                                 "the sandbox did not start: " + _tail(ch.err, 600))
@@ -586,6 +597,7 @@ class Sandbox:
         try:
             msg = ch.recv()
         except _Failed:
+            ch.drain_stderr()
             ch.failed = None
             return self._result(ch, t0, "sandbox_error",
                                 "the sandbox did not start: " + _tail(ch.err, 600))
