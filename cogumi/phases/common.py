@@ -42,6 +42,29 @@ def load_with_trainable_adapter(ctx: PhaseContext, phase_id: str) -> LoadedModel
     return loaded
 
 
+def train_adapter_further(ctx: PhaseContext, loaded: LoadedModel, records: list[dict], *,
+                          epochs: float, learning_rate: float, step: str, what: str,
+                          plot_title: str):
+    """Train `loaded`'s trainable adapter on `records` (1B: its verified answers, 1C: the
+    teacher's), resuming a checkpoint keyed by the profile and the record ids; saves
+    `adapter/` and the loss curve. Returns the encoding (its `excluded` counts go in notes)."""
+    from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
+
+    profile = ctx.profile
+    encoded = encode_records(records, loaded.tokenizer, loaded.add_bos, profile.training.max_seq_len)
+    key = checkpoint_key(profile.sha256, *(r["id"] for r in records))
+    ctx.console.print(f"{step} training on {len(encoded.examples)} {what}, {epochs:g} epochs "
+                      f"at lr {learning_rate:g}")
+    log_history, resumed = fit(loaded.model, loaded.tokenizer, encoded.examples, profile.training,
+                               ctx.seed, ctx.work_dir / f"checkpoints-{key}",
+                               profile.hardware.device, epochs=epochs, learning_rate=learning_rate)
+    if resumed:
+        ctx.notes.append("resumed from a checkpoint")
+    loaded.model.save_pretrained(ctx.out_dir / "adapter")
+    plot_loss_curve(log_history, ctx.out_dir / "loss_curve.png", plot_title)
+    return encoded
+
+
 def teacher_cache(ctx: PhaseContext) -> Path:
     """One cache of teacher answers per profile, keyed by content (model digest and request):
     shared by reruns, by code changes (which do not change what the teacher said) and by the

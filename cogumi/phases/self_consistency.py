@@ -44,10 +44,10 @@ from cogumi.phases.common import (
     profile_task,
     reference_eval,
     refuse_evaluation_items,
+    train_adapter_further,
 )
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.stats import exact_mcnemar
-from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
 
 
 def math_training_task(records: list[dict], limit: int, source: str) -> Task:
@@ -91,7 +91,6 @@ def run(ctx: PhaseContext) -> dict:
         raise PhaseInputError(f"{profile.source_file}: missing table [self_consistency]; "
                            f"phase 1B needs it")
     loaded = load_with_trainable_adapter(ctx, "1A")
-    tok = loaded.tokenizer
     tasks = eval_tasks(ctx)
     diagnostic = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens,
                                     temperature=sc.temperature, seed=ctx.seed,
@@ -158,17 +157,9 @@ def run(ctx: PhaseContext) -> dict:
                            f"({len(dropped)} dropped, see dropped.jsonl)")
 
     # 3. Train the 1A adapter further on the verified data.
-    encoded = encode_records(kept, tok, loaded.add_bos, profile.training.max_seq_len)
-    key = checkpoint_key(ctx.profile.sha256, *(r["id"] for r in kept))
-    ctx.console.print(f"1B.2 training on {len(encoded.examples)} examples, {sc.epochs:g} epochs "
-                      f"at lr {sc.learning_rate:g}")
-    log_history, resumed = fit(loaded.model, tok, encoded.examples, profile.training, ctx.seed,
-                               ctx.work_dir / f"checkpoints-{key}", profile.hardware.device,
-                               epochs=sc.epochs, learning_rate=sc.learning_rate)
-    if resumed:
-        ctx.notes.append("resumed from a checkpoint")
-    loaded.model.save_pretrained(ctx.out_dir / "adapter")
-    plot_loss_curve(log_history, ctx.out_dir / "loss_curve.png", f"1B self-distillation — {profile.name}")
+    encoded = train_adapter_further(ctx, loaded, kept, epochs=sc.epochs,
+                                    learning_rate=sc.learning_rate, step="1B.2", what="examples",
+                                    plot_title=f"1B self-distillation — {profile.name}")
 
     # 4. Re-benchmark: the same diagnostic, the greedy evaluation, and ties against before.
     ctx.console.print("1B.3 re-benchmark")

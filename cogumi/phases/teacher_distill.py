@@ -66,10 +66,10 @@ from cogumi.phases.common import (
     profile_task,
     refuse_evaluation_items,
     teacher_cache,
+    train_adapter_further,
 )
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.stats import exact_mcnemar
-from cogumi.training.sft import checkpoint_key, encode_records, fit, plot_loss_curve
 
 LABEL_MAX_TOKENS = 32
 
@@ -276,18 +276,10 @@ def run(ctx: PhaseContext) -> dict:
                               f"teacher_rejected.jsonl)")
 
     # 4. Train the 1B adapter further on the kept examples; re-evaluate.
-    encoded = encode_records(result.kept, tok, loaded.add_bos, profile.training.max_seq_len)
-    key = checkpoint_key(profile.sha256, *(e["id"] for e in result.kept))
-    ctx.console.print(f"1C.4 training on {len(encoded.examples)} teacher examples, "
-                      f"{dc.epochs:g} epochs at lr {dc.learning_rate:g}")
-    log_history, resumed = fit(loaded.model, tok, encoded.examples, profile.training, ctx.seed,
-                               ctx.work_dir / f"checkpoints-{key}", profile.hardware.device,
-                               epochs=dc.epochs, learning_rate=dc.learning_rate)
-    if resumed:
-        ctx.notes.append("resumed from a checkpoint")
-    loaded.model.save_pretrained(ctx.out_dir / "adapter")
-    plot_loss_curve(log_history, ctx.out_dir / "loss_curve.png",
-                    f"1C teacher distillation — {profile.name}")
+    encoded = train_adapter_further(ctx, loaded, result.kept, epochs=dc.epochs,
+                                    learning_rate=dc.learning_rate, step="1C.4",
+                                    what="teacher examples",
+                                    plot_title=f"1C teacher distillation — {profile.name}")
 
     held_tasks = [_sub_task(t, sides[t.name][1], "heldout") for t in pools if sides[t.name][1]]
     with generation_backend(ctx, loaded) as backend:
