@@ -3,6 +3,7 @@ projection of the seed's full run from it.
 
     python benchmarks/bench_seed_code_path.py [--layers 2,4] [--records-per-source 100]
         [--gen-tokens 128] [--phases 0,1A:qlora-bnb,1A:unsloth,1B,2A,2B] [--out PATH]
+    python benchmarks/bench_seed_code_path.py --update --phases 1B   (re-measure one phase)
     python benchmarks/bench_seed_code_path.py --shape tiny --device cpu --phases 0,1A:peft-lora,1B,2A,2B
         (a CPU check of this script; its output is not a result)
 
@@ -426,6 +427,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=240, help="seconds per phase")
     parser.add_argument("--workdir", default="/tmp/bench_seed_code_path")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/seed_code_path_h200.json"))
+    parser.add_argument("--update", action="store_true",
+                        help="re-measure only --phases and replace their entries in --out, "
+                             "keeping the other phases' measurements (each entry records the "
+                             "run that measured it)")
     parser.add_argument("--reproject", metavar="JSON",
                         help="recompute the projection of a result file from its measurements")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -449,20 +454,33 @@ def main() -> None:
     profile = load_profile(SEED_PROFILE)
     import torch
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else None
-    result = {**provenance(_LIBRARIES, device=device),
-              "method": __doc__.split("\n\n", 2)[2].split("\nWrites JSON")[0],
-              "shape": args.shape, "layers_measured": args.layers,
-              "records_per_source": args.records_per_source, "phases": {}}
+    run = provenance(_LIBRARIES, device=device)
+    out = Path(args.out)
+    wanted = [p for p in args.phases.split(",") if p != "0"]
+    if args.update:
+        # Phase 0 and the model build always run (the others read their files), but in an
+        # update only the phases named in --phases replace what the file holds.
+        if not out.exists():
+            parser.error(f"--update: {out} does not exist (run without --update first)")
+        result = json.loads(out.read_text())
+        if (result["shape"], result["layers_measured"]) != (args.shape, args.layers):
+            parser.error(f"--update: {out} was measured at shape {result['shape']} with "
+                         f"layers {result['layers_measured']}, not {args.shape} {args.layers}")
+        result.setdefault("updates", []).append({**run, "phases": args.phases.split(",")})
+    else:
+        result = {**run, "method": __doc__.split("\n\n", 2)[2].split("\nWrites JSON")[0],
+                  "shape": args.shape, "layers_measured": args.layers,
+                  "records_per_source": args.records_per_source, "phases": {}}
+    replaced = set(args.phases.split(",")) if args.update else None
     if args.shape == "tiny":
         result["note"] = "CPU check of the script at a tiny shape: not a measurement"
-    out = Path(args.out)
     base = [sys.executable, str(Path(__file__).resolve()), "--shape", args.shape,
             "--layers", ",".join(map(str, args.layers)), "--device", args.device,
             "--records-per-source", str(args.records_per_source),
             "--prompt-words", str(args.prompt_words),
             "--response-words", str(args.response_words), "--gen-tokens", str(args.gen_tokens),
             "--warmup", str(args.warmup), "--workdir", str(work)]
-    for name in ["0", "build"] + [p for p in args.phases.split(",") if p != "0"]:
+    for name in ["0", "build"] + wanted:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(base + ["--child", name], capture_output=True, text=True,
@@ -472,15 +490,19 @@ def main() -> None:
         except subprocess.TimeoutExpired as exc:
             failed, tail = True, f"timed out after {args.timeout} s: " + str(exc.stderr)[-2000:]
         part = work / f"result-{name.replace(':', '_')}.json"
-        if failed or not part.exists():
-            result["phases"][name] = {"error": tail}
-        else:
-            result["phases"][name] = json.loads(part.read_text())
-        result["phases"][name]["wall_s"] = time.perf_counter() - t0
-        print(f"{name}: {'FAILED' if 'error' in result['phases'][name] else 'ok'} "
-              f"in {result['phases'][name]['wall_s']:.0f} s", flush=True)
-        if "error" in result["phases"][name]:
+        entry = {"error": tail} if failed or not part.exists() else json.loads(part.read_text())
+        entry["wall_s"] = time.perf_counter() - t0
+        print(f"{name}: {'FAILED' if 'error' in entry else 'ok'} in {entry['wall_s']:.0f} s",
+              flush=True)
+        if "error" in entry:
             print(tail[-1500:], flush=True)
+        if replaced is not None and name not in replaced:
+            if "error" in entry:  # a prerequisite failed: what follows cannot be measured
+                parser.exit(1, f"--update: prerequisite {name} failed; {out} left as it was\n")
+            continue
+        if replaced is not None:
+            entry["measured_by"] = {k: run[k] for k in ("command", "git_commit", "recorded_at")}
+        result["phases"][name] = entry
         result["projection"] = project(result["phases"], profile)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")  # after every phase: a kill keeps it
