@@ -32,10 +32,15 @@ recover; accepted only for the files tests/test_summary.py lists by name."""
 
 
 def git_commit(root: Path = ROOT) -> str:
-    """HEAD with '+dirty' when tracked files differ from it; COGUMI_GIT_COMMIT where git
-    cannot answer. Git is asked only when `root` is the top of its own work tree: an
-    installed cogumi (root = site-packages) inside some other repository is not that
-    repository's commit."""
+    """COGUMI_GIT_COMMIT when it is set; otherwise HEAD with '+dirty' when tracked files
+    differ from it. The variable wins because a copy of a tree can carry a `.git` that is not
+    the tree's (the device machine's copy held the session's first HEAD, so a run there
+    named a commit older than its code). Git is asked only when `root` is the top of its own
+    work tree: an installed cogumi (root = site-packages) inside some other repository is
+    not that repository's commit."""
+    given = os.environ.get("COGUMI_GIT_COMMIT", "").strip()
+    if given:
+        return given
     try:
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root,
                              capture_output=True, text=True, timeout=10)
@@ -48,9 +53,6 @@ def git_commit(root: Path = ROOT) -> str:
             return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
-    given = os.environ.get("COGUMI_GIT_COMMIT", "").strip()
-    if given:
-        return given
     try:
         installed = f"cogumi {metadata.version('cogumi')} as installed"
     except metadata.PackageNotFoundError:

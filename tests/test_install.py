@@ -84,6 +84,7 @@ def test_an_installed_copy_inside_another_repository_is_not_its_commit(tmp_path,
     assert len(provenance.git_commit(tmp_path)) == 40
     monkeypatch.setenv("COGUMI_GIT_COMMIT", "abc123")
     assert provenance.git_commit(site) == "abc123"
+    assert provenance.git_commit(tmp_path) == "abc123"  # the variable is the person's word
 
 
 @pytest.mark.parametrize(("posargs", "extras"), [
