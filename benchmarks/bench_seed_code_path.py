@@ -33,8 +33,10 @@ fitted as t(L) = a + b L (a: what does not repeat per layer: embeddings, the 128
 loading; b: one decoder layer), then read at L = 32. Then:
 - 1A: seed examples 640,637 (IMPLEMENTATION_CHECKLIST.md phase 0) x the profile's epochs /
   (batch x grad_accum) optimizer steps, times the 32-layer step time;
-- 1B.1: the seed's 664 prompts (500 MATH + 164 CODE) in batches of the profile's eval batch
-  size at the profile's max_new_tokens, the decode time scaled linearly in new tokens;
+- 1B: the seed's 664 prompts (500 MATH + 164 CODE) in batches of the profile's eval batch
+  size at the profile's max_new_tokens, the decode time scaled linearly in new tokens: once
+  greedy (1B.1) and twice with the profile's k samples (the diagnostic and 1B.3's
+  re-benchmark); plus 1B.2, the profile's epochs over those 664 examples at 1A's step time;
 - 2A, 2B: the 32-layer time of the same calibration run (the profile's record counts).
 Dollars are hours x the profile's price for the phase's plan hardware (`Profile.price_of`),
 next to the seed's own figure (`cogumi.registry`). The projection assumes the synthetic
@@ -400,17 +402,39 @@ def project(results: dict, profile) -> dict:
         r = results["1B"]
         per_batch = fit_at({int(k): v["seconds_per_batch"] for k, v in r["layers"].items()},
                            FULL_LAYERS)
-        batches = math.ceil(SEED_1B_PROMPTS / r["batch_size"])
         scale = profile.eval.max_new_tokens / r["max_new_tokens"]
-        out["1B"] = priced("1B", batches * per_batch["at"] * scale / 3600,
-                           f"1B.1 generation only: {SEED_1B_PROMPTS} prompts in {batches} "
-                           f"batches of {r['batch_size']}, the per-batch time fitted a + b L at "
-                           f"L = {FULL_LAYERS} and scaled x{scale:g} from {r['max_new_tokens']} "
-                           f"to {profile.eval.max_new_tokens} new tokens (1B.2 training and "
-                           f"1B.3 re-benchmark not included)",
-                           {"seconds_per_batch_at_32_layers": per_batch["at"],
-                            "fit": per_batch, "part": "1B.1 generation",
-                            "seed_1b1": "2-3 hours, $2-3 (IMPLEMENTATION_CHECKLIST.md 1B.1)"})
+        batch_s = per_batch["at"] * scale
+        sc = profile.self_consistency
+        greedy_batches = math.ceil(SEED_1B_PROMPTS / r["batch_size"])
+        # The diagnostic before 1B.1 and the re-benchmark (1B.3) each sample k answers per
+        # prompt: k x 664 sequences at the same per-batch cost (random weights never stop
+        # early, so a sampled batch decodes as long as a greedy one).
+        sampled_batches = math.ceil(SEED_1B_PROMPTS * sc.samples / r["batch_size"])
+        parts = {"1B.1 generation": greedy_batches * batch_s / 3600,
+                 "diagnostic + 1B.3 re-benchmark": 2 * sampled_batches * batch_s / 3600}
+        rule = (f"1B.1: {SEED_1B_PROMPTS} greedy prompts in {greedy_batches} batches of "
+                f"{r['batch_size']}; diagnostic and 1B.3: {sc.samples} samples each, "
+                f"{sampled_batches} batches twice; a batch's time fitted a + b L at "
+                f"L = {FULL_LAYERS}, scaled x{scale:g} from {r['max_new_tokens']} to "
+                f"{profile.eval.max_new_tokens} new tokens")
+        extra = {"seconds_per_batch_at_32_layers": per_batch["at"], "fit": per_batch}
+        step = out.get("1A", {}).get("step_s_at_32_layers")
+        if step is not None:
+            # 1B.2 trains with 1A's recipe (rank, batch, sequence length), so 1A's measured
+            # step time is its step time; every one of the 664 examples is counted as kept
+            # (an upper bound: 1B keeps only what the verifier accepts).
+            t = profile.training
+            steps = math.ceil(SEED_1B_PROMPTS * sc.epochs / (t.batch_size * t.grad_accum))
+            parts["1B.2 training"] = steps * step / 3600
+            rule += (f"; 1B.2: {SEED_1B_PROMPTS} examples x {sc.epochs:g} epochs = {steps} "
+                     f"optimizer steps at 1A's 32-layer step time")
+            extra["step_fit"] = out["1A"]["step_fit"]
+        else:
+            rule += "; 1B.2 training not projected (no 1A measurement)"
+        out["1B"] = priced("1B", sum(parts.values()), rule,
+                           {**extra, "parts_hours": parts,
+                            "seed_parts": "1B.1 2-3 h $2-3, 1B.2 3-4 h $6-8, 1B.3 2-3 h $4-6 "
+                                          "(IMPLEMENTATION_CHECKLIST.md)"})
     for phase in ("2A", "2B"):
         if "layers" not in results.get(phase, {}):
             continue

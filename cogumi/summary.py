@@ -247,9 +247,9 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
     seed = r.load("seed_code_path_h200.json")
     proj = seed["projection"]
     rows.append(("`seed_code_path_h200.json`", f"llama-3.1-8b's code path (0, 1A unsloth and "
-                 f"qlora-bnb, 1B.1, 2A, 2B) at {' and '.join(map(str, seed['layers_measured']))} "
+                 f"qlora-bnb, 1B, 2A, 2B) at {' and '.join(map(str, seed['layers_measured']))} "
                  f"of the 8B's layers, projected to 32", _machine(r, "seed_code_path_h200.json"),
-                 "; ".join(f"{k} {v['hours']:.3g} h ${v['usd']:,.0f} (seed ${v['seed_usd']})"
+                 "; ".join(f"{k} {v['hours']:.3g} h ${_g(v['usd'], 2)} (seed ${v['seed_usd']})"
                            if v["hours"] is not None else f"{k} not projected"
                            for k, v in proj.items())))
 

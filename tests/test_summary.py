@@ -209,9 +209,9 @@ def test_plan_reads_its_hours_from_the_result_file(capsys):
 def test_plan_rejects_a_typed_estimate_and_names_a_bad_measurement(tmp_path):
     text = (ROOT / "cogumi/profiles/llama-3.1-8b.toml").read_text()
     typed = tmp_path / "typed.toml"
-    typed.write_text(text.replace('[plan.1B]\nhardware = "H100-80GB"\n',
-                                  '[plan.1B]\nhardware = "H100-80GB"\nhours = 3.0\n'))
-    with pytest.raises(ProfileError, match="plan.1B.hours"):
+    typed.write_text(text.replace('[plan.1C]\nhardware = "H100-80GB"\n',
+                                  '[plan.1C]\nhardware = "H100-80GB"\nhours = 3.0\n'))
+    with pytest.raises(ProfileError, match="plan.1C.hours"):
         load_profile(str(typed))
     bad = tmp_path / "bad.toml"
     bad.write_text(text.replace('["projection", "1A", "hours"]', '["projection", "1A", "hourz"]'))
