@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from cogumi.evaluation.reference import preference, versus_reference
+from cogumi.evaluation.reference import attainability, attainable, preference, versus_reference
+from cogumi.gates import Gate
 
 from .conftest import ROOT, ChatTeacher, profile_with
 
@@ -57,6 +58,61 @@ def test_preference_identities(pairs):
     q = preference("code", teacher, student)
     assert (q.wins, q.losses, q.ties) == (p.losses, p.wins, p.ties)
     assert q.preference == pytest.approx(1 - p.preference)
+
+
+def _gate(metric: str, op: str, threshold: float, waived: bool = False) -> Gate:
+    return Gate(metric=metric, op=op, threshold=threshold, why="test", source="test",
+                waived=waived)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=6),
+       st.sampled_from([">=", ">", "<=", "<"]), st.floats(0, 1),
+       st.sampled_from([">=", ">", "<=", "<"]), st.floats(0, 1))
+def test_attainable_scores_are_exactly_those_some_student_reaches(reference, op_p, t_p,
+                                                                   op_t, t_t):
+    # Every right/wrong vector a student could have on these items, scored by preference()
+    # itself: the right-counts that pass both gates are what attainable() must return.
+    import itertools
+    n = len(reference)
+    gates = [_gate("math.preference_vs_reference", op_p, t_p),
+             _gate("math.ties_vs_reference", op_t, t_t)]
+    ref = {str(i): float(v) for i, v in enumerate(reference)}
+    reached = set()
+    for answers in itertools.product([0.0, 1.0], repeat=n):
+        p = preference("math", {str(i): v for i, v in enumerate(answers)}, ref)
+        if gates[0].check(p.preference) and gates[1].check(p.tie_share):
+            reached.add(int(sum(answers)))
+    found = attainable("math", n, int(sum(reference)), gates)
+    assert set(found.passing_right) == reached
+    assert list(found.passing_right) == sorted(found.passing_right)
+
+
+def test_the_seed_s_1b_math_criteria_against_a_strong_reference_allow_no_score():
+    gates = [_gate("math.preference_vs_reference", ">=", 0.65),
+             _gate("math.ties_vs_reference", "<", 0.30)]
+    found = attainable("math", 150, 144, gates)
+    assert not found.attainable and found.describe() == "no student score"
+    # Both hold only against a reference right on fewer than half the items (the README's
+    # claim): reference + 0.3 <= student < 1.3 - reference.
+    assert attainable("math", 100, 49, gates).passing_right == (79, 80)
+    assert not attainable("math", 100, 50, gates).attainable
+    # Preference alone: at least 144 + (2 x 0.41 - 1) x 150 = 117 items right.
+    alone = attainable("math", 150, 144, [_gate("math.preference_vs_reference", ">=", 0.41)])
+    assert alone.passing_right == tuple(range(117, 151))
+    assert alone.describe() == "accuracy 0.780 to 1.000"
+
+
+def test_attainability_reads_only_gates_in_force_on_each_task():
+    p = preference("code", {"a": 1.0, "b": 0.0}, {"a": 1.0, "b": 1.0})
+    gates = [_gate("code.preference_vs_reference", ">=", 0.9),
+             _gate("math.preference_vs_reference", ">=", 0.99),
+             _gate("code.ties_vs_reference", "<", 0.1, waived=True)]
+    (found,) = attainability([p], gates)
+    assert (found.task, found.n, found.reference_right) == ("code", 2, 2)
+    assert found.gates == ("code.preference_vs_reference >= 0.9",)
+    assert not found.attainable  # 0.9 needs 2 + 0.8 x 2 = 3.6 of 2 items right
+    assert attainability([p], gates[1:2]) == []
 
 
 def test_different_items_or_fractional_scores_are_refused():

@@ -320,10 +320,25 @@ def judge_against_reference(ctx: PhaseContext, student_dir: Path, reference_dir:
                             ) -> dict:
     """The seed's preference score and ties against the reference model, item by item
     (cogumi.evaluation.reference), with their table in the report."""
-    from cogumi.evaluation.reference import preference_table, versus_reference
+    from cogumi.evaluation.reference import (attainability, attainability_table,
+                                             preference_table, versus_reference)
+    from cogumi.gates import resolve_gates
 
     metrics, rows = versus_reference(student_dir, reference_dir)
     name = ctx.profile.teacher.model if ctx.profile.teacher else "reference"
     ctx.add_report_section(f"### Against the reference model ({name}), item by item\n\n"
                            + preference_table(rows, name))
+    # Which scores this phase's gates against the reference allow at all, given the
+    # reference's own answers: a gate no student could pass is said to be one, not only
+    # failed.
+    found = attainability(rows, resolve_gates(ctx.phase.id, ctx.profile, ctx.root,
+                                              ctx.runs_dir))
+    if found:
+        ctx.add_report_section("### Scores these gates allow against this reference\n\n"
+                               + attainability_table(found, rows))
+    for a in found:
+        if not a.attainable:
+            ctx.notes.append(f"{a.task}: no student score passes {' and '.join(a.gates)} "
+                             f"against a reference right on {a.reference_right}/{a.n} of "
+                             f"these items")
     return metrics
