@@ -188,13 +188,15 @@ def phase_1a(args, work: Path, backend: str) -> dict:
         steps_s: list[float] = []
 
         class StepClock(TrainerCallback):
+            times = steps_s  # this layer count's list, bound now (the class is per loop turn)
+
             def on_step_begin(self, a, state, control, **kw):
                 _sync(args.device)
                 self.t = time.perf_counter()
 
             def on_step_end(self, a, state, control, **kw):
                 _sync(args.device)
-                steps_s.append(time.perf_counter() - self.t)
+                self.times.append(time.perf_counter() - self.t)
 
         t1 = time.perf_counter()
         model, log, _ = train_lora(loaded.model, loaded.tokenizer, examples, tcfg, 0,
@@ -248,7 +250,8 @@ def phase_1b(args, work: Path) -> dict:
         new_tokens, generate_s = [0], [0.0]
         generate = backend.generate
 
-        def counting(requests):
+        def counting(requests, generate=generate, generate_s=generate_s,
+                     new_tokens=new_tokens):  # this layer count's, bound now
             # Decoding alone is what grows with the layers; the answers' verification
             # (math-verify on random text) does not, and it varies with what the random
             # weights write: with it on the clock the 2-layer run took 7.9 s against 2.5 s

@@ -320,8 +320,12 @@ def judge_against_reference(ctx: PhaseContext, student_dir: Path, reference_dir:
                             ) -> dict:
     """The seed's preference score and ties against the reference model, item by item
     (cogumi.evaluation.reference), with their table in the report."""
-    from cogumi.evaluation.reference import (attainability, attainability_table,
-                                             preference_table, versus_reference)
+    from cogumi.evaluation.reference import (
+        attainability,
+        attainability_table,
+        preference_table,
+        versus_reference,
+    )
     from cogumi.gates import resolve_gates
 
     metrics, rows = versus_reference(student_dir, reference_dir)
