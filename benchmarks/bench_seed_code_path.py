@@ -496,7 +496,7 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else None
     run = provenance(_LIBRARIES, device=device)
     out = Path(args.out)
-    wanted = [p for p in args.phases.split(",") if p != "0"]
+    named = args.phases.split(",")
     if args.update:
         # Phase 0 and the model build always run (the others read their files), but in an
         # update only the phases named in --phases replace what the file holds.
@@ -506,12 +506,11 @@ def main() -> None:
         if (result["shape"], result["layers_measured"]) != (args.shape, args.layers):
             parser.error(f"--update: {out} was measured at shape {result['shape']} with "
                          f"layers {result['layers_measured']}, not {args.shape} {args.layers}")
-        result.setdefault("updates", []).append({**run, "phases": args.phases.split(",")})
+        result.setdefault("updates", []).append({**run, "phases": named})
     else:
         result = {**run, "method": __doc__.split("\n\n", 2)[2].split("\nWrites JSON")[0],
                   "shape": args.shape, "layers_measured": args.layers,
                   "records_per_source": args.records_per_source, "phases": {}}
-    replaced = set(args.phases.split(",")) if args.update else None
     if args.shape == "tiny":
         result["note"] = "CPU check of the script at a tiny shape: not a measurement"
     base = [sys.executable, str(Path(__file__).resolve()), "--shape", args.shape,
@@ -520,7 +519,7 @@ def main() -> None:
             "--prompt-words", str(args.prompt_words),
             "--response-words", str(args.response_words), "--gen-tokens", str(args.gen_tokens),
             "--warmup", str(args.warmup), "--workdir", str(work)]
-    for name in ["0", "build"] + wanted:
+    for name in ["0", "build"] + [p for p in named if p != "0"]:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(base + ["--child", name], capture_output=True, text=True,
@@ -536,11 +535,11 @@ def main() -> None:
               flush=True)
         if "error" in entry:
             print(tail[-1500:], flush=True)
-        if replaced is not None and name not in replaced:
+        if args.update and name not in named:
             if "error" in entry:  # a prerequisite failed: what follows cannot be measured
                 parser.exit(1, f"--update: prerequisite {name} failed; {out} left as it was\n")
             continue
-        if replaced is not None:
+        if args.update:
             entry["measured_by"] = {k: run[k] for k in ("command", "git_commit", "recorded_at")}
         result["phases"][name] = entry
         result["projection"] = project(result["phases"], profile)

@@ -170,6 +170,12 @@ class Attainable:
         return f"accuracy {lo:.3f}" if lo == hi else f"accuracy {lo:.3f} to {hi:.3f}"
 
 
+def _reference_gates(task: str, gates: Iterable) -> list:
+    """The gates among `gates` on this task's preference or ties against the reference."""
+    return [g for g in gates if g.metric.split(".", 1)[0] == task
+            and g.metric.rsplit(".", 1)[-1] in _REFERENCE_METRICS]
+
+
 def attainable(task: str, n: int, reference_right: int, gates: Iterable) -> Attainable:
     """The student accuracies under which `gates` (cogumi.gates.Gate, on this task's
     preference_vs_reference and ties_vs_reference) can pass, decided by the reference's
@@ -183,39 +189,31 @@ def attainable(task: str, n: int, reference_right: int, gates: Iterable) -> Atta
     against a reference on the same items they can ask for scores no model can have (1B's
     "math 65 %" with "ties < 30 %" against a reference right on 96 % needs a student both
     above 100 % and below 34 %), and the report says so instead of only failing."""
-    gates = [g for g in gates if g.metric.rsplit(".", 1)[-1] in _REFERENCE_METRICS
-             and g.metric.split(".", 1)[0] == task]
-    passing = []
-    for right in range(n + 1):
-        gap = abs(right - reference_right)
-        most = min(right + reference_right, 2 * n - right - reference_right)
-        ok = False
-        for disagree in range(gap, most + 1, 2):
-            wins = (disagree + right - reference_right) // 2
-            ties = n - disagree
-            values = {"preference_vs_reference": (wins + ties / 2) / n,
-                      "ties_vs_reference": ties / n}
-            if all(g.check(values[g.metric.rsplit(".", 1)[-1]]) for g in gates):
-                ok = True
-                break
-        if ok:
-            passing.append(right)
+    gates = _reference_gates(task, gates)
+
+    def passes(right: int, disagree: int) -> bool:
+        wins, ties = (disagree + right - reference_right) // 2, n - disagree
+        values = {"preference_vs_reference": (wins + ties / 2) / n,
+                  "ties_vs_reference": ties / n}
+        return all(g.check(values[g.metric.rsplit(".", 1)[-1]]) for g in gates)
+
+    def disagreements(right: int) -> range:
+        return range(abs(right - reference_right),
+                     min(right + reference_right, 2 * n - right - reference_right) + 1, 2)
+
+    passing = tuple(right for right in range(n + 1)
+                    if any(passes(right, d) for d in disagreements(right)))
     return Attainable(task=task, n=n, reference_right=reference_right,
-                      gates=tuple(g.describe() for g in gates), passing_right=tuple(passing))
+                      gates=tuple(g.describe() for g in gates), passing_right=passing)
 
 
 def attainability(rows: list[Preference], gates: Iterable) -> list[Attainable]:
     """`attainable` for every task of `rows` that has a gate in force against the reference
     (waived gates left out: they decide nothing)."""
     gates = [g for g in gates if not g.waived]
-    out = []
-    for p in rows:
-        mine = [g for g in gates if g.metric.split(".", 1)[0] == p.task
-                and g.metric.rsplit(".", 1)[-1] in _REFERENCE_METRICS]
-        if mine and p.n:
-            # The reference is right where both are, and where only it is (the losses).
-            out.append(attainable(p.task, p.n, p.ties_both_right + p.losses, mine))
-    return out
+    # The reference is right where both are, and where only it is (the losses).
+    return [attainable(p.task, p.n, p.ties_both_right + p.losses, gates) for p in rows
+            if p.n and _reference_gates(p.task, gates)]
 
 
 def attainability_table(found: list[Attainable], rows: list[Preference]) -> str:
