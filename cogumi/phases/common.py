@@ -316,6 +316,34 @@ def reference_eval(ctx: PhaseContext, out_dir: Path, reuse: Path | None = None) 
     return True
 
 
+def compare_with_published(ctx: PhaseContext, base_dir: Path, reference_dir: Path | None
+                           ) -> None:
+    """A report table of the base model (the model its makers published figures for, before
+    any phase changed it) and the reference model next to the profile's published figures
+    (cogumi.evaluation.published), with a note for each figure outside our interval."""
+    from cogumi.evaluation.published import published_rows, published_table
+
+    profile = ctx.profile
+    rows = published_rows(f"{profile.model.parts or profile.model.package or 'base'} (base)",
+                          base_dir, profile.model.published)
+    if reference_dir is not None and profile.teacher is not None:
+        rows += published_rows(f"{profile.teacher.model} (reference)", reference_dir,
+                               profile.teacher.published)
+    if not rows:
+        return
+    ctx.add_report_section(
+        "### Against the makers' published figures\n\n" + published_table(rows) + "\n\n"
+        "Ours: greedy, this profile's prompts and chat template, on the items evaluated here "
+        "(eval.limit may make them a sample). A published figure outside our interval means "
+        "our setting differs from the makers' (prompt, template, extraction, shots, sample): "
+        "a finding to look into, not a gate.")
+    for r in rows:
+        if r.outside:
+            ctx.notes.append(f"{r.model} on {r.task}: ours {r.ours:.3f} [{r.lower:.3f}, "
+                             f"{r.upper:.3f}] over {r.n} items, published {r.published:.3f} "
+                             f"(outside our interval)")
+
+
 def judge_against_reference(ctx: PhaseContext, student_dir: Path, reference_dir: Path
                             ) -> dict:
     """The seed's preference score and ties against the reference model, item by item

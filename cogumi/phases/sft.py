@@ -14,6 +14,7 @@ import random
 
 from cogumi.artifacts import sha256_file
 from cogumi.phases.common import (
+    compare_with_published,
     curated_records,
     evaluate_model,
     judge_against_input,
@@ -110,9 +111,13 @@ def run(ctx: PhaseContext) -> dict:
                                        ctx.out_dir / "eval_after", "the base model"))
     # The seed's 1A scores: (wins + ties/2) / n against the profile's reference model on the
     # same items; its answers stay in this artifact for 1B (reference_eval/).
-    if reference_eval(ctx, ctx.out_dir / "reference_eval"):
+    has_reference = reference_eval(ctx, ctx.out_dir / "reference_eval")
+    if has_reference:
         metrics.update(judge_against_reference(ctx, ctx.out_dir / "eval_after",
                                                ctx.out_dir / "reference_eval"))
+    # 1A holds the one evaluation of the base model as its makers shipped it.
+    compare_with_published(ctx, ctx.out_dir / "eval_before",
+                           ctx.out_dir / "reference_eval" if has_reference else None)
     return metrics
 
 
