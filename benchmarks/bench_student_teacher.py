@@ -38,32 +38,15 @@ PROFILE = "qwen-coder-0.5b"
 #: The score each benchmark reports (cogumi.evaluation.runner.DEFINITIONS).
 SCORE = {"gsm8k": "accuracy", "humaneval": "pass@1", "gpqa": "accuracy", "bfcl": "accuracy"}
 
-TECH_REPORT = "Qwen2.5-Coder Technical Report (Hui et al., arXiv:2409.12186v3, Nov 2024)"
-HUMANEVAL_TABLE = ("the report's table of instruct models on code generation (HumanEval, "
-                   "HumanEval+, MBPP, MBPP+, ...): HumanEval pass@1, 0-shot, instruct model; "
-                   "read here from whatmodel.sh's copy of the maker's figure "
-                   "(raw.githubusercontent.com/jakemanger/whatmodel, pages/model/"
-                   "qwen2-5-coder-{0-5b,1-5b}.md), the table itself was not reachable")
-NOT_FOUND = ("no figure for this model size found in the material this session could search "
-             "(the technical report's tables were not readable; the model cards point to "
-             "the report)")
-
-#: What the makers publish for the instruct models, with the table and setting; None where
-#: no figure was found. Typed in from the source named, never from our own results.
-PUBLISHED: dict[str, dict[str, dict]] = {
-    "student": {
-        "humaneval": {"value": 0.616, "source": TECH_REPORT, "setting": HUMANEVAL_TABLE},
-        "gsm8k": {"value": None, "source": TECH_REPORT, "setting": NOT_FOUND},
-        "gpqa": {"value": None, "source": TECH_REPORT, "setting": NOT_FOUND},
-        "bfcl": {"value": None, "source": TECH_REPORT, "setting": NOT_FOUND},
-    },
-    "teacher": {
-        "humaneval": {"value": 0.707, "source": TECH_REPORT, "setting": HUMANEVAL_TABLE},
-        "gsm8k": {"value": None, "source": TECH_REPORT, "setting": NOT_FOUND},
-        "gpqa": {"value": None, "source": TECH_REPORT, "setting": NOT_FOUND},
-        "bfcl": {"value": None, "source": TECH_REPORT, "setting": NOT_FOUND},
-    },
-}
+def published(model_key: str, task: str) -> dict:
+    """The makers' figure for one model and benchmark: the profile's [model.published] or
+    [teacher.published] (one place for citations; 1A's report reads the same)."""
+    from cogumi.profile import load_profile
+    profile = load_profile(PROFILE)
+    cfg = profile.model if model_key == "student" else profile.teacher
+    fig = cfg.published.get(task)
+    return fig.model_dump() if fig is not None else {"value": None, "source": None,
+                                                      "setting": "not in the profile"}
 
 
 def tasks_of(profile):
@@ -97,7 +80,7 @@ def summarise(report, task, model_key: str, limit: int) -> dict:
                               if tokens else None},
         "wall_s": report.summary.get("wall_s"),
         "items": [r["item_id"] for r in records],
-        "published": PUBLISHED[model_key][name],
+        "published": published(model_key, name),
     }
 
 
@@ -132,14 +115,15 @@ def main() -> int:
                          "(same sample and settings) and measure only the missing ones")
     ap.add_argument("--published-only", action="store_true",
                     help="rewrite only the published figures of an existing result file "
-                         "from PUBLISHED (measures nothing)")
+                         "from the profile's [model.published] and [teacher.published] "
+                         "(measures nothing)")
     args = ap.parse_args()
     if args.published_only:
         from cogumi.provenance import command
         result = json.loads(args.out.read_text())
         for model_key, per_task in result["results"].items():
             for name, entry in per_task.items():
-                entry["published"] = PUBLISHED[model_key][name]
+                entry["published"] = published(model_key, name)
         result["published_written_by"] = command()
         args.out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
         return 0

@@ -251,6 +251,27 @@ def test_the_fake_teacher_scores_as_its_answers_say(tmp_path, teacher):
     assert "Against the reference model (counting)" in (ctx.out_dir / "report.md").read_text()
 
 
+def test_1a_report_sets_the_base_and_reference_beside_the_published_figures(tmp_path, teacher):
+    """compare_with_published reads the profile's citations and the folders' verdicts; the
+    counting teacher passes no code, so a published pass@1 of 0.5 is outside its interval."""
+    from cogumi.phases.common import compare_with_published, reference_eval
+    from cogumi.profile import PublishedFigure
+
+    profile = _endpoint_profile(tmp_path, teacher.url, limit=8)
+    cite = {"code": PublishedFigure(value=0.5, source="a report", setting="table 1")}
+    profile = profile.model_copy(update={
+        "model": profile.model.model_copy(update={"published": cite}),
+        "teacher": profile.teacher.model_copy(update={"published": cite})})
+    ctx = _ctx(profile, "1A", tmp_path / "runs")
+    assert reference_eval(ctx, ctx.out_dir / "reference_eval")
+    ref = ctx.out_dir / "reference_eval"
+    compare_with_published(ctx, ref, ref)
+    report = (ctx.out_dir / "report.md").read_text()
+    assert "Against the makers' published figures" in report
+    assert "| counting (reference) | code | 8 | 0.000 | [0.000, " in report
+    assert sum("published 0.500 (outside our interval)" in n for n in ctx.notes) == 2
+
+
 def test_without_a_teacher_the_metrics_are_missing_and_their_gates_never_pass(tmp_path):
     from cogumi.gates import resolve_gates
     from cogumi.phases.common import reference_eval
