@@ -223,3 +223,30 @@ def test_keep_going_measures_past_a_failed_gate_and_never_signs_off(tmp_path, ru
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert built == ["1A"] and out.count("using its artifact") == 2
     assert "phase 1A: last gate run failed (built on failed phase 0)" in out
+
+
+def test_progress_prints_plain_lines_where_the_console_is_no_terminal(monkeypatch):
+    """rich draws nothing on a log file until a bar ends: a run under nohup or CI would be
+    silent for the 25 minutes of a real model's evaluation. LoggedProgress says where it is."""
+    import io
+
+    from rich.console import Console
+
+    from cogumi.runner import LoggedProgress
+
+    def lines(terminal: bool, every_s: float) -> list[str]:
+        buf = io.StringIO()
+        monkeypatch.setattr(LoggedProgress, "every_s", every_s)
+        with LoggedProgress(console=Console(file=buf, force_terminal=terminal, width=100)) as p:
+            bar = p.add_task("generating (3 requests)", total=3)
+            for _ in range(3):
+                p.advance(bar)
+        return [x for x in buf.getvalue().splitlines() if x.startswith("generating (3 requests):")]
+
+    every = lines(False, 0.0)
+    assert [x.split(",")[0] for x in every] == ["generating (3 requests): 1/3",
+                                                "generating (3 requests): 2/3",
+                                                "generating (3 requests): 3/3"]
+    # At most one line a minute while running, and always the end.
+    assert [x.split(",")[0] for x in lines(False, 3600.0)] == ["generating (3 requests): 3/3"]
+    assert lines(True, 0.0) == []  # a terminal has the bar itself
