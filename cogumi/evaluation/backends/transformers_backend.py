@@ -194,6 +194,12 @@ class TransformersBackend(Backend):
             self.progress.remove_task(bar)
         return [o for o in outputs if o is not None]
 
+    def _keeps_last_logits(self) -> bool:
+        """The model's forward takes `logits_to_keep` (through a PEFT wrapper too)."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        supports = getattr(base, "_supports_logits_to_keep", None)
+        return bool(supports and supports())
+
     def _generate_batch(self, chunk: list) -> list[GenerationOutput]:
         import torch
 
@@ -227,9 +233,15 @@ class TransformersBackend(Backend):
         done = [False] * bsz
         eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long) if self.eos_ids else None
 
+        # Only the last position's logits are read: computing the vocabulary's logits for
+        # every prompt position (Qwen: 152K x 896 per position, 4 GB for 8 BFCL prompts of
+        # 900 tokens) costs the prefill's memory and time for nothing. transformers' own
+        # generate() asks the same (logits_to_keep=1) of the models that accept it.
+        keep = {"logits_to_keep": 1} if self._keeps_last_logits() else {}
         with torch.inference_mode():
             out = self.model(
-                input_ids=input_ids, attention_mask=attn, position_ids=positions, use_cache=True
+                input_ids=input_ids, attention_mask=attn, position_ids=positions, use_cache=True,
+                **keep,
             )
             past = out.past_key_values
             last_pos = positions[:, -1]
