@@ -503,14 +503,20 @@ def main() -> None:
         if not out.exists():
             parser.error(f"--update: {out} does not exist (run without --update first)")
         result = json.loads(out.read_text())
-        if (result["shape"], result["layers_measured"]) != (args.shape, args.layers):
-            parser.error(f"--update: {out} was measured at shape {result['shape']} with "
-                         f"layers {result['layers_measured']}, not {args.shape} {args.layers}")
+        # Every setting the file records must be this run's: an update at another shape,
+        # layer count or record count would mix two measurements in one projection.
+        ours = {"shape": args.shape, "layers_measured": args.layers,
+                "records_per_source": args.records_per_source, "workload": _workload(args)}
+        differ = [f"{key} {result[key]} (here {ours[key]})" for key in ours
+                  if key in result and result[key] != ours[key]]
+        if differ:
+            parser.error(f"--update: {out} was measured with " + ", ".join(differ))
         result.setdefault("updates", []).append({**run, "phases": named})
     else:
         result = {**run, "method": __doc__.split("\n\n", 2)[2].split("\nWrites JSON")[0],
                   "shape": args.shape, "layers_measured": args.layers,
-                  "records_per_source": args.records_per_source, "phases": {}}
+                  "records_per_source": args.records_per_source,
+                  "workload": _workload(args), "phases": {}}
     if args.shape == "tiny":
         result["note"] = "CPU check of the script at a tiny shape: not a measurement"
     base = [sys.executable, str(Path(__file__).resolve()), "--shape", args.shape,
@@ -546,6 +552,12 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")  # after every phase: a kill keeps it
     _print_projection(result)
+
+
+def _workload(args) -> dict:
+    """The per-record sizes and the warm-up the timings depend on."""
+    return {"prompt_words": args.prompt_words, "response_words": args.response_words,
+            "gen_tokens": args.gen_tokens, "warmup": args.warmup}
 
 
 def _print_projection(result: dict) -> None:
