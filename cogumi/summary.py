@@ -347,6 +347,16 @@ def dedup_speed(r: Results) -> str:
             f">= 0.95) is {'met' if met else 'not met'}")
 
 
+def f32_gelu(r: Results, name: str) -> str:
+    """bench_f32_gelu.py's finding: the F32 GGUF's distance from transformers, as it is and
+    with llama.cpp's 16-bit GELU table emulated."""
+    file = f"f32_gelu_{name}.json"
+    a = r.get(file, "transformers_as_is")
+    b = r.get(file, "transformers_with_ggml_gelu_table")
+    return (f"the maximum KL falls from {a['max_kl']:.2g} to {b['max_kl']:.2g} and the mean "
+            f"from {a['mean_kl']:.2g} to {b['mean_kl']:.2g} over {a['positions']} positions")
+
+
 # --------------------------------------------------------------------------- pipeline
 
 def _phase(r: Results, profile: str, phase: str) -> dict:
@@ -457,6 +467,7 @@ def phase2_chain(r: Results, profile: str) -> str:
 KINDS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "benchmarks": (benchmarks_table, ()),
     "dedup-speed": (dedup_speed, ()),
+    "f32-gelu": (f32_gelu, ("NAME",)),
     "pipeline": (pipeline_phases, ("PROFILE",)),
     "gates": (gates_table, ("PROFILE", "PHASE")),
     "phase0": (phase0_accounting, ("PROFILE",)),
