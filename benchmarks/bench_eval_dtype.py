@@ -39,14 +39,18 @@ def main() -> int:
     from cogumi.evaluation import GenerationSettings, evaluate, load_task
     from cogumi.evaluation.backends.transformers_backend import TransformersBackend
     from cogumi.models import load_base_model
-    from cogumi.profile import load_profile
+    from cogumi.profile import IdRangeTask, load_profile
 
     profile = load_profile(args.profile)
     value = dict(profile.eval.benchmarks()).get(args.task)
     if value is None:
         ap.error(f"--task {args.task}: not in {args.profile}'s [eval]")
-    task = load_task(args.task, None if value == "package" else value,
-                     categories=profile.eval.bfcl_categories if args.task == "bfcl" else None)
+    kwargs = {"categories": profile.eval.bfcl_categories} if args.task == "bfcl" else {}
+    if isinstance(value, IdRangeTask):  # the profile's evaluation split, as its phases use it
+        task = value.ids().select(load_task(args.task, None if value.source == "package"
+                                            else str(ROOT / value.source), **kwargs))
+    else:
+        task = load_task(args.task, None if value == "package" else str(ROOT / value), **kwargs)
     settings = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
                                   seed=0, samples=1, stop=tuple(profile.model.stop))
     loaded = load_base_model(profile.model, ROOT)
