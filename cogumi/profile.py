@@ -279,6 +279,10 @@ class EvalConfig(_Strict):
     """Evaluate at most this many items per task (a reduced sample, stated in the report)."""
     max_new_tokens: int = 128
     batch_size: int = 16
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """The dtype transformers evaluates in (generation, log-likelihoods and lm-eval's
+    cross-check, on a cast copy of the model); None: the model's own ([model] dtype).
+    Training and 2C's exactness checks keep the model's own."""
 
     @model_validator(mode="after")
     def _benchmarks_known(self) -> EvalConfig:

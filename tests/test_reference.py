@@ -333,3 +333,26 @@ def test_a_teacher_that_is_down_stops_the_phase_in_one_line(tmp_path):
     with pytest.raises(PhaseInputError, match=r"\[teacher\] counting: .*unreachable"):
         reference_eval(ctx, ctx.out_dir / "reference_eval")
     assert not (ctx.out_dir / "reference_eval").exists()
+
+
+def test_eval_dtype_evaluates_a_cast_copy_and_leaves_the_weights_alone(tmp_path):
+    """[eval] dtype = "bfloat16": generation and lm-eval run on a bfloat16 copy; the model
+    being trained (and 2C's exactness reference) keeps its own float32 weights."""
+    import torch
+
+    from cogumi.evaluation.testing import tiny_llama, tiny_tokenizer
+    from cogumi.models import LoadedModel
+    from cogumi.phases.common import evaluation_model, generation_backend
+    from cogumi.profile import load_profile
+
+    tiny = load_profile("tiny")
+    model = tiny_llama(tiny_tokenizer())
+    loaded = LoadedModel(model, tiny_tokenizer(), True, "tiny_llama")
+    as_is = _ctx(tiny, "1A", tmp_path / "runs")
+    assert evaluation_model(as_is, model) is model
+    cast = _ctx(tiny.model_copy(update={"eval": tiny.eval.model_copy(
+        update={"dtype": "bfloat16"})}), "1A", tmp_path / "runs2")
+    with generation_backend(cast, loaded) as backend:
+        assert backend.model is not model and backend.model.dtype == torch.bfloat16
+    assert model.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -22,11 +22,25 @@ from cogumi.profile import HubTask, IdRangeTask
 from cogumi.runner import PhaseContext, PhaseInputError
 
 
+def evaluation_model(ctx: PhaseContext, model):
+    """`model` as the profile evaluates it: itself, or a copy cast to [eval] dtype (the
+    weights being trained or compared for exactness are never cast in place)."""
+    import copy
+
+    import torch
+
+    wanted = ctx.profile.eval.dtype
+    if wanted is None or getattr(model, "dtype", None) == getattr(torch, wanted):
+        return model
+    return copy.deepcopy(model).to(getattr(torch, wanted)).eval()
+
+
 @contextmanager
 def generation_backend(ctx: PhaseContext, loaded: LoadedModel) -> Iterator[TransformersBackend]:
-    """The profile's generation backend over a loaded model, with a progress bar."""
+    """The profile's generation backend over a loaded model, in [eval] dtype, with a
+    progress bar."""
     with ctx.progress() as progress:
-        yield TransformersBackend(loaded.model, loaded.tokenizer,
+        yield TransformersBackend(evaluation_model(ctx, loaded.model), loaded.tokenizer,
                                   batch_size=ctx.profile.eval.batch_size,
                                   add_bos=loaded.add_bos, progress=progress)
 
@@ -175,7 +189,7 @@ def lm_eval_cross_check(ctx: PhaseContext, loaded: LoadedModel, report_dir: Path
     tasks = [t for t in eval_tasks(ctx) if t.kind in ("math", "mmlu")]
     if not tasks:
         return {}
-    model = loaded.model
+    model = evaluation_model(ctx, loaded.model)  # the weights our evaluation ran on
     if hasattr(model, "get_base_model"):  # a PeftModel: its LoRA layers stay in the forward
         model = model.get_base_model()
     ctx.console.print("cross-check: the same files and checkpoint through lm_eval.simple_evaluate")
