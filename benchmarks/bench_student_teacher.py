@@ -50,11 +50,18 @@ def published(model_key: str, task: str) -> dict:
 
 
 def tasks_of(profile):
+    """Each benchmark's whole file, in file order (the sample this result states): where the
+    profile evaluates an id range of a package, the package's file, not the range."""
     from cogumi.evaluation import load_task
+    from cogumi.profile import IdRangeTask
     cfg = profile.eval
-    return [load_task(key, None if value == "package" else value,
-                      categories=cfg.bfcl_categories if key == "bfcl" else None)
-            for key, value in cfg.benchmarks()]
+    tasks = []
+    for key, value in cfg.benchmarks():
+        if isinstance(value, IdRangeTask):
+            value = value.source
+        tasks.append(load_task(key, None if value == "package" else str(ROOT / value),
+                               categories=cfg.bfcl_categories if key == "bfcl" else None))
+    return tasks
 
 
 def summarise(report, task, model_key: str, limit: int) -> dict:
