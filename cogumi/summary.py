@@ -308,8 +308,13 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
         if not any(got):
             parts.append(f"{task} not measured")
             continue
+        # Answers cut off at the token budget are wrong by construction, not by the model's
+        # knowledge: their count goes beside the score.
         line = task + " " + " / ".join(
-            f"{g['score']:.2f} (n={g['n']})" if g else "not measured" for g in got)
+            (f"{g['score']:.2f} (n={g['n']}" + (f", {g['truncated_at_max_new_tokens']} cut at "
+             f"{r.get(name, 'settings', 'max_new_tokens')} tokens"
+             if g.get("truncated_at_max_new_tokens") else "") + ")") if g else "not measured"
+            for g in got)
         published = [g["published"]["value"] if g else None for g in got]
         if any(v is not None for v in published):
             line += ", published " + " / ".join("-" if v is None else f"{v:.2f}"
