@@ -278,6 +278,8 @@ class EvalConfig(_Strict):
     limit: int | None = Field(default=None, gt=0)
     """Evaluate at most this many items per task (a reduced sample, stated in the report)."""
     max_new_tokens: int = 128
+    max_new_tokens_by_task: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
+    """A task's own budget in place of max_new_tokens (task key -> tokens)."""
     batch_size: int = 16
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     """The dtype transformers evaluates in (generation, log-likelihoods and lm-eval's
@@ -300,6 +302,9 @@ class EvalConfig(_Strict):
                         key == "code" and value.schema_ in ("humaneval", "mbpp")):
                     raise ValueError(f"eval.{key}.schema = {value.schema_!r} is not a "
                                      f"{key} schema")
+        unknown = sorted(set(self.max_new_tokens_by_task) - {k for k, _ in self.benchmarks()})
+        if unknown:
+            raise ValueError(f"eval.max_new_tokens_by_task: {unknown} not in [eval]")
         if self.bfcl is not None:
             from cogumi.evaluation.bfcl import CATEGORIES  # only where BFCL is named
             unknown = [c for c in self.bfcl_categories if c not in CATEGORIES]

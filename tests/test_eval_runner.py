@@ -202,3 +202,32 @@ def test_end_to_end_on_a_tiny_transformers_model(tmp_path, math_task):
     assert a.records[0]["prompt"].startswith("<s><|start|>user\n")
     assert a.backend["model_digest"]
     a.write(tmp_path / "out")
+
+
+def test_a_task_s_own_budget_replaces_the_settings_and_keys_the_cache(math_task, tmp_path):
+    """GPQA's reasoning runs longer than GSM8K's: a task's max_new_tokens is what its requests
+    ask for, its report says so, and the cache never serves one budget's answers for another."""
+    import dataclasses
+
+    asked = []
+    backend = ScriptedBackend(lambda r, p: asked.append(r.max_new_tokens) or "The answer is 0")
+    s = GenerationSettings(max_new_tokens=16)
+    plain = evaluate(backend, [math_task], s, limit=2, cache_dir=tmp_path / "cache")
+    assert asked == [16, 16] and "max_new_tokens" not in plain.tasks[0]
+    longer = dataclasses.replace(math_task, max_new_tokens=64)
+    report = evaluate(backend, [longer], s, limit=2, cache_dir=tmp_path / "cache")
+    assert asked[2:] == [64, 64] and report.tasks[0]["max_new_tokens"] == 64
+    evaluate(backend, [longer], s, limit=2, cache_dir=tmp_path / "cache")
+    assert len(asked) == 4  # the same budget again: from the cache
+
+
+def test_max_new_tokens_by_task_names_only_evaluated_tasks():
+    from cogumi.profile import ProfileError, load_profile, parse_profile
+
+    from .conftest import ROOT
+    assert load_profile("qwen-coder-0.5b").eval.max_new_tokens_by_task == {"gpqa": 1024}
+    text = (ROOT / "cogumi/profiles/tiny.toml").read_text()
+    assert "\n[eval]\n" in text
+    bad = text.replace("\n[eval]\n", "\n[eval]\nmax_new_tokens_by_task = { gpqa = 512 }\n", 1)
+    with pytest.raises(ProfileError, match=r"max_new_tokens_by_task: \['gpqa'\] not in \[eval\]"):
+        parse_profile(bad, "x.toml")

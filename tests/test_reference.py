@@ -227,7 +227,7 @@ def test_reference_answers_are_cached_and_1b_reuses_1a_s(tmp_path, teacher):
     wider = _ctx(_endpoint_profile(tmp_path, teacher.url, limit=5), "1B", runs)
     assert reference_eval(wider, wider.out_dir / "reference_eval",
                           reuse=one_a.out_dir / "reference_eval")
-    assert any("its tasks, items or prompts differ" in n for n in wider.notes)
+    assert any("its tasks, items, prompts or token budgets differ" in n for n in wider.notes)
     assert len(teacher.bodies) > asked
 
 

@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +185,11 @@ def evaluate(
     task_info = []
     any_cached, all_cached = False, True
     for task in tasks:
+        settings_here = (settings if task.max_new_tokens is None
+                         else replace(settings, max_new_tokens=task.max_new_tokens))
         key = None
         if cache_dir is not None:
-            key = run_cache_key(identity, task, settings, limit, loglikelihood,
+            key = run_cache_key(identity, task, settings_here, limit, loglikelihood,
                                 sandbox.describe() if (sandbox and task.kind == "code") else None)
             hit = _cache_load(Path(cache_dir), key)
             if hit is not None:
@@ -199,7 +201,8 @@ def evaluate(
                 any_cached = True
                 continue
         all_cached = False
-        m, recs, summ = _evaluate_task(backend, task, settings, limit, sandbox, workers, loglikelihood)
+        m, recs, summ = _evaluate_task(backend, task, settings_here, limit, sandbox, workers,
+                                       loglikelihood)
         if key is not None:
             _cache_store(Path(cache_dir), key, m, recs, summ)
             summ = {**summ, "cache": "miss", "cache_key": key}
@@ -224,8 +227,9 @@ def evaluate(
 
 def _task_info(task: Task, limit: int | None) -> dict[str, Any]:
     n = len(task.items) if limit is None else min(limit, len(task.items))
+    own = {} if task.max_new_tokens is None else {"max_new_tokens": task.max_new_tokens}
     return {"name": task.name, "kind": task.kind, "path": task.path, "digest": task.digest,
-            "n_items": n, **task.meta}
+            "n_items": n, **own, **task.meta}
 
 
 def run_cache_key(identity: dict[str, Any], task: Task, settings: GenerationSettings,

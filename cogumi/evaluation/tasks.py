@@ -159,6 +159,9 @@ class Task:
     answer_type: str = "expression"
     """math: ``expression`` (math-verify on the extracted answer) or ``number`` (GSM8K: the
     final number of the extracted answer against the reference number)."""
+    max_new_tokens: int | None = None
+    """This task's own generation budget, in place of the evaluation settings' (a profile's
+    [eval] max_new_tokens_by_task: GPQA's reasoning runs longer than GSM8K's)."""
 
     def messages(self, item: Item) -> list[dict[str, str]]:
         """The chat sent to the model for ``item`` (one user turn; BFCL: BFCL's system

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -149,8 +150,10 @@ def eval_tasks(ctx: PhaseContext) -> list:
     bfcl), each named after its key; "package" reads the file its package ships, a table
     the hub dataset it names."""
     cfg = ctx.profile.eval
-    tasks = [profile_task(ctx, key, value, f"[eval] {key}",
-                          **({"categories": cfg.bfcl_categories} if key == "bfcl" else {}))
+    tasks = [dataclasses.replace(
+                 profile_task(ctx, key, value, f"[eval] {key}",
+                              **({"categories": cfg.bfcl_categories} if key == "bfcl" else {})),
+                 max_new_tokens=cfg.max_new_tokens_by_task.get(key))
              for key, value in cfg.benchmarks()]
     if not tasks:
         raise PhaseInputError(f"{ctx.profile.source_file}: [eval] names no task files")
@@ -257,10 +260,11 @@ def _reusable(report_dir: Path, tasks, settings: GenerationSettings, limit: int 
     if old.backend.get("model_digest") != model_digest:
         return "another teacher answered it"
     want = {t.name: (t.digest, len(t.items) if limit is None else min(limit, len(t.items)),
-                     t.meta.get("prompt_version")) for t in tasks}
-    have = {t["name"]: (t["digest"], t["n_items"], t.get("prompt_version")) for t in old.tasks}
+                     t.meta.get("prompt_version"), t.max_new_tokens) for t in tasks}
+    have = {t["name"]: (t["digest"], t["n_items"], t.get("prompt_version"),
+                        t.get("max_new_tokens")) for t in old.tasks}
     if want != have:
-        return "its tasks, items or prompts differ"
+        return "its tasks, items, prompts or token budgets differ"
     as_stored = json.loads(json.dumps(settings.to_dict()))  # tuples are lists in eval.json
     if {k: v for k, v in old.settings.items() if k not in ("limit", "loglikelihood")} \
             != as_stored or old.settings.get("limit") != limit:
