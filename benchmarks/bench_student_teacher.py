@@ -38,11 +38,9 @@ PROFILE = "qwen-coder-0.5b"
 #: The score each benchmark reports (cogumi.evaluation.runner.DEFINITIONS).
 SCORE = {"gsm8k": "accuracy", "humaneval": "pass@1", "gpqa": "accuracy", "bfcl": "accuracy"}
 
-def published(model_key: str, task: str) -> dict:
+def published(profile, model_key: str, task: str) -> dict:
     """The makers' figure for one model and benchmark: the profile's [model.published] or
     [teacher.published] (one place for citations; 1A's report reads the same)."""
-    from cogumi.profile import load_profile
-    profile = load_profile(PROFILE)
     cfg = profile.model if model_key == "student" else profile.teacher
     fig = cfg.published.get(task)
     return fig.model_dump() if fig is not None else {"value": None, "source": None,
@@ -64,7 +62,7 @@ def tasks_of(profile):
     return tasks
 
 
-def summarise(report, task, model_key: str, limit: int) -> dict:
+def summarise(report, task, model_key: str, limit: int, profile) -> dict:
     from cogumi.stats import wilson_interval
     m = report.metrics
     name = task.name
@@ -87,7 +85,7 @@ def summarise(report, task, model_key: str, limit: int) -> dict:
                               if tokens else None},
         "wall_s": report.summary.get("wall_s"),
         "items": [r["item_id"] for r in records],
-        "published": published(model_key, name),
+        "published": published(profile, model_key, name),
     }
 
 
@@ -126,11 +124,13 @@ def main() -> int:
                          "(measures nothing)")
     args = ap.parse_args()
     if args.published_only:
+        from cogumi.profile import load_profile
         from cogumi.provenance import command
+        profile = load_profile(PROFILE)
         result = json.loads(args.out.read_text())
         for model_key, per_task in result["results"].items():
             for name, entry in per_task.items():
-                entry["published"] = published(model_key, name)
+                entry["published"] = published(profile, model_key, name)
         result["published_written_by"] = command()
         args.out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
         return 0
@@ -212,7 +212,8 @@ def main() -> int:
                 report = evaluate(backend, [task], settings, limit=args.limit,
                                   loglikelihood=False)
                 report.write(work / key / task.name)
-                result["results"][key][task.name] = summarise(report, task, key, args.limit)
+                result["results"][key][task.name] = summarise(report, task, key, args.limit,
+                                                               profile)
                 item_out.extend(item_lines(report, key))
                 s = result["results"][key][task.name]
                 print(f"  {s['metric']} = {s['score']:.3f} (n={s['n']}, wilson95 "

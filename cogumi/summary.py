@@ -302,19 +302,15 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
 
     name = "student_teacher_qwen.json"
     pair = r.get(name, "results")
+    budget = r.get(name, "settings", "max_new_tokens")
     parts = []
     for task in ("gsm8k", "humaneval", "gpqa", "bfcl"):
         got = [pair.get(m, {}).get(task) for m in ("student", "teacher")]
         if not any(got):
             parts.append(f"{task} not measured")
             continue
-        # Answers cut off at the token budget are wrong by construction, not by the model's
-        # knowledge: their count goes beside the score.
-        line = task + " " + " / ".join(
-            (f"{g['score']:.2f} (n={g['n']}" + (f", {g['truncated_at_max_new_tokens']} cut at "
-             f"{r.get(name, 'settings', 'max_new_tokens')} tokens"
-             if g.get("truncated_at_max_new_tokens") else "") + ")") if g else "not measured"
-            for g in got)
+        line = task + " " + " / ".join(_score_with_cuts(g, budget) if g else "not measured"
+                                       for g in got)
         published = [g["published"]["value"] if g else None for g in got]
         if any(v is not None for v in published):
             line += ", published " + " / ".join("-" if v is None else f"{v:.2f}"
@@ -324,6 +320,13 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
                  "(teacher, served over HTTP) on the real benchmarks through llama.cpp, greedy, "
                  f"{r.get(name, 'sample')}", _machine(r, name), "; ".join(parts)))
     return rows
+
+
+def _score_with_cuts(g: dict, budget: int) -> str:
+    """A benchmark score with its n, and how many answers the token budget cut off: those are
+    wrong by construction, not by the model's knowledge."""
+    cut = g.get("truncated_at_max_new_tokens")
+    return f"{g['score']:.2f} (n={g['n']}" + (f", {cut} cut at {budget} tokens" if cut else "") + ")"
 
 
 def benchmarks_table(r: Results) -> str:

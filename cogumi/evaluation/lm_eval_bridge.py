@@ -147,8 +147,8 @@ def write_lm_eval_tasks(tasks: list[Task], out_dir: str | Path, max_new_tokens: 
             data_file.write_text("".join(
                 json.dumps(it.fields, ensure_ascii=False, default=str) + "\n"
                 for it in t.items if it.malformed is None))
-        (out / f"cogumi_{t.name}.yaml").write_text(task_yaml(t, t.max_new_tokens or max_new_tokens, stop,
-                                                                   data_file))
+        budget = t.max_new_tokens or max_new_tokens  # the task's own, where it has one
+        (out / f"cogumi_{t.name}.yaml").write_text(task_yaml(t, budget, stop, data_file))
         names.append(f"cogumi_{t.name}")
     return names
 
