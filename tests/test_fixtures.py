@@ -26,7 +26,7 @@ from fixtures.benchmark_items import (  # noqa: E402
     code_tasks,
     code_training_tasks,
     humaneval_record,
-    math_problems,
+    eval_math_problems,
     math_record,
     mmlu_questions,
     mmlu_record,
@@ -333,7 +333,7 @@ def test_benchmarks_follow_their_schemas(benchmarks):
 
 def test_benchmark_files_are_the_eval_split_items_the_build_script_makes(benchmarks):
     seed = build_fixtures.SEED
-    problems, questions, tasks = math_problems(seed), mmlu_questions(seed), code_tasks(seed)
+    problems, questions, tasks = eval_math_problems(seed), mmlu_questions(seed), code_tasks(seed)
     assert benchmarks["math"] == [math_record(p) for p in problems]
     assert benchmarks["mmlu"] == [mmlu_record(q) for q in questions]
     assert benchmarks["code"] == [humaneval_record(i, t) for i, t in enumerate(tasks)]
