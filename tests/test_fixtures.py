@@ -25,8 +25,8 @@ from fixtures import build_fixtures, synthetic  # noqa: E402
 from fixtures.benchmark_items import (  # noqa: E402
     code_tasks,
     code_training_tasks,
-    humaneval_record,
     eval_math_problems,
+    humaneval_record,
     math_record,
     mmlu_questions,
     mmlu_record,
@@ -457,3 +457,44 @@ def test_the_routing_queries_are_the_dev_split_and_disjoint_from_1cs_pool():
     pool_math = read_jsonl(BENCHMARKS_DIR / "math_dev.jsonl")
     assert not {r["problem"] for r in pool_math} & {r["problem"] for r in files["math"]}
     assert len(dev_code) == len(synthetic.code_keys("dev"))  # 1C's code pool is the train split
+
+
+# --------------------------------------------------------------------------------------------
+# What the teacher knows and the student does not
+# --------------------------------------------------------------------------------------------
+
+def _wording_marks(templates) -> list[str]:
+    """The longest literal run of each template's question: text only that wording has."""
+    return [max(re.split(r"\{[a-z]+\}", t.question), key=len).strip() for t in templates]
+
+
+def test_the_teacher_only_wordings_are_in_no_student_text_and_in_the_teachers_corpus(sources, monkeypatch):
+    marks = _wording_marks(synthetic.TEACHER_ONLY_TEMPLATES)
+    assert len(set(marks)) == len(marks) and min(map(len, marks)) >= 15
+    assert not set(marks) & set(_wording_marks(synthetic.ARITHMETIC_TEMPLATES))
+    student_text = "\n".join(
+        [record_text(source, r) for source, records in sources.items() for r in records]
+        + build_fixtures.pretraining_documents(count=CORPUS_PREFIX_DOCUMENTS))
+    assert not [m for m in marks if m in student_text]
+    # The teacher's recipe words its arithmetic in both sets; its corpus then holds every one.
+    assert build_fixtures.TEACHER_RECIPE["teacher_only_phrasings"] is True
+    monkeypatch.setattr(build_fixtures, "CORPUS_TEMPLATES",
+                        synthetic.ARITHMETIC_TEMPLATES + synthetic.TEACHER_ONLY_TEMPLATES)
+    teacher_text = "\n".join(build_fixtures.pretraining_documents(count=CORPUS_PREFIX_DOCUMENTS))
+    assert all(m in teacher_text for m in marks)
+
+
+def test_math_pool_and_routing_queries_carry_the_teacher_only_wordings(benchmarks):
+    marks = _wording_marks(synthetic.TEACHER_ONLY_TEMPLATES)
+
+    def worded(records) -> int:
+        return sum(any(m in r["problem"] for m in marks) for r in records)
+
+    # A third of the evaluation's additions and subtractions (TEACHER_WORDING_SHARE), drawn by
+    # a seeded coin: 48 of 150 as built.
+    assert worded(benchmarks["math"]) == 48
+    pool = read_jsonl(BENCHMARKS_DIR / "math_dev.jsonl")
+    assert worded(pool[:240]) == 0 and worded(pool[240:]) == len(pool) - 240 > 200
+    train = read_jsonl(BENCHMARKS_DIR / "math_train.jsonl")
+    assert worded(train) == len(train) == 200
+    assert 0 < worded(read_jsonl(BENCHMARKS_DIR / "routing_math.jsonl")) < 60
