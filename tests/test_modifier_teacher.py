@@ -105,8 +105,15 @@ def _check(srv, profile, runs, phase_id, right_ids, wrong_ids, reason, reference
     return ctx, kept
 
 
-def test_reasoning_asks_the_curated_math_questions_and_keeps_right_answers(setup):
+def _without_train_data(profile, phase_id):
+    return profile.model_copy(update={"modifiers": [
+        m.model_copy(update={"train_data": None}) if m.phase == phase_id else m
+        for m in profile.modifiers]})
+
+
+def test_reasoning_without_train_data_asks_the_curated_math_questions(setup):
     srv, profile, runs = setup
+    profile = _without_train_data(profile, "3B")
     asked = [r for r in CURATED if r["domain"] == "math"][:N]
     for i, r in enumerate(asked):
         total = int(r["response"].split()[-1].rstrip("."))
@@ -116,6 +123,25 @@ def test_reasoning_asks_the_curated_math_questions_and_keeps_right_answers(setup
                        [r["response"] for r in asked])
     report = json.loads((ctx.out_dir / "teacher_usage.json").read_text())
     assert report["source"] == "curated math records" and report["kept"] == len(kept)
+
+
+def test_reasoning_asks_its_train_data_problems_and_keeps_right_answers(setup):
+    import re
+
+    from cogumi.evaluation import load_task
+
+    srv, profile, runs = setup
+    train = load_task("math", profile_task_path(profile, "3B"))
+    asked = train.items[:N]
+    for i, it in enumerate(asked):
+        total = int(re.search(r"\\boxed\{(-?\d+)\}", it.fields["solution"]).group(1))
+        srv.script.append((it.fields["problem"],
+                           f"The answer is {total if i % 2 == 0 else total + 1}."))
+    ctx, kept = _check(srv, profile, runs, "3B", [it.id for it in asked[::2]],
+                       [it.id for it in asked[1::2]], "wrong_answer",
+                       [it.fields["solution"] for it in asked])
+    report = json.loads((ctx.out_dir / "teacher_usage.json").read_text())
+    assert report["kept"] == len(kept)
 
 
 def test_code_asks_the_train_split_functions_and_keeps_what_passes_the_tests(setup):
