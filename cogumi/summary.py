@@ -454,6 +454,22 @@ def phase1b_figures(r: Results, profile: str) -> str:
             f"dropped with their reasons")
 
 
+def phase1c_figures(r: Results, profile: str) -> str:
+    m = _phase(r, profile, "1C")["metrics"]
+    k = int(m["failure_clusters"])
+    falling = sum(m[f"cluster.{c}.failure_drop_lower"] > 0 for c in range(k))
+    return (f"{int(m['failure_pool.fit_failures'])} failures of the 1B model on the pool's fit "
+            f"side in {k} clusters (silhouette {m['clusters.silhouette']:.3f}); the teacher's "
+            f"answers kept {int(m['teacher_examples'])} of {int(m['teacher.requests'])}; on the "
+            f"held-out side the failure rate fell significantly in {falling} of the {k} clusters "
+            f"(smallest lower bound {m['clusters.min_failure_drop_lower']:+.3f}); greedy MATH "
+            f"{_g(m['math.accuracy'] - m['vs_input.math.accuracy.delta'])} (1B) → "
+            f"{_g(m['math.accuracy'])} (95% interval of the "
+            f"change [{m['vs_input.math.accuracy.delta_lower']:+.3f}, "
+            f"{m['vs_input.math.accuracy.delta_upper']:+.3f}]); the student's suite score over "
+            f"the teacher's on the same items {m['teacher_relative']:.3f}")
+
+
 def phase2_chain(r: Results, profile: str) -> str:
     # 1B -> 1C -> 2A: 1C is in the chain where the profile runs it (it declares [distill]).
     steps = [s for s in ("1B", "1C", "2A", "2E", "2B")
@@ -481,6 +497,7 @@ KINDS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "phase0": (phase0_accounting, ("PROFILE",)),
     "phase1a": (phase1a_before_after, ("PROFILE",)),
     "phase1b": (phase1b_figures, ("PROFILE",)),
+    "phase1c": (phase1c_figures, ("PROFILE",)),
     "phase2": (phase2_chain, ("PROFILE",)),
 }
 
