@@ -494,7 +494,7 @@ def test_math_pool_and_routing_queries_carry_the_teacher_only_wordings(benchmark
     # a seeded coin: 48 of 150 as built.
     assert worded(benchmarks["math"]) == 48
     pool = read_jsonl(BENCHMARKS_DIR / "math_dev.jsonl")
-    assert worded(pool) == len(pool) == 233
+    assert worded(pool) == len(pool) == 466 == len({r["problem"] for r in pool})
     train = read_jsonl(BENCHMARKS_DIR / "math_train.jsonl")
     assert worded(train) == len(train) == 200
     assert 0 < worded(read_jsonl(BENCHMARKS_DIR / "routing_math.jsonl")) < 60
