@@ -18,7 +18,7 @@ from rich.table import Table
 from cogumi import artifacts, locking, preflight
 from cogumi.artifacts import ManifestError
 from cogumi.compression.converter import ConverterUnavailable
-from cogumi.gates import GateFileError, repo_root, resolve_gates, validate_overrides
+from cogumi.gates import GateFileError, gates_passed, repo_root, resolve_gates, validate_overrides
 from cogumi.ledger import LedgerError, State
 from cogumi.locations import checkout_root, default_runs_dir
 from cogumi.profile import Profile, ProfileError, load_profile
@@ -119,10 +119,7 @@ def cmd_status(args) -> int:
                   State.STALE: "yellow", State.TAMPERED: "red"}[check.state]
         gates = size = wall = cost = ""
         if check.entry:
-            passed = sum(g["passed"] for g in check.entry["gates"])
-            waived = sum(bool(g.get("waived")) for g in check.entry["gates"])
-            gates = f"{passed}/{len(check.entry['gates'])} passed" + (
-                f", {waived} waived" if waived else "")
+            gates = gates_passed(check.entry["gates"])
         folder = runs / phase.id
         if (folder / artifacts.MANIFEST).exists():
             size = f"{_size_mb(folder):.1f} MB"

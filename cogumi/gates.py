@@ -7,6 +7,17 @@ runs). A profile never sets a threshold; it may only waive a gate with its own `
 waived capability gate (`capability = true`) never makes a sign-off. The resolved gate
 remembers where its threshold came from so every report can show it.
 
+A gate marked `claim = true` is one of the seed's claims against a frontier model (the
+judge-made "MATH 41 %" of 1A and 1B, 5B's "beats GPT-4 on 3 domains": see
+shared/seed/ORIGIN_FINDINGS.md). It is measured on every run, at the seed's own number, and
+reported as CLAIM MET or CLAIM NOT MET beside the verdict; it never blocks a sign-off and
+never counts as a pass. Issue 16 asks for exactly that of 5B's claim ("measure it, and let it
+fail honestly" while 5B signs off); read with a verifier, 1A's and 1B's preference and ties
+claims cannot be met by any student no better than its reference (preference is
+1/2 + (student - reference)/2), so as gates they could never pass against the stronger
+teacher issue 14 requires. Which gates are claims is fixed in the gate files and checked by
+tests/test_threshold_rule.py; a profile cannot mark one.
+
 The pytest plugin in `gates/conftest.py` turns each resolved gate into one test.
 """
 
@@ -26,7 +37,7 @@ from cogumi.registry import PHASES, PhaseSpec, get_phase
 COMPARATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
                "==": operator.eq}
 _GATE_KEYS = {"metric", "op", "threshold", "why"}
-_OPTIONAL_KEYS = {"capability", "rule"}
+_OPTIONAL_KEYS = {"capability", "rule", "claim"}
 
 
 class GateFileError(ValueError):
@@ -50,6 +61,9 @@ class Gate:
     inside its range): waiving it gives "not signed off: capability absent"."""
     seed_threshold: float | None = None
     """The gate file's own number, shown beside a rule's output."""
+    claim: bool = False
+    """A seed claim against a frontier model: measured and reported (CLAIM MET / CLAIM NOT
+    MET), never blocking a sign-off (module docstring)."""
 
     def check(self, value: float | None) -> bool:
         """A missing or non-finite value (or threshold) never passes."""
@@ -116,8 +130,13 @@ def _load_declared(path: Path, phase: PhaseSpec) -> list[_Declared]:
             raise GateFileError(f"{where}: key 'threshold' must be a number")
         if not str(entry["why"]).strip():
             raise GateFileError(f"{where}: key 'why' is empty; say the seed's reason")
-        if not isinstance(entry.get("capability", False), bool):
-            raise GateFileError(f"{where}: key 'capability' must be true or false")
+        for flag in ("capability", "claim"):
+            if not isinstance(entry.get(flag, False), bool):
+                raise GateFileError(f"{where}: key '{flag}' must be true or false")
+        if entry.get("claim") and (entry.get("capability") or "rule" in entry):
+            raise GateFileError(f"{where}: key 'claim': a seed claim is measured at the "
+                                f"seed's number and decides nothing, so it is neither a "
+                                f"capability gate nor ruled")
         rule = entry.get("rule")
         if rule is not None:
             if not isinstance(rule, dict) or rule.get("name") not in thresholds.RULES:
@@ -130,7 +149,8 @@ def _load_declared(path: Path, phase: PhaseSpec) -> list[_Declared]:
         declared.append(_Declared(
             Gate(entry["metric"], entry["op"], float(entry["threshold"]), entry["why"],
                  source=name, capability=entry.get("capability", False),
-                 seed_threshold=float(entry["threshold"])), rule))
+                 seed_threshold=float(entry["threshold"]),
+                 claim=entry.get("claim", False)), rule))
     if not declared:
         raise GateFileError(f"{name}: no gates; a phase without gates cannot be signed off")
     return declared
@@ -182,6 +202,11 @@ def resolve_gates(phase_id: str, profile: Profile, root: Path | None = None,
                 f"{profile.source_file}: gate_overrides[{n}]: key 'metric': "
                 f"{override.metric!r} has no gate in {phase.gate_file} to waive")
         base = by_metric[override.metric]
+        if base.claim:
+            raise GateFileError(
+                f"{profile.source_file}: gate_overrides[{n}]: key 'metric': "
+                f"{override.metric!r} is a seed claim ({phase.gate_file}): it blocks nothing, "
+                f"so there is nothing to waive")
         by_metric[override.metric] = replace(
             base, why=f"{override.why} (seed: {base.describe()}: {base.why})",
             source=f"profile {profile.name} (waiver of {base.source})", waived=True)
@@ -197,3 +222,34 @@ def validate_overrides(profile: Profile) -> None:
                 f"{profile.source_file}: gate_overrides[{n}]: key 'phase': unknown phase "
                 f"{override.phase!r}")
         resolve_gates(override.phase, profile)
+
+
+def gate_mark(g) -> str:
+    """How a gate result reads in every report: a gate result or its dict (the ledger's,
+    a snapshot's)."""
+    get = g.get if isinstance(g, dict) else lambda k, d=None: getattr(g, k, d)
+    if get("claim"):
+        return "CLAIM MET" if get("passed") else "CLAIM NOT MET"
+    return "WAIVED" if get("waived") else "PASS" if get("passed") else "FAIL"
+
+
+def blocks_signoff(g) -> bool:
+    """Whether this gate result keeps its phase from a sign-off: it failed and is neither a
+    seed claim nor waived (a waived capability gate is handled apart: signoff.py)."""
+    get = g.get if isinstance(g, dict) else lambda k, d=None: getattr(g, k, d)
+    return not (get("passed") or get("claim") or get("waived"))
+
+
+def gates_passed(gates: list[dict], brackets: bool = False) -> str:
+    """"7/9 passed, 1 waived, seed claims 0/3 met" (brackets: "7/9 (1 waived; ...)"): the
+    gates that decide counted apart from the seed's claims, which decide nothing."""
+    deciding = [g for g in gates if not g.get("claim")]
+    claims = [g for g in gates if g.get("claim")]
+    waived = sum(bool(g.get("waived")) for g in deciding)
+    extras = [f"{waived} waived"] if waived else []
+    if claims:
+        extras.append(f"seed claims {sum(bool(g['passed']) for g in claims)}/{len(claims)} met")
+    count = f"{sum(bool(g['passed']) for g in deciding)}/{len(deciding)}"
+    if brackets:
+        return count + (f" ({'; '.join(extras)})" if extras else "")
+    return count + " passed" + "".join(f", {e}" for e in extras)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cogumi import binding as bindings
 from cogumi.artifacts import MANIFEST, ManifestError, read_manifest, sha256_bytes, sha256_file
+from cogumi.gates import blocks_signoff
 
 LEDGER = "ledger.jsonl"
 
@@ -98,8 +99,7 @@ def check_signoff(runs_dir: Path, phase_id: str, config_sha256: str,
     if entry is None:
         return SignoffCheck(phase_id, State.MISSING, f"phase {phase_id} has no sign-off")
     if not entry.get("passed"):
-        failed = [g["metric"] for g in entry.get("gates", [])
-                  if not g.get("passed") and not g.get("waived")]
+        failed = [g["metric"] for g in entry.get("gates", []) if blocks_signoff(g)]
         failed += [f"built on failed phase {i}" for i in entry.get("built_on_failed_inputs", [])]
         return SignoffCheck(phase_id, State.FAILED,
                             f"phase {phase_id}: last gate run failed ({', '.join(failed)})", entry)

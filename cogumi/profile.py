@@ -495,8 +495,23 @@ class RoutingConfig(_Strict):
         return self
 
 
+class SparseFinetuneConfig(_Strict):
+    """Phase 2A's second step, as Neural Magic prunes: after SparseGPT's one shot, train every
+    weight the mask keeps while the zeros stay zero (Sparse Llama 3.1: SparseGPT, then sparse
+    training with the dense model as the teacher). Unlike 2E's LoRA, nothing dense is merged
+    back, so no training is lost to re-masking."""
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    objective: Literal["sft", "distill"] = "distill"
+    """distill: the pruned model learns the dense model's next-token distribution (the one
+    2A pruned, held beside it) on the curated answers; sft: the answers themselves."""
+    max_examples: int | None = Field(default=None, gt=0)
+    """Train on at most this many curated training-split records (a reduced run, stated)."""
+
+
 class PruneConfig(_Strict):
-    """Phase 2A: one-shot SparseGPT pruning with llm-compressor, calibrated on curated data."""
+    """Phase 2A: one-shot SparseGPT pruning with llm-compressor, calibrated on curated data,
+    optionally followed by sparse fine-tuning (`finetune`)."""
     sparsity: float = Field(default=0.65, gt=0, lt=1)
     """Share of each pruned Linear weight set to zero (seed 2A: 65 %)."""
     mask_structure: Literal["unstructured", "2:4"] = "unstructured"
@@ -510,6 +525,8 @@ class PruneConfig(_Strict):
     block_size: int = Field(default=128, gt=0)
     ignore: list[str] = Field(default_factory=lambda: ["re:.*lm_head"])
     """Modules left dense: the output head (tied to the embeddings in small models)."""
+    finetune: SparseFinetuneConfig | None = None
+    """Sparse fine-tuning after the one shot (None: the one shot alone)."""
 
     @model_validator(mode="after")
     def _two_four_is_half(self) -> PruneConfig:

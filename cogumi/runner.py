@@ -30,7 +30,7 @@ from rich.progress import (
 )
 
 from cogumi import artifacts, binding, ledger, locking, provenance
-from cogumi.gates import repo_root, resolve_gates
+from cogumi.gates import blocks_signoff, repo_root, resolve_gates
 from cogumi.ledger import State
 from cogumi.profile import Profile
 from cogumi.registry import PhaseSpec, get_phase, upstream
@@ -402,7 +402,7 @@ def _gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Consol
                   reports_dir(runs_dir) / f"{phase.session_name}.md",
                   details.read_text() if details.exists() else "")
     if not entry["passed"]:
-        failed = [r for r in results if not (r.passed or r.waived)]
+        failed = [r for r in results if blocks_signoff(r)]
         why = [f"{r.metric} = {r.value} (needs {r.op} {r.threshold:g})" for r in failed]
         if failed_inputs:
             why.append(f"built on {', '.join(failed_inputs)}, whose gates failed")
@@ -411,8 +411,8 @@ def _gate_phase(profile: Profile, phase_id: str, runs_dir: Path, console: Consol
 
 
 def _gate_key(gates) -> set:
-    return {(g["metric"], g["op"], float(g["threshold"]), bool(g.get("waived")))
-            for g in gates}
+    return {(g["metric"], g["op"], float(g["threshold"]), bool(g.get("waived")),
+             bool(g.get("claim"))) for g in gates}
 
 
 def _only_gates_changed(profile: Profile, phase: PhaseSpec, runs_dir: Path,

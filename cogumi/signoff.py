@@ -20,7 +20,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from cogumi.artifacts import atomic_write_text, read_manifest
-from cogumi.gates import repo_root
+from cogumi.gates import blocks_signoff, gate_mark, repo_root
 from cogumi.ledger import manifest_digest
 from cogumi.profile import Profile
 from cogumi.registry import get_phase
@@ -38,6 +38,7 @@ class GateResult:
     message: str = ""
     waived: bool = False
     capability: bool = False
+    claim: bool = False
 
 
 def reports_dir(runs_dir: Path) -> Path:
@@ -73,13 +74,19 @@ def parse_junit(junit: Path) -> list[GateResult]:
         if failure is None:
             failure = case.find("error")
         message = (failure.get("message") or "") if failure is not None else ""
-        # A waived gate is a pytest skip; only a gate the profile waived may be skipped.
-        waived = case.find("skipped") is not None and gate.get("waived", False)
-        if case.find("skipped") is not None and not waived:
+        # A waived gate is a pytest skip, a seed claim not met an xfail (also <skipped>);
+        # nothing else may be skipped.
+        skipped = case.find("skipped")
+        claim = gate.get("claim", False)
+        waived = skipped is not None and gate.get("waived", False)
+        if skipped is not None and not (waived or claim):
             raise RuntimeError(f"{junit}: gate {gate['metric']} was skipped without a waiver")
+        if skipped is not None and claim:
+            message = skipped.get("message") or ""
         results.append(GateResult(gate["metric"], gate["op"], gate["threshold"], gate["source"],
-                                  gate["why"], gate["value"], failure is None and not waived,
-                                  message, waived, gate.get("capability", False)))
+                                  gate["why"], gate["value"],
+                                  failure is None and skipped is None, message, waived,
+                                  gate.get("capability", False), claim))
     return results
 
 
@@ -94,10 +101,12 @@ def signoff_entry(profile: Profile, phase_id: str, runs_dir: Path,
         "profile_sha256": profile.sha256,
         "manifest_sha256": manifest_digest(folder),
         # A waived gate does not block, unless it is a capability gate: an output whose
-        # meaning was not shown is never signed off.
-        "passed": any(r.passed for r in results) and all(
-            r.passed or (r.waived and not r.capability) for r in results),
+        # meaning was not shown is never signed off. A seed claim never blocks and never
+        # counts as the pass a sign-off needs.
+        "passed": any(r.passed and not r.claim for r in results) and not any(
+            blocks_signoff(r) or (r.waived and r.capability) for r in results),
         "capability_absent": [r.metric for r in results if r.waived and r.capability],
+        "claims_not_met": [r.metric for r in results if r.claim and not r.passed],
         "gates": [r.__dict__ for r in results],
         "junit": str(junit),
         "wall_time_s": manifest.get("wall_time_s"),
@@ -105,7 +114,8 @@ def signoff_entry(profile: Profile, phase_id: str, runs_dir: Path,
     }
 
 
-_COLOURS = {"PASS": "green", "FAIL": "red", "WAIVED": "yellow"}
+_COLOURS = {"PASS": "green", "FAIL": "red", "WAIVED": "yellow", "CLAIM MET": "green",
+            "CLAIM NOT MET": "magenta"}
 
 
 def _fmt(value) -> str:
@@ -129,6 +139,9 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
     verdict = ("SIGNED OFF" if entry["passed"] else
                f"NOT SIGNED OFF: capability absent ({', '.join(absent)} waived)" if absent
                else "NOT SIGNED OFF")
+    unmet = entry.get("claims_not_met") or []
+    if unmet:
+        verdict += f" · seed claims not met: {', '.join(unmet)}"
     digest = entry["manifest_sha256"][:16]
     time_s = manifest.get("wall_time_s", 0.0)
     cost = manifest.get("estimated_cost_usd", 0.0)
@@ -154,9 +167,9 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
     for col in ("metric", "value", "threshold", "source", "result"):
         table.add_column(col)
     for g in entry["gates"]:
-        mark = "WAIVED" if g.get("waived") else "PASS" if g["passed"] else "FAIL"
+        mark = gate_mark(g)
         shortfall = ""
-        if mark == "FAIL" and isinstance(g["value"], int | float):
+        if mark in ("FAIL", "CLAIM NOT MET") and isinstance(g["value"], int | float):
             # NaN is a metric the phase could not define (e.g. retention with no score above
             # chance to retain): it fails, and "off by nan" would say nothing.
             shortfall = (f" (off by {abs(g['value'] - g['threshold']):.4g})"
@@ -166,7 +179,9 @@ def render_report(entry: dict, manifest: dict, metrics: dict, console: Console |
         table.add_row(g["metric"], _fmt(g["value"]), f"{g['op']} {g['threshold']:g}",
                       g["source"], f"[{_COLOURS[mark]}]{mark}{shortfall}")
     lines += ["", "## Why each threshold", ""]
-    lines += [f"- `{g['metric']}`{' (capability gate)' if g.get('capability') else ''}: "
+    kinds = {"capability": " (capability gate)",
+             "claim": " (seed claim: measured, never blocking)"}
+    lines += [f"- `{g['metric']}`{''.join(v for k, v in kinds.items() if g.get(k))}: "
               f"{g['why']}" for g in entry["gates"]]
     before = {k[len("before."):]: v for k, v in metrics.items() if k.startswith("before.")}
     if before:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cogumi import provenance
-from cogumi.gates import repo_root
+from cogumi.gates import gate_mark, gates_passed, repo_root
 
 RESULTS = Path("benchmarks/results")
 SNAPSHOT = "pipeline_{profile}.json"
@@ -390,7 +390,7 @@ def gates_table(r: Results, profile: str, phase: str) -> str:
     from cogumi.signoff import _fmt
     lines = ["| metric | value | threshold | source | result |", "|---|---|---|---|---|"]
     for g in _phase(r, profile, phase)["gates"]:
-        mark = "WAIVED" if g.get("waived") else "PASS" if g["passed"] else "FAIL"
+        mark = gate_mark(g)
         lines.append(f"| {g['metric']} | {_fmt(g['value'])} | {g['op']} {g['threshold']:g} | "
                      f"{g['source']} | {mark} |")
     return "\n".join(lines)
@@ -407,13 +407,9 @@ def pipeline_phases(r: Results, profile: str) -> str:
     name = SNAPSHOT.format(profile=profile)
     lines = ["| phase | verdict | gates passed | wall time | code |", "|---|---|---|---|---|"]
     for pid, p in r.get(name, "phases").items():
-        gates = p["gates"]
-        passed = sum(g["passed"] for g in gates)
-        waived = sum(bool(g.get("waived")) for g in gates)
         commit = str(p["git_commit"])
         wall = p["wall_time_s"]
-        lines.append(f"| {pid} | {_verdict(p)} | {passed}/{len(gates)}"
-                     f"{f' ({waived} waived)' if waived else ''} | "
+        lines.append(f"| {pid} | {_verdict(p)} | {gates_passed(p['gates'], brackets=True)} | "
                      f"{wall:.{1 if wall < 10 else 0}f} s | "
                      f"{commit[:10]}{'+dirty' * commit.endswith('+dirty')} |")
     return "\n".join(lines)
@@ -540,7 +536,7 @@ def snapshot(profile_name: str, runs_dir: Path) -> dict | None:
             "built_on_failed_inputs": entry.get("built_on_failed_inputs", []),
             "gated_at": entry.get("at"),
             "gates": [{k: g.get(k) for k in ("metric", "op", "threshold", "source", "value",
-                                             "passed", "waived")} for g in entry["gates"]],
+                                             "passed", "waived", "claim")} for g in entry["gates"]],
             "wall_time_s": manifest.get("wall_time_s"),
             "peak_rss_mb": manifest.get("peak_rss_mb"),
             "estimated_cost_usd": manifest.get("estimated_cost_usd"),

@@ -203,6 +203,56 @@ def test_distilling_recovery_moves_the_pruned_model_toward_its_teacher(tmp_path,
     assert logged[-1] < logged[0]                # the loss trained on is the KL
 
 
+def test_sparse_finetuning_trains_the_kept_weights_and_keeps_every_zero(tmp_path, pruned_dir):
+    """2A's prune.finetune: full-weight distillation toward the dense model, no adapter; the
+    exact 2A positions stay zero at every step and the kept weights move."""
+    from cogumi.training.sft import _collate, distillation_loss, encode_records, fit_keeping_zeros
+
+    teacher = load_hf_model(pruned_dir.parent / "base").model
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(8.0)  # confident, as in the recovery test above
+    loaded = load_hf_model(pruned_dir)
+    tok = loaded.tokenizer
+    masks = zero_masks(loaded.model, IGNORE)
+    kept_before = {n: m.weight.detach().clone() for n, m in
+                   dict(loaded.model.named_modules()).items() if n in masks}
+    train = encode_records(_records(16), tok, False, 128).examples
+    batch = _collate(tok.pad_token_id or 0)([{"input_ids": e.input_ids, "labels": e.labels}
+                                             for e in train])
+
+    def kl_to_teacher(model) -> float:
+        with torch.no_grad():
+            feed = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            return distillation_loss(model(**feed).logits, teacher(**feed).logits,
+                                     batch["labels"]).item()
+
+    before = kl_to_teacher(loaded.model)
+    cfg = TrainingConfig(backend="peft-lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0,
+                         target_modules=["q_proj"], epochs=1, learning_rate=1e-3,
+                         batch_size=8, max_seq_len=128)
+    history, resumed = fit_keeping_zeros(loaded.model, tok, train, cfg, 0, tmp_path / "ckpt",
+                                         "cpu", masks, epochs=4, learning_rate=1e-3,
+                                         teacher=teacher)
+    assert not resumed and not hasattr(loaded.model, "peft_config")
+    after_masks = zero_masks(loaded.model, IGNORE)
+    modules = dict(loaded.model.named_modules())
+    for name, mask in masks.items():
+        assert torch.equal(after_masks[name], mask), name  # no zero filled, none added
+        moved = modules[name].weight.detach()[~mask] != kept_before[name][~mask]
+        assert moved.float().mean() > 0.5, name            # every layer really trained
+    assert kl_to_teacher(loaded.model) < before
+
+
+def test_a_profile_can_ask_2a_for_sparse_finetuning_and_names_a_bad_key():
+    text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text()
+    assert "\n[prune.finetune]\n" in text
+    profile = parse_profile(text, "cogumi/profiles/tiny.toml")
+    assert profile.prune.finetune.objective == "distill"
+    bad = text.replace("\n[prune.finetune]\n", "\n[prune.finetune]\nepoch = 2\n")
+    with pytest.raises(ProfileError, match=r"tiny.toml: .*prune.finetune.epoch"):
+        parse_profile(bad, "cogumi/profiles/tiny.toml")
+
+
 def test_apply_masks_counts_what_it_resets():
     lin = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
     mask = torch.zeros(4, 4, dtype=torch.bool)

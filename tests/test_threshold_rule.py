@@ -130,3 +130,78 @@ def test_a_waived_capability_gate_is_never_a_signoff(tmp_path):
                                   capability=True)], tmp_path)
     assert not absent["passed"]
     assert absent["capability_absent"] == ["math.accuracy.lower95_above_chance"]
+
+
+# The seed's claims against a frontier model (cogumi/gates.py): which gates they are is fixed
+# here, so a gate cannot quietly become a claim that blocks nothing.
+SEED_CLAIMS = {("1A", f"{t}.preference_vs_reference") for t in ("math", "code", "mmlu")} | {
+    ("1B", f"{t}.{kind}_vs_reference") for t in ("math", "code")
+    for kind in ("preference", "ties")} | {
+    ("5B", f"claim.{d}.system_minus_teacher_lower") for d in ("code", "reasoning", "automation")}
+
+
+def test_the_seed_claims_are_exactly_the_judge_made_and_beats_the_teacher_numbers():
+    found = {(phase.id, d.gate.metric) for phase in implemented_phases()
+             for d in _load_declared(gate_file_path(phase), phase) if d.gate.claim}
+    assert found == SEED_CLAIMS
+
+
+def _result(metric, passed, waived=False, capability=False, claim=False):
+    return GateResult(metric, ">", 0.0, "test", "why", 1.0, passed, "", waived, capability,
+                      claim)
+
+
+def test_a_seed_claim_never_blocks_and_is_never_the_pass_a_signoff_needs(tmp_path):
+    folder = tmp_path / "1A"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"phase": "1A", "outputs": {},
+                                                   "profile_sha256": "0" * 64}))
+    profile = load_profile("tiny")
+    claim_unmet = _result("mmlu.preference_vs_reference", False, claim=True)
+    entry = signoff_entry(profile, "1A", tmp_path, [_result("a", True), claim_unmet], tmp_path)
+    assert entry["passed"] and entry["claims_not_met"] == ["mmlu.preference_vs_reference"]
+    only_claims = signoff_entry(profile, "1A", tmp_path, [
+        _result("mmlu.preference_vs_reference", True, claim=True)], tmp_path)
+    assert not only_claims["passed"] and only_claims["claims_not_met"] == []
+    failed = signoff_entry(profile, "1A", tmp_path, [_result("a", False), claim_unmet], tmp_path)
+    assert not failed["passed"]
+
+
+def test_a_claim_is_neither_capability_nor_ruled_nor_waived(tmp_path):
+    from cogumi.gates import GateFileError, load_gate_file
+    phase = get_phase("1A")
+    bad = tmp_path / "phase1a.toml"
+    bad.write_text('phase = "1A"\n[[gates]]\nmetric = "math.preference_vs_reference"\n'
+                   'op = ">="\nthreshold = 0.41\nwhy = "w"\nclaim = true\ncapability = true\n')
+    with pytest.raises(GateFileError, match=r"gates\[1\]: key 'claim'"):
+        load_gate_file(bad, phase)
+    text = (ROOT / "cogumi" / "profiles" / "tiny.toml").read_text()
+    path = tmp_path / "tiny.toml"
+    path.write_text(text + '\n[[gate_overrides]]\nphase = "1A"\n'
+                    'metric = "mmlu.preference_vs_reference"\nwaive = true\n'
+                    'why = "a claim decides nothing to waive"\n')
+    with pytest.raises(GateFileError, match="is a seed claim"):
+        resolve_gates("1A", load_profile(str(path)))
+
+
+def test_a_claim_not_met_is_an_xfail_in_the_gate_run_and_reads_so(tmp_path):
+    """Through pytest and its JUnit XML, as every sign-off is made."""
+    from cogumi.gates import gate_mark, gates_passed
+    from cogumi.signoff import run_gate_tests
+    profile = load_profile("tiny")
+    runs = tmp_path / profile.name
+    gates = resolve_gates("1A", profile, runs_dir=runs)
+    (runs / "1A").mkdir(parents=True)
+    # Every gate that decides passes at its threshold (all are >= or >); the claims miss.
+    metrics = {g.metric: (g.threshold - 0.1 if g.claim else g.threshold + 1.0) for g in gates}
+    (runs / "1A" / "metrics.json").write_text(json.dumps(metrics))
+    results, junit = run_gate_tests(profile, "1A", runs)
+    assert "pytest.xfail" in junit.read_text()
+    claims = [r for r in results if r.claim]
+    assert len(claims) == 3 and not any(r.passed for r in claims)
+    assert all("SEED CLAIM NOT MET" in r.message for r in claims)
+    assert all(r.passed for r in results if not r.claim)
+    assert {gate_mark(r) for r in claims} == {"CLAIM NOT MET"}
+    dicts = [r.__dict__ for r in results]
+    assert gates_passed(dicts) == f"{len(results) - 3}/{len(results) - 3} passed, " \
+                                  f"seed claims 0/3 met"

@@ -46,6 +46,22 @@ ADAPTER_PHASES = ("1B", "1C")
 adapter further and saves the whole adapter, so it loads the same way), not a `model/`."""
 
 
+def training_split(ctx: PhaseContext, records: list[dict], max_examples: int | None,
+                   setting: str) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) curated records as 1A split them; train cut to `max_examples` by a
+    seeded shuffle, said in the notes (`setting` names the profile key)."""
+    import random
+
+    from cogumi.training.sft import split_heldout
+    train, heldout = split_heldout(records, ctx.profile.training.heldout_fraction)
+    if max_examples is not None and len(train) > max_examples:
+        random.Random(ctx.profile.seed).shuffle(train)
+        ctx.notes.append(f"reduced run: {max_examples} of {len(train)} training records "
+                         f"({setting})")
+        train = train[:max_examples]
+    return train, heldout
+
+
 def trained_phase(ctx: PhaseContext) -> str:
     """The trained model compression starts from, as the phase's inputs say under its
     profile: "1C", or "1B" where the profile declares no [distill] (registry _TRAINED_MODEL)."""

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from cogumi.artifacts import write_json
+from cogumi.gates import gate_mark
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.serving.bundle import MANIFEST, SYSTEM_MODEL, verify_bundle, write_bundle
 
@@ -111,13 +112,13 @@ def gate_runs(runs_dir: Path, phase_ids: list[str]) -> list[dict]:
                     entry["built_on_failed_inputs"]) + ")"
             out.append({"phase": pid, "state": state, "gated_at": entry.get("at"),
                         "gates": [{k: g.get(k) for k in ("metric", "op", "threshold",
-                                                         "value", "passed", "waived")}
+                                                         "value", "passed", "waived", "claim")}
                                   for g in entry.get("gates", [])]})
     return out
 
 
 def _verdict(g: dict) -> str:
-    return "WAIVED" if g.get("waived") else "PASS" if g.get("passed") else "FAIL"
+    return gate_mark(g)
 
 
 def _num(v) -> str:

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 from cogumi.compression.common import (
     EVAL_METRICS,
@@ -31,6 +30,7 @@ from cogumi.compression.common import (
     size_row,
     steps_of,
     trained_phase,
+    training_split,
     write_retention,
 )
 from cogumi.compression.llmc import apply_masks, sparsity_report, zero_masks
@@ -42,7 +42,6 @@ from cogumi.training.sft import (
     encode_records,
     mean_loss,
     plot_loss_curve,
-    split_heldout,
     train_lora,
 )
 
@@ -89,13 +88,8 @@ def run(ctx: PhaseContext) -> dict:
     ignore = json.loads((ctx.input_dir("2A") / MODEL_DIR / "cogumi_model.json")
                         .read_text()).get("ignore", list(profile.prune.ignore))
 
-    records = curated_records(ctx)
-    train_records, heldout_records = split_heldout(records, tc.heldout_fraction)
-    if rc.max_examples is not None and len(train_records) > rc.max_examples:
-        random.Random(profile.seed).shuffle(train_records)
-        ctx.notes.append(f"reduced run: {rc.max_examples} of {len(train_records)} training "
-                         f"records (recovery.max_examples)")
-        train_records = train_records[:rc.max_examples]
+    train_records, heldout_records = training_split(ctx, curated_records(ctx), rc.max_examples,
+                                                    "recovery.max_examples")
     tok = loaded.tokenizer
     train = encode_records(train_records, tok, loaded.add_bos, tc.max_seq_len)
     heldout = encode_records(heldout_records, tok, loaded.add_bos, tc.max_seq_len)

@@ -250,6 +250,33 @@ def fit(peft_model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: 
     return trainer.state.log_history, resume
 
 
+def fit_keeping_zeros(model, tokenizer, train: list[Example], cfg: TrainingConfig, seed: int,
+                      checkpoint_dir: Path, device: str, masks: dict, epochs: float,
+                      learning_rate: float, teacher=None) -> tuple[list[dict], bool]:
+    """Train every weight of `model` (no adapter) while the pruning mask holds: after each
+    optimizer step the masked positions are set back to zero (`masks`: llmc.zero_masks).
+    AdamW's update of a weight whose gradient was zeroed is not zero (its moments and the
+    decay), so the mask is re-applied rather than the gradients masked. Returns fit's
+    (log_history, resumed)."""
+    from transformers import TrainerCallback
+
+    from cogumi.compression.llmc import apply_masks
+
+    class KeepZeros(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            apply_masks(model, masks)
+
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    full = cfg.model_copy(update={"backend": "peft-lora", "gradient_checkpointing": False})
+    history = fit(model, tokenizer, train, full, seed, checkpoint_dir, device, epochs=epochs,
+                  learning_rate=learning_rate, teacher=teacher, callbacks=(KeepZeros(),))
+    apply_masks(model, masks)  # a resumed run's checkpoint holds them already; cheap to be sure
+    model.eval()
+    return history
+
+
 def launched_world_size() -> int:
     """How many processes train together: torchrun's WORLD_SIZE in a worker that
     cogumi.training.launch started, 1 in the phase's own process."""
