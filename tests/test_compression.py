@@ -168,12 +168,12 @@ def test_distillation_loss_is_the_kl_on_answer_tokens_only():
     assert kl == pytest.approx(one / answer_positions, rel=1e-5) and kl > 0
 
 
-def test_distilling_recovery_moves_the_pruned_model_toward_its_teacher(tmp_path, pruned_dir):
-    from cogumi.phases.recovery import recover
+def _distillation_setup(pruned_dir):
+    """(teacher, pruned model, train examples, kl_to_teacher): the model before pruning made
+    confident (its LM head x 8: a random model's near-uniform outputs would leave nothing
+    measurable to distill), the pruned copy, and the KL to it on the training batch."""
     from cogumi.training.sft import _collate, distillation_loss, encode_records
 
-    # The model before pruning, made confident (its LM head x 8): a random model's
-    # near-uniform outputs would leave nothing measurable to distill.
     teacher = load_hf_model(pruned_dir.parent / "base").model
     with torch.no_grad():
         teacher.lm_head.weight.mul_(8.0)
@@ -188,6 +188,15 @@ def test_distilling_recovery_moves_the_pruned_model_toward_its_teacher(tmp_path,
             feed = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             return distillation_loss(model(**feed).logits, teacher(**feed).logits,
                                      batch["labels"]).item()
+
+    return teacher, loaded, train, kl_to_teacher
+
+
+def test_distilling_recovery_moves_the_pruned_model_toward_its_teacher(tmp_path, pruned_dir):
+    from cogumi.phases.recovery import recover
+
+    teacher, loaded, train, kl_to_teacher = _distillation_setup(pruned_dir)
+    tok = loaded.tokenizer
 
     before = kl_to_teacher(loaded.model)
     cfg = TrainingConfig(backend="peft-lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0,
@@ -206,26 +215,13 @@ def test_distilling_recovery_moves_the_pruned_model_toward_its_teacher(tmp_path,
 def test_sparse_finetuning_trains_the_kept_weights_and_keeps_every_zero(tmp_path, pruned_dir):
     """2A's prune.finetune: full-weight distillation toward the dense model, no adapter; the
     exact 2A positions stay zero at every step and the kept weights move."""
-    from cogumi.training.sft import _collate, distillation_loss, encode_records, fit_keeping_zeros
+    from cogumi.training.sft import fit_keeping_zeros
 
-    teacher = load_hf_model(pruned_dir.parent / "base").model
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(8.0)  # confident, as in the recovery test above
-    loaded = load_hf_model(pruned_dir)
+    teacher, loaded, train, kl_to_teacher = _distillation_setup(pruned_dir)
     tok = loaded.tokenizer
     masks = zero_masks(loaded.model, IGNORE)
     kept_before = {n: m.weight.detach().clone() for n, m in
                    dict(loaded.model.named_modules()).items() if n in masks}
-    train = encode_records(_records(16), tok, False, 128).examples
-    batch = _collate(tok.pad_token_id or 0)([{"input_ids": e.input_ids, "labels": e.labels}
-                                             for e in train])
-
-    def kl_to_teacher(model) -> float:
-        with torch.no_grad():
-            feed = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            return distillation_loss(model(**feed).logits, teacher(**feed).logits,
-                                     batch["labels"]).item()
-
     before = kl_to_teacher(loaded.model)
     cfg = TrainingConfig(backend="peft-lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0,
                          target_modules=["q_proj"], epochs=1, learning_rate=1e-3,
