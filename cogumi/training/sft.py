@@ -255,9 +255,9 @@ def fit_keeping_zeros(model, tokenizer, train: list[Example], cfg: TrainingConfi
                       learning_rate: float, teacher=None) -> tuple[list[dict], bool]:
     """Train every weight of `model` (no adapter) while the pruning mask holds: after each
     optimizer step the masked positions are set back to zero (`masks`: llmc.zero_masks).
-    AdamW's update of a weight whose gradient was zeroed is not zero (its moments and the
-    decay), so the mask is re-applied rather than the gradients masked. Returns fit's
-    (log_history, resumed)."""
+    Re-applying the mask holds whatever the optimizer does (its moments, weight decay, a
+    resumed checkpoint), where masking gradients would rely on each of them leaving a zero
+    alone. Returns fit's (log_history, resumed)."""
     from transformers import TrainerCallback
 
     from cogumi.compression.llmc import apply_masks
