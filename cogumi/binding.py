@@ -194,6 +194,13 @@ def named_inputs(profile: Profile, phase_tables: tuple[str, ...]) -> tuple[list[
         for m in profile.modifiers:
             for value in (m.task_data, m.train_data):
                 _task_source(value, m.task, files, refs)
+    splits = []  # 2A's sparse fine-tuning and 2E's recovery data
+    if "prune" in tables and profile.prune.finetune is not None:
+        splits += profile.prune.finetune.train_data
+    if "recovery" in tables:
+        splits += profile.recovery.train_data
+    for split in splits:
+        _task_source(split.source, split.task, files, refs)
     if "calibration" in tables:
         data = profile.calibration.data or profile.eval.mmlu
         if isinstance(data, HubTask):

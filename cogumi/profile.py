@@ -495,6 +495,15 @@ class RoutingConfig(_Strict):
         return self
 
 
+class TrainSplit(_Strict):
+    """A benchmark's *training* split, read in its task's schema: each item becomes a record
+    of the prompt the evaluation sends and the item's reference answer."""
+    task: Literal["math", "mmlu", "code", "gsm8k", "humaneval", "gpqa", "bfcl"]
+    source: TaskSource
+    """A file in the task's schema (relative to the repository), a hub dataset or an id
+    range; never an evaluation item (overlap with the [eval] suite stops the phase)."""
+
+
 class SparseFinetuneConfig(_Strict):
     """Phase 2A's second step, as Neural Magic prunes: after SparseGPT's one shot, train every
     weight the mask keeps while the zeros stay zero (Sparse Llama 3.1: SparseGPT, then sparse
@@ -507,6 +516,9 @@ class SparseFinetuneConfig(_Strict):
     2A pruned, held beside it) on the curated answers; sft: the answers themselves."""
     max_examples: int | None = Field(default=None, gt=0)
     """Train on at most this many curated training-split records (a reduced run, stated)."""
+    train_data: list[TrainSplit] = Field(default_factory=list)
+    """Benchmarks' training splits trained on besides the curated records: the kinds of
+    prompt the evaluation suite asks, which curated instruction data may not contain."""
 
 
 class PruneConfig(_Strict):
@@ -547,6 +559,9 @@ class RecoveryConfig(_Strict):
     learning_rate: float = Field(default=1e-4, gt=0)
     max_examples: int | None = Field(default=None, gt=0)
     """Train on at most this many curated training-split records (a reduced run, stated)."""
+    train_data: list[TrainSplit] = Field(default_factory=list)
+    """Benchmarks' training splits trained on besides the curated records (as
+    prune.finetune.train_data)."""
     objective: Literal["sft", "distill"] = "sft"
     """sft: cross-entropy on the records' answers. distill: the pruned model learns the
     unpruned model's (the one 2A pruned: 1C's, or 1B's without [distill]) next-token

@@ -132,7 +132,7 @@ def test_tool_call_splits_are_disjoint(tool_tasks):
 
 
 def test_reference_answers_pass_bfcls_checker_and_a_changed_argument_fails(tool_tasks):
-    from cogumi.phases.modifier import reference_response
+    from cogumi.phases.common import reference_response
     evaluation, _ = tool_tasks
     for item in evaluation.items:
         text = reference_response(evaluation, item)
@@ -147,7 +147,7 @@ def test_reference_answers_pass_bfcls_checker_and_a_changed_argument_fails(tool_
 
 
 def test_train_split_items_become_records_in_the_evaluation_prompt(tool_tasks):
-    from cogumi.phases.modifier import task_records
+    from cogumi.phases.common import task_records
     _, train = tool_tasks
     records, excluded = task_records(train, "bfcl-train")
     assert len(records) == len(train.items) and not excluded

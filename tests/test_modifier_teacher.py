@@ -160,7 +160,7 @@ def test_code_asks_the_train_split_functions_and_keeps_what_passes_the_tests(set
 
 def test_automation_asks_bfcl_train_calls_and_keeps_what_the_ast_checker_accepts(setup):
     from cogumi.evaluation import load_task
-    from cogumi.phases.modifier import reference_response
+    from cogumi.phases.common import reference_response
 
     srv, profile, runs = setup
     train = load_task("bfcl", profile_task_path(profile, "3C"))

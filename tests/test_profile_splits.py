@@ -48,6 +48,12 @@ def _uses(profile) -> tuple[dict[str, Task], dict[str, Task], dict[str, Task]]:
             if pool.source != "curated":  # phase 0's records: refused at run time if they overlap
                 training[f"[distill] pools[{i}]"] = profile_task(ctx, pool.task, pool.source,
                                                                  "pool")
+    ft = profile.prune.finetune
+    for key, splits in (("prune.finetune", ft.train_data if ft is not None else []),
+                        ("recovery", profile.recovery.train_data)):
+        for i, split in enumerate(splits):
+            training[f"{key}.train_data[{i}]"] = profile_task(ctx, split.task, split.source,
+                                                              "train_data")
     sc = profile.self_consistency
     if sc is not None and sc.code_prompts not in (None, "humaneval"):
         training["self_consistency.code_prompts"] = profile_task(ctx, "code", sc.code_prompts,
@@ -94,6 +100,22 @@ def test_nothing_a_profile_trains_pools_calibrates_or_routes_on_is_an_evaluation
     trained = {k: v for k, v in training.items() if k != "[calibration] data"}
     for (what, task), (rq, rt) in itertools.product(trained.items(), routing.items()):
         assert not _overlap(task, rt), f"{name}: {what} overlaps {rq}: {_overlap(task, rt)[:3]}"
+
+
+def test_2a_refuses_a_training_split_that_holds_an_evaluation_item():
+    """prune.finetune.train_data is read like a modifier's train_data: each item becomes a
+    record with its reference answer; the suite's own file is refused, named."""
+    from cogumi.phases.common import train_split_records
+    profile = load_profile("tiny")
+    ctx = _ctx(profile)
+    records, excluded = train_split_records(ctx, profile.prune.finetune.train_data,
+                                            "prune.finetune.train_data")
+    assert {r["domain"] for r in records} == {"math-train", "code-train", "mmlu-train"}
+    assert all(r["response"] for r in records) and not excluded
+    evaluation_file = profile.prune.finetune.train_data[0].model_copy(
+        update={"source": profile.eval.math})
+    with pytest.raises(PhaseInputError, match=r"prune\.finetune\.train_data"):
+        train_split_records(ctx, [evaluation_file], "prune.finetune.train_data")
 
 
 def test_qwen_draws_every_use_of_a_package_from_its_own_id_range():

@@ -103,10 +103,15 @@ def split_by_id(items: Sequence[Item], split: IdSplit) -> tuple[list[Item], list
 
 
 def prompt_text(item: Item) -> str:
-    """The text an item asks, whatever its benchmark (what a duplicate would repeat)."""
+    """The text an item asks, whatever its benchmark (what a duplicate would repeat). A
+    multiple-choice item asks its stem with its options: the fixture's and MMLU's stems
+    repeat ("Which number is the largest?") across different questions."""
     f = item.fields
     for key in ("problem", "question", "prompt", "instruction"):
         if isinstance(f.get(key), str):
+            choices = f.get("choices")
+            if isinstance(choices, list) and all(isinstance(c, str) for c in choices):
+                return "\n".join([f[key], *choices])
             return f[key]
     q = f.get("question")  # BFCL: turns of messages
     if isinstance(q, list):

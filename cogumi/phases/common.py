@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,11 +14,13 @@ from cogumi.evaluation import (
     BenchmarkPackageMissing,
     EvalReport,
     GenerationSettings,
+    Task,
     TransformersBackend,
     evaluate,
     load_task,
 )
-from cogumi.evaluation.splits import IdRange, SplitOverlapError, assert_disjoint
+from cogumi.evaluation.answers import LETTERS
+from cogumi.evaluation.splits import IdRange, SplitOverlapError, assert_disjoint, prompt_text
 from cogumi.models import LoadedModel, load_base_model
 from cogumi.profile import HubTask, IdRangeTask
 from cogumi.runner import PhaseContext, PhaseInputError
@@ -107,6 +110,71 @@ def refuse_evaluation_items(ctx: PhaseContext, items: Iterable[tuple[str, str]],
         raise PhaseInputError(f"{e}; the phase would train on the test") from None
 
 
+def reference_response(task: Task, item) -> str | None:
+    """The answer a training item's reference gives, written as the evaluation expects it
+    (so training on it teaches the format the verifier reads); None when it has none."""
+    f = item.fields
+    if task.kind == "tool_call":
+        calls = []
+        for call in item.reference:
+            (name, params), = call.items()
+            # The first accepted value of each argument; "" among BFCL's values marks an
+            # optional argument that may be left out: left out when it comes first.
+            args = [f"{k}={v[0]!r}" for k, v in params.items() if v and v[0] != ""]
+            calls.append(f"{name}({', '.join(args)})")
+        return f"[{', '.join(calls)}]"
+    if task.kind == "code":
+        solution = f.get("canonical_solution")
+        return f"```python\n{f['prompt']}{solution}```" if solution else None
+    if task.kind == "math":
+        worked = f.get("solution") or f.get("answer") or ""
+        return f"{worked.strip()}\nThe answer is {item.reference}"
+    if task.kind == "mmlu":
+        return f"The answer is {LETTERS[item.reference]}"
+    return None
+
+
+def task_records(task: Task, label: str) -> tuple[list[dict], Counter]:
+    """Training items of a benchmark's train split as curated-style records: the prompt the
+    evaluation sends (system turn included: BFCL lists the functions there) and the item's
+    reference answer."""
+    out, excluded = [], Counter()
+    for item in task.items:
+        if item.malformed is not None:
+            excluded["malformed train_data line"] += 1
+            continue
+        response = reference_response(task, item)
+        if not response:
+            excluded["train_data item without a reference answer"] += 1
+            continue
+        msgs = task.messages(item)
+        record = {"id": f"{label}:{item.id}", "domain": label, "instruction": msgs[-1]["content"],
+                  "response": response, "source": "train_data", "item_id": item.id,
+                  "prompt_text": prompt_text(item)}
+        if len(msgs) == 2 and msgs[0]["role"] == "system":
+            record["system"] = msgs[0]["content"]
+        elif len(msgs) != 1:
+            excluded["train_data item with more than one turn"] += 1
+            continue
+        out.append(record)
+    return out, excluded
+
+
+def train_split_records(ctx: PhaseContext, splits, key: str) -> tuple[list[dict], Counter]:
+    """A compression phase's `train_data` (`key`: where the profile declares it) as training
+    records (task_records: the prompt the evaluation sends, the item's reference answer),
+    refused if any is an evaluation item."""
+    records, excluded = [], Counter()
+    for i, split in enumerate(splits):
+        task = profile_task(ctx, split.task, split.source, f"{key}[{i}]",
+                            name=f"{split.task}-train", on_error="record")
+        refuse_evaluation_items(ctx, ((it.id, prompt_text(it)) for it in task.items), key)
+        got, skipped = task_records(task, f"{split.task}-train")
+        records += got
+        excluded += skipped
+    return records, excluded
+
+
 def eval_cache(ctx: PhaseContext) -> Path:
     """One evaluation cache per profile, shared by its phases: a result is reused only for
     the same weights, tokenizer, task bytes and generation settings (see evaluate()), and
@@ -160,6 +228,12 @@ def eval_tasks(ctx: PhaseContext) -> list:
     return tasks
 
 
+def greedy_settings(ctx: PhaseContext) -> GenerationSettings:
+    """How the profile evaluates: greedy, [eval] max_new_tokens, the model's stop strings."""
+    return GenerationSettings(max_new_tokens=ctx.profile.eval.max_new_tokens, temperature=0.0,
+                              seed=ctx.seed, samples=1, stop=tuple(ctx.profile.model.stop))
+
+
 def evaluate_model(ctx: PhaseContext, loaded: LoadedModel, out_dir: Path) -> dict:
     """Greedy evaluation on the profile's tasks; per-item records are written to out_dir."""
     cfg = ctx.profile.eval
@@ -168,10 +242,9 @@ def evaluate_model(ctx: PhaseContext, loaded: LoadedModel, out_dir: Path) -> dic
         note = f"reduced evaluation sample: at most {cfg.limit} items per task (eval.limit)"
         if note not in ctx.notes:
             ctx.notes.append(note)
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                                  seed=ctx.seed, samples=1, stop=tuple(ctx.profile.model.stop))
     with generation_backend(ctx, loaded) as backend:
-        report = evaluate(backend, tasks, settings, limit=cfg.limit, cache_dir=eval_cache(ctx))
+        report = evaluate(backend, tasks, greedy_settings(ctx), limit=cfg.limit,
+                          cache_dir=eval_cache(ctx))
     report.write(out_dir)
     for note in report.limits():
         if note not in ctx.notes:

@@ -36,7 +36,6 @@ from cogumi.artifacts import sha256_file
 from cogumi.compression.common import MB, MODEL_DIR, load_merged_phase_model
 from cogumi.compression.gguf_export import convert_lora_to_gguf
 from cogumi.evaluation import GenerationSettings, LlamaCppBackend, Task, evaluate
-from cogumi.evaluation.answers import LETTERS
 from cogumi.evaluation.paired import (
     SUITE,
     capability,
@@ -51,6 +50,7 @@ from cogumi.phases.common import (
     eval_tasks,
     generation_backend,
     profile_task,
+    task_records,
     teacher_cache,
 )
 from cogumi.profile import ModifierConfig
@@ -104,56 +104,6 @@ def score_of(task_name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- records
-def reference_response(task: Task, item) -> str | None:
-    """The answer a training item's reference gives, written as the evaluation expects it
-    (so training on it teaches the format the verifier reads); None when it has none."""
-    f = item.fields
-    if task.kind == "tool_call":
-        calls = []
-        for call in item.reference:
-            (name, params), = call.items()
-            # The first accepted value of each argument; "" among BFCL's values marks an
-            # optional argument that may be left out: left out when it comes first.
-            args = [f"{k}={v[0]!r}" for k, v in params.items() if v and v[0] != ""]
-            calls.append(f"{name}({', '.join(args)})")
-        return f"[{', '.join(calls)}]"
-    if task.kind == "code":
-        solution = f.get("canonical_solution")
-        return f"```python\n{f['prompt']}{solution}```" if solution else None
-    if task.kind == "math":
-        worked = f.get("solution") or f.get("answer") or ""
-        return f"{worked.strip()}\nThe answer is {item.reference}"
-    if task.kind == "mmlu":
-        return f"The answer is {LETTERS[item.reference]}"
-    return None
-
-
-def task_records(task: Task, label: str) -> tuple[list[dict], Counter]:
-    """Training items of a benchmark's train split as curated-style records: the prompt the
-    evaluation sends (system turn included: BFCL lists the functions there) and the item's
-    reference answer."""
-    out, excluded = [], Counter()
-    for item in task.items:
-        if item.malformed is not None:
-            excluded["malformed train_data line"] += 1
-            continue
-        response = reference_response(task, item)
-        if not response:
-            excluded["train_data item without a reference answer"] += 1
-            continue
-        msgs = task.messages(item)
-        record = {"id": f"{label}:{item.id}", "domain": label, "instruction": msgs[-1]["content"],
-                  "response": response, "source": "train_data", "item_id": item.id,
-                  "prompt_text": prompt_text(item)}
-        if len(msgs) == 2 and msgs[0]["role"] == "system":
-            record["system"] = msgs[0]["content"]
-        elif len(msgs) != 1:
-            excluded["train_data item with more than one turn"] += 1
-            continue
-        out.append(record)
-    return out, excluded
-
-
 def teacher_source(ctx: PhaseContext, mod: ModifierConfig, train_task: Task | None,
                    curated: list[dict]) -> Task:
     """The items whose prompts the teacher answers: the modifier's train split (code: the

@@ -7,9 +7,12 @@ asks for it, sparse fine-tuning with the mask held.
 3. SparseGPT (`llmcompressor.modifiers.pruning.sparsegpt.SparseGPTModifier`), unstructured at
    `prune.sparsity` or 2:4, every decoder Linear (the output head is left dense).
 4. Sparse fine-tuning (`prune.finetune`): every weight the mask keeps is trained on curated
-   training-split records, by default against the dense model's next-token distribution
-   (knowledge distillation, as Neural Magic's Sparse Llama recipe trains after SparseGPT);
-   the zeros are set back after every optimizer step, so the sparsity is the one shot's.
+   training-split records, and on the benchmarks' training splits the profile names
+   (`train_data`: the kinds of prompt the suite asks, with their reference answers), by
+   default against the dense model's
+   next-token distribution (knowledge distillation, as Neural Magic's Sparse Llama recipe
+   trains after SparseGPT); the zeros are set back after every optimizer step, so the
+   sparsity is the one shot's.
 5. The zeros are measured on the weights, not taken from the recipe; the pruned model is
    saved as a plain Hugging Face folder (compressed-tensors 0.19 no longer writes sparse
    formats, so the zeros are stored densely: pruning alone does not shrink the file — the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections import Counter
 
 from cogumi.compression.common import (
     EVAL_METRICS,
@@ -38,7 +42,12 @@ from cogumi.compression.common import (
 )
 from cogumi.compression.llmc import calibration_data, run_oneshot, sparsity_report, zero_masks
 from cogumi.compression.sizes import size_table, write_sizes
-from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
+from cogumi.phases.common import (
+    curated_records,
+    evaluate_model,
+    judge_against_input,
+    train_split_records,
+)
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.sft import (
     checkpoint_key,
@@ -66,12 +75,16 @@ def prune_model(model, tokenizer, add_bos: bool, records: list[dict], cfg, heldo
     return model, data.accounting
 
 
-def sparse_finetune(ctx: PhaseContext, loaded, dense, records: list[dict], heldout) -> dict:
+def sparse_finetune(ctx: PhaseContext, loaded, dense, records: list[dict], heldout,
+                    extra: tuple[list[dict], Counter]) -> dict:
     """`prune.finetune` on the pruned `loaded.model` in place, the mask held; `dense` is the
-    model before pruning (the distillation teacher). Returns what 2A reports of it."""
+    model before pruning (the distillation teacher), `extra` the train_data records and
+    what was excluded of them. Returns what 2A reports of it."""
     profile, ft = ctx.profile, ctx.profile.prune.finetune
     tok, tc = loaded.tokenizer, profile.training
     train_records, _ = training_split(ctx, records, ft.max_examples, "prune.finetune.max_examples")
+    split_records, split_excluded = extra
+    train_records += split_records
     train = encode_records(train_records, tok, loaded.add_bos, tc.max_seq_len)
     if not train.examples:
         raise PhaseInputError(f"{ctx.input_dir('0') / 'curated.jsonl'}: no usable training "
@@ -93,8 +106,9 @@ def sparse_finetune(ctx: PhaseContext, loaded, dense, records: list[dict], heldo
                                        if ft.objective == "distill" else ""))
     pad_id = tok.pad_token_id or 0
     return {"objective": ft.objective, "epochs": ft.epochs, "learning_rate": ft.learning_rate,
-            "train_records": len(train_records), "train_examples": len(train.examples),
-            "excluded": dict(train.excluded), "mask_positions": sum(int(m.sum())
+            "train_records": len(train_records), "train_data_records": len(split_records),
+            "train_examples": len(train.examples),
+            "excluded": dict(train.excluded + split_excluded), "mask_positions": sum(int(m.sum())
                                                                     for m in masks.values()),
             "heldout_loss_after": mean_loss(loaded.model, heldout, pad_id),
             "log_history": history}
@@ -128,6 +142,8 @@ def run(ctx: PhaseContext) -> dict:
             | {"phase": src}]
     shutil.rmtree(merged_dir, ignore_errors=True)
 
+    extra = ([], Counter()) if cfg.finetune is None else train_split_records(
+        ctx, cfg.finetune.train_data, "prune.finetune.train_data")
     # The dense model stays beside the pruned one as sparse fine-tuning's teacher.
     dense = (copy.deepcopy(loaded.model).eval()
              if cfg.finetune is not None and cfg.finetune.objective == "distill" else None)
@@ -139,7 +155,7 @@ def run(ctx: PhaseContext) -> dict:
     loss_oneshot = loss_2a = mean_loss(loaded.model, heldout, pad_id)
     finetune = None
     if cfg.finetune is not None:
-        finetune = sparse_finetune(ctx, loaded, dense, records, heldout)
+        finetune = sparse_finetune(ctx, loaded, dense, records, heldout, extra)
         del dense
         loss_2a = finetune["heldout_loss_after"]
         (out / "finetune.json").write_text(json.dumps(finetune, indent=2) + "\n")
@@ -167,8 +183,9 @@ def run(ctx: PhaseContext) -> dict:
     ctx.notes.append(f"held-out loss (answer tokens, {len(heldout)} curated held-out records): "
                      f"{src} {loss_src:.4f} -> pruned {loss_oneshot:.4f}" + (
                          f" -> sparse fine-tuned {loss_2a:.4f} ({finetune['objective']}, "
-                         f"{finetune['train_examples']} examples x {finetune['epochs']:g} "
-                         f"epochs; finetune.json)" if finetune else ""))
+                         f"{finetune['train_examples']} examples, "
+                         f"{finetune['train_data_records']} of them from train_data, x "
+                         f"{finetune['epochs']:g} epochs; finetune.json)" if finetune else ""))
     ctx.notes.append("retention: " + step["cumulative"]["definition"] + "; reference = the "
                      f"uncompressed {src} model ({reference.source})")
     ctx.write_report("\n".join([

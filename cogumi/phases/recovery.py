@@ -2,7 +2,8 @@
 
 1. The 2A model; its zeros are the pruning mask (every targeted Linear, exactly-zero weights).
 2. A short LoRA pass (peft, the profile's [training] LoRA settings, [recovery] schedule) on
-   curated training-split records; the base weights are frozen, so the mask holds while
+   curated training-split records and the benchmarks' training splits the profile names
+   (`train_data`, as 2A's); the base weights are frozen, so the mask holds while
    training. Its loss is the records' answers (objective "sft") or, with "distill", the
    unpruned model's (1C's, or 1B's without [distill]) next-token distribution on those
    answers (KL): the pruned model is taught what the model it came from would say, not what
@@ -35,7 +36,12 @@ from cogumi.compression.common import (
 )
 from cogumi.compression.llmc import apply_masks, sparsity_report, zero_masks
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
-from cogumi.phases.common import curated_records, evaluate_model, judge_against_input
+from cogumi.phases.common import (
+    curated_records,
+    evaluate_model,
+    judge_against_input,
+    train_split_records,
+)
 from cogumi.runner import PhaseContext, PhaseInputError
 from cogumi.training.sft import (
     checkpoint_key,
@@ -90,6 +96,9 @@ def run(ctx: PhaseContext) -> dict:
 
     train_records, heldout_records = training_split(ctx, curated_records(ctx), rc.max_examples,
                                                     "recovery.max_examples")
+    split_records, split_excluded = train_split_records(ctx, rc.train_data,
+                                                        "recovery.train_data")
+    train_records += split_records
     tok = loaded.tokenizer
     train = encode_records(train_records, tok, loaded.add_bos, tc.max_seq_len)
     heldout = encode_records(heldout_records, tok, loaded.add_bos, tc.max_seq_len)
@@ -118,10 +127,11 @@ def run(ctx: PhaseContext) -> dict:
     ctx.add_figure("loss_curve.png", "2E recovery LoRA: training loss per optimizer step"
                    + (" (KL to the unpruned model's next-token distribution)"
                       if rc.objective == "distill" else ""))
-    excluded = train.excluded + heldout.excluded
+    excluded = train.excluded + heldout.excluded + split_excluded
     (out / "recovery.json").write_text(json.dumps({
         "objective": rc.objective, "sparsity": rep["sparsity"], "heldout_loss": rep["heldout_loss"],
         "mask_positions": rep["mask_positions"], "train_records": len(train_records),
+        "train_data_records": len(split_records),
         "train_examples": len(train.examples), "heldout_records": len(heldout_records),
         "heldout_examples": len(heldout.examples), "excluded": dict(excluded),
         "log_history": rep["log_history"]}, indent=2) + "\n")
