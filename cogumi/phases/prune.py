@@ -9,10 +9,9 @@ asks for it, sparse fine-tuning with the mask held.
 4. Sparse fine-tuning (`prune.finetune`): every weight the mask keeps is trained on curated
    training-split records, and on the benchmarks' training splits the profile names
    (`train_data`: the kinds of prompt the suite asks, with their reference answers), by
-   default against the dense model's
-   next-token distribution (knowledge distillation, as Neural Magic's Sparse Llama recipe
-   trains after SparseGPT); the zeros are set back after every optimizer step, so the
-   sparsity is the one shot's.
+   default against the dense model's next-token distribution (knowledge distillation, as
+   Neural Magic's Sparse Llama recipe trains after SparseGPT); the zeros are set back after
+   every optimizer step, so the sparsity is the one shot's.
 5. The zeros are measured on the weights, not taken from the recipe; the pruned model is
    saved as a plain Hugging Face folder (compressed-tensors 0.19 no longer writes sparse
    formats, so the zeros are stored densely: pruning alone does not shrink the file — the
@@ -142,6 +141,8 @@ def run(ctx: PhaseContext) -> dict:
             | {"phase": src}]
     shutil.rmtree(merged_dir, ignore_errors=True)
 
+    # Read before SparseGPT: a bad or overlapping train_data file fails before minutes of
+    # pruning, not after them.
     extra = ([], Counter()) if cfg.finetune is None else train_split_records(
         ctx, cfg.finetune.train_data, "prune.finetune.train_data")
     # The dense model stays beside the pruned one as sparse fine-tuning's teacher.
