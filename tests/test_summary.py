@@ -43,6 +43,19 @@ def test_readme_matches_the_committed_results():
                          + "; run `python -m cogumi report --summary`")
 
 
+def test_the_readme_quotes_every_pipeline_snapshot():
+    """A block deleted from the README is drift the comparison above cannot see (it renders
+    only the blocks there are): every committed pipeline snapshot keeps its table."""
+    names = {b.name for b in parse_blocks((ROOT / "README.md").read_text())}
+    snapshots = sorted(RESULTS.glob("pipeline_*.json"))
+    assert snapshots
+    for path in snapshots:
+        profile = path.stem.removeprefix("pipeline_")
+        assert f"pipeline:{profile}" in names, (
+            f"README.md has no <!-- cogumi:summary:pipeline:{profile} --> block for "
+            f"benchmarks/results/{path.name}")
+
+
 def test_check_exits_1_naming_the_drifted_block(tmp_path, monkeypatch, capsys):
     readme = tmp_path / "README.md"
     text = (ROOT / "README.md").read_text()
