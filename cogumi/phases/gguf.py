@@ -36,13 +36,12 @@ from cogumi.compression.common import (
 )
 from cogumi.compression.sizes import carried_rows, size_table, write_sizes
 from cogumi.evaluation import (
-    GenerationSettings,
     LlamaCppBackend,
     TransformersBackend,
     evaluate,
 )
 from cogumi.models import model_location
-from cogumi.phases.common import eval_tasks, judge_against_input
+from cogumi.phases.common import eval_tasks, greedy_settings, judge_against_input
 from cogumi.runner import PhaseContext, PhaseInputError
 
 SHIPPED = "model.gguf"
@@ -77,9 +76,7 @@ def evaluate_shipped(ctx: PhaseContext, path: Path):
     into the next question, and its answer is scored from the wrong text)."""
     cfg, ev = ctx.profile.gguf, ctx.profile.eval
     backend = LlamaCppBackend(path, n_ctx=cfg.n_ctx, n_threads=cfg.threads)
-    settings = GenerationSettings(max_new_tokens=ev.max_new_tokens, temperature=0.0,
-                                  seed=ctx.seed, samples=1, stop=tuple(ctx.profile.model.stop))
-    return evaluate(backend, eval_tasks(ctx), settings, limit=ev.limit)
+    return evaluate(backend, eval_tasks(ctx), greedy_settings(ctx), limit=ev.limit)
 
 
 def run(ctx: PhaseContext) -> dict:

@@ -35,7 +35,7 @@ from pathlib import Path
 from cogumi.artifacts import sha256_file
 from cogumi.compression.common import MB, MODEL_DIR, load_merged_phase_model
 from cogumi.compression.gguf_export import convert_lora_to_gguf
-from cogumi.evaluation import GenerationSettings, LlamaCppBackend, Task, evaluate
+from cogumi.evaluation import LlamaCppBackend, Task, evaluate
 from cogumi.evaluation.paired import (
     SUITE,
     capability,
@@ -49,6 +49,7 @@ from cogumi.phases.common import (
     eval_cache,
     eval_tasks,
     generation_backend,
+    greedy_settings,
     profile_task,
     task_records,
     teacher_cache,
@@ -254,10 +255,6 @@ def _refuse_evaluation_items(records: list[dict], tasks: list[Task], mod: Modifi
 
 
 # ------------------------------------------------------------------------------ evaluation
-def _settings(ctx: PhaseContext) -> GenerationSettings:
-    ev = ctx.profile.eval
-    return GenerationSettings(max_new_tokens=ev.max_new_tokens, temperature=0.0, seed=ctx.seed,
-                              samples=1, stop=tuple(ctx.profile.model.stop))
 
 
 def evaluate_gguf(ctx: PhaseContext, model: Path, tasks: list[Task], out_dir: Path,
@@ -265,7 +262,7 @@ def evaluate_gguf(ctx: PhaseContext, model: Path, tasks: list[Task], out_dir: Pa
     """The suite in llama.cpp on `model`, with the GGUF LoRA `lora` applied when given."""
     g = ctx.profile.gguf
     backend = LlamaCppBackend(model, n_ctx=g.n_ctx, n_threads=g.threads, lora_path=lora)
-    report = evaluate(backend, tasks, _settings(ctx), limit=ctx.profile.eval.limit,
+    report = evaluate(backend, tasks, greedy_settings(ctx), limit=ctx.profile.eval.limit,
                       cache_dir=eval_cache(ctx))
     report.write(out_dir)
     return report
@@ -275,7 +272,7 @@ def crosscheck(ctx: PhaseContext, loaded, task: Task, llamacpp_dir: Path) -> dic
     """The adapter in transformers (on 2E's weights) against llama.cpp (on 2C's file), on
     the modifier's benchmark, item by item."""
     with generation_backend(ctx, loaded) as backend:
-        report = evaluate(backend, [task], _settings(ctx), limit=ctx.profile.eval.limit,
+        report = evaluate(backend, [task], greedy_settings(ctx), limit=ctx.profile.eval.limit,
                           cache_dir=eval_cache(ctx))
     hf = item_scores_of(report.records)[task.name]
     cpp = item_scores(llamacpp_dir)[task.name]
@@ -310,7 +307,7 @@ def teacher_score(ctx: PhaseContext, task: Task, out_dir: Path) -> tuple[float, 
 
     with teacher_backend(cfg, cache_dir=ctx.work_dir / "teacher-cache",
                          log_dir=ctx.work_dir) as backend:
-        report = evaluate(backend, [task], _settings(ctx), limit=ctx.profile.eval.limit)
+        report = evaluate(backend, [task], greedy_settings(ctx), limit=ctx.profile.eval.limit)
     report.write(out_dir)
     return report.metrics.get(score_of(task.name), math.nan), f"teacher {cfg.model}"
 

@@ -37,6 +37,7 @@ from cogumi.phases.common import (
     eval_tasks,
     evaluate_model,
     generation_backend,
+    greedy_settings,
     judge_against_input,
     judge_against_reference,
     lm_eval_cross_check,
@@ -111,8 +112,7 @@ def run(ctx: PhaseContext) -> dict:
                             f"{ctx.profile.source_file}: 1B's training prompts")
     ctx.console.print("1B.1 generating self-consistent data (greedy) on "
                       + ", ".join(f"{len(t.items)} {t.kind}" for t in gen_tasks))
-    greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
-                                seed=ctx.seed, samples=1, stop=tuple(profile.model.stop))
+    greedy = greedy_settings(ctx)
     with generation_backend(ctx, loaded) as backend:
         generated = evaluate(backend, gen_tasks, greedy)
     messages_of = {(t.name, it.id): t.messages(it) for t in gen_tasks for it in t.items}

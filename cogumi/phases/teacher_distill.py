@@ -61,6 +61,7 @@ from cogumi.phases.common import (
     eval_tasks,
     evaluate_model,
     generation_backend,
+    greedy_settings,
     judge_against_input,
     load_with_trainable_adapter,
     profile_task,
@@ -136,8 +137,7 @@ def run(ctx: PhaseContext) -> dict:
 
     loaded = load_with_trainable_adapter(ctx, "1B")
     tok = loaded.tokenizer
-    greedy = GenerationSettings(max_new_tokens=profile.eval.max_new_tokens, temperature=0.0,
-                                seed=ctx.seed, samples=1, stop=tuple(profile.model.stop))
+    greedy = greedy_settings(ctx)
 
     # 1. Failure analysis on the pool, split by id into fit and held-out sides.
     pools = pool_tasks(ctx)
