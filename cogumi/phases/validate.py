@@ -293,8 +293,8 @@ def bundle_modifiers(bundle: Path) -> dict[str, dict]:
 def run(ctx: PhaseContext) -> dict[str, float]:
     from cogumi.evaluation import evaluate
     from cogumi.evaluation.paired import capability
-    from cogumi.phases.common import eval_cache
-    from cogumi.phases.modifier import _settings, suite_tasks
+    from cogumi.phases.common import eval_cache, greedy_settings
+    from cogumi.phases.modifier import suite_tasks
     from cogumi.serving.app import RunningServer, create_app
     from cogumi.serving.bundle import MANIFEST, verify_bundle
     from cogumi.serving.client import ServedBackend
@@ -312,7 +312,7 @@ def run(ctx: PhaseContext) -> dict[str, float]:
     digest = sha256_file(bundle / MANIFEST)
     modifiers = bundle_modifiers(bundle)
     tasks = suite_tasks(ctx)
-    settings = _settings(ctx)
+    settings = greedy_settings(ctx)
     limit = ctx.profile.eval.limit
     out = ctx.out_dir
     metrics: dict[str, float] = {}
